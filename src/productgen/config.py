@@ -1,0 +1,224 @@
+"""Typed configuration loaded from ``params.yaml``.
+
+Every section of ``params.yaml`` maps to a frozen dataclass. Loading is strict: an unknown key or a value of
+the wrong type is a :class:`~productgen.errors.UserError` naming the file and the dotted field, so a typo in
+``params.yaml`` fails loudly instead of being silently ignored. DVC reads the same file for its ``params:``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+from productgen.errors import UserError
+
+SourceKind = Literal["builtin", "folder", "catalog"]
+ImageMode = Literal["RGB", "L"]
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Fractions of each category that go to train / val / test (they must sum to 1)."""
+
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where product images come from and how they are prepared."""
+
+    source: SourceKind = "builtin"
+    # builtin: a folder with the Fashion-MNIST IDX files; folder: the images root (one subfolder per
+    # category); catalog: a CSV or Parquet file.
+    input: str = "data/fashion-mnist"
+    out: str = "artifacts/prepared"
+    # Catalog sources only. Paths in the image column are resolved against image_root (default: the
+    # catalog file's folder) after formatting with image_pattern ("images/{}.jpg" for styles.csv ids).
+    image_root: str | None = None
+    image_column: str = "image"
+    image_pattern: str = "{}"
+    category_column: str = "category"
+    # Known category set; images of any other category are rejected. None accepts every category.
+    categories: list[str] | None = None
+    resolution: int = 28
+    mode: ImageMode = "L"
+    seed: int = 0
+    split: SplitConfig = field(default_factory=SplitConfig)
+    # Built-in dataset: keep Fashion-MNIST's official 10,000-image test split (published FIDs use it) and
+    # split only the official training set into train / val.
+    official_test_split: bool = True
+    shard_bytes: int = 64 * 1024 * 1024
+    # Decompression-bomb guard: images declaring more pixels than this are rejected before decoding.
+    max_pixels: int = 50_000_000
+    max_file_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    """Deterministic paired views (degraded -> clean, edges -> product) for restoration and translation."""
+
+    noise_sigmas: list[float] = field(default_factory=lambda: [15.0, 25.0, 50.0])
+    blur_sigma: float = 1.5
+    jpeg_quality: int = 10
+    scales: list[int] = field(default_factory=lambda: [2, 4])
+    # Edge maps: Sobel gradient magnitude thresholded at this fraction of its per-image maximum.
+    edge_threshold: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Thresholds for ``productgen data validate``; a dataset passing all of them is fit to train on."""
+
+    out: str = "artifacts/validation"
+    min_source_size: int = 8
+    max_source_size: int = 20_000
+    allowed_modes: list[str] = field(
+        default_factory=lambda: ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "I;16B", "F"]
+    )
+    # A prepared image whose pixel standard deviation (0-255 scale) is below this is blank or constant.
+    min_pixel_std: float = 2.0
+    max_rejected_fraction: float = 0.0
+    max_duplicate_fraction: float = 0.0
+    min_images_per_category: int = 50
+    # Largest category size divided by the smallest.
+    max_class_imbalance: float = 10.0
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of ``params.yaml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+T = TypeVar("T")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and build nested dataclasses; raise naming ``where``."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except UserError as err:
+                errors.append(str(err))
+        raise UserError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def from_dict(cls: type[T], raw: Any, where: str = "params") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrongly typed values."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping, got {raw!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def check(params: Params, where: str = "params") -> Params:
+    """Cross-field checks that types alone cannot express."""
+    d = params.data
+    if not 28 <= d.resolution <= 256:
+        raise UserError(f"{where}.data.resolution: {d.resolution} is outside 28..256")
+    total = d.split.train + d.split.val + d.split.test
+    if abs(total - 1.0) > 1e-6 or min(d.split.train, d.split.val, d.split.test) < 0:
+        raise UserError(f"{where}.data.split: fractions must be >= 0 and sum to 1 (they sum to {total:g})")
+    if "{}" not in d.image_pattern:
+        raise UserError(f"{where}.data.image_pattern: must contain '{{}}' where the column value goes")
+    v = params.validation
+    for name in ("max_rejected_fraction", "max_duplicate_fraction"):
+        if not 0.0 <= getattr(v, name) <= 1.0:
+            raise UserError(f"{where}.validation.{name}: must be between 0 and 1")
+    if any(s not in (2, 3, 4, 8) for s in params.views.scales):
+        raise UserError(f"{where}.views.scales: each scale must be one of 2, 3, 4, 8")
+    if not 1 <= params.views.jpeg_quality <= 95:
+        raise UserError(f"{where}.views.jpeg_quality: must be between 1 and 95")
+    return params
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Load ``params.yaml`` (defaults when ``path`` is None) and apply dotted ``overrides``.
+
+    ``overrides`` maps dotted keys such as ``"data.resolution"`` to values, which is how CLI options win over
+    the file without a second code path.
+    """
+    import yaml
+
+    raw: dict[str, Any] = {}
+    where = "params"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise UserError(f"{p}: params file not found (run from the project root or pass --params)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise UserError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"{p}: expected a mapping of sections at the top level")
+        raw = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return check(from_dict(Params, raw, where), where)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config (for printing with ``--dry-run`` and logging as run parameters)."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,258 @@
+"""``productgen data prepare``: source images -> square uint8 shards + manifest + quarantine list.
+
+Output folder layout (written to a staging folder and swapped in atomically)::
+
+    dataset.json      format, resolution, mode, classes, per-split shards with sha256, content hash
+    manifest.csv      id, source_path, sha256, width, height, mode, format, category, label, split, shard, index
+    rejected.csv      source files that could not become images, each with its reason
+    shards/{split}-{k:05d}.safetensors
+    preview.png       a few training images per category
+
+Source files are only ever read. The split is stratified by category and seeded, and all copies of the
+same bytes (same sha256) land in the same split, so duplicates can never leak from train into test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from productgen import atomic
+from productgen.config import DataConfig
+from productgen.data import fashion_mnist
+from productgen.data.decode import Rejected, decode, normalise_mode, resize_pad
+from productgen.data.shards import write_shard
+from productgen.data.sources import SourceItem, SourceListing, list_source
+from productgen.errors import UserError
+from productgen.viz import make_grid, save_png
+
+FORMAT = "productgen-prepared"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = (
+    "id", "source_path", "sha256", "width", "height", "mode", "format",
+    "category", "label", "split", "shard", "index",
+)  # fmt: skip
+REJECTED_COLUMNS = ("id", "source_path", "category", "sha256", "reason")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    out: Path
+    counts: dict[str, int]
+    n_rejected: int
+    n_ignored: int
+    classes: list[str]
+    content_hash: str
+
+
+def _read_bytes(item: SourceItem, max_bytes: int) -> bytes:
+    assert item.path is not None
+    try:
+        size = item.path.stat().st_size
+        if size > max_bytes:
+            raise Rejected(f"file is {size:,} bytes, over the data.max_file_bytes limit of {max_bytes:,}")
+        with open(item.path, "rb") as fh:
+            return fh.read(max_bytes + 1)
+    except Rejected:
+        raise
+    except OSError as err:
+        raise Rejected(f"cannot read file ({err.strerror or err})") from None
+
+
+def _check_output(cfg: DataConfig, out: Path) -> None:
+    """Refuse outputs that would overwrite user data or sit inside the source."""
+    src = Path(cfg.input).resolve()
+    dst = out.resolve()
+    if dst == src or dst.is_relative_to(src) or (src.is_dir() and src.is_relative_to(dst)):
+        raise UserError(f"{out}: output folder must not overlap the source {cfg.input}")
+    if dst.exists() and any(dst.iterdir()) and not (dst / "dataset.json").is_file():
+        raise UserError(f"{out}: exists and is not a prepared dataset; choose an empty or new --out folder")
+
+
+def assign_splits(rows: list[dict[str, Any]], cfg: DataConfig) -> None:
+    """Set ``row["split"]``: stratified by category, seeded, grouped by content hash (no leakage)."""
+    by_hash: dict[str, str] = {}
+    fractions = cfg.split
+    use_official = cfg.source == "builtin" and cfg.official_test_split
+    if use_official:
+        # Published Fashion-MNIST numbers use the official 10,000 test images; split only train into train/val.
+        for row in rows:
+            if row["_official"] == "test":
+                by_hash.setdefault(row["sha256"], "test")
+        val_share = fractions.val / max(fractions.train + fractions.val, 1e-12)
+        fractions_for = {"train": 1.0 - val_share, "val": val_share, "test": 0.0}
+    else:
+        fractions_for = {"train": fractions.train, "val": fractions.val, "test": fractions.test}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: r["id"]):
+        h = row["sha256"]
+        if h not in by_hash:
+            groups[row["category"]].append(h)
+    for category in sorted(groups):
+        hashes = [h for h in dict.fromkeys(groups[category]) if h not in by_hash]
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(category.encode("utf-8"))])
+        order = rng.permutation(len(hashes))
+        n = len(hashes)
+        n_test = int(round(n * fractions_for["test"]))
+        n_val = int(round(n * fractions_for["val"]))
+        if n - n_test - n_val < 1 and n > 0:  # tiny categories: train first
+            n_val = max(0, min(n_val, n - 1))
+            n_test = max(0, min(n_test, n - 1 - n_val))
+        for rank, idx in enumerate(order):
+            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+            by_hash[hashes[idx]] = split
+    for row in rows:
+        row["split"] = by_hash[row["sha256"]]
+
+
+def _decode_item(item: SourceItem, cfg: DataConfig, channels: int) -> tuple[np.ndarray, dict[str, Any]]:
+    if item.pixels is not None:
+        raw = np.ascontiguousarray(item.pixels)
+        sha = hashlib.sha256(raw.tobytes()).hexdigest()
+        image = normalise_mode(Image.fromarray(raw, mode="L"), cfg.mode)
+        info = {"width": raw.shape[1], "height": raw.shape[0], "mode": "L", "format": "IDX"}
+        fill = 0  # Fashion-MNIST products sit on black; pad (never needed at 28 px) to match
+    else:
+        data = _read_bytes(item, cfg.max_file_bytes)
+        sha = hashlib.sha256(data).hexdigest()
+        dec = decode(data, cfg.mode, cfg.max_pixels)
+        image = dec.image
+        info = {"width": dec.width, "height": dec.height, "mode": dec.mode, "format": dec.format}
+        fill = 255
+    arr = np.asarray(resize_pad(image, cfg.resolution, fill=fill), dtype=np.uint8)
+    if channels == 1:
+        arr = arr[..., None]
+    return arr, {"sha256": sha, **info}
+
+
+def _preview(images: np.ndarray, labels: np.ndarray, classes: list[str], per_class: int = 8) -> Image.Image:
+    picks: list[np.ndarray] = []
+    for c in range(len(classes)):
+        idx = np.flatnonzero(labels == c)[:per_class]
+        block = images[idx]
+        if len(block) < per_class:
+            pad = np.full((per_class - len(block), *images.shape[1:]), 128, np.uint8)
+            block = np.concatenate([block, pad])
+        picks.append(block)
+    scale = max(1, 64 // images.shape[1])
+    return make_grid(np.concatenate(picks), ncol=per_class, scale=scale, row_labels=classes)
+
+
+def prepare(cfg: DataConfig, progress: bool = True) -> PrepareResult:
+    """Prepare the dataset described by ``cfg`` into ``cfg.out``; see the module docstring for the layout."""
+    out = Path(cfg.out)
+    listing: SourceListing = list_source(cfg)
+    _check_output(cfg, out)
+    channels = 3 if cfg.mode == "RGB" else 1
+    res = cfg.resolution
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    (staging / "shards").mkdir(parents=True)
+    try:
+        candidates = [it for it in listing.items if it.problem is None]
+        rejected: list[dict[str, Any]] = [
+            {"id": it.id, "source_path": it.source_path, "category": it.category, "sha256": "", "reason": it.problem}
+            for it in listing.items
+            if it.problem is not None
+        ]
+        # Spill prepared pixels to a memory-mapped scratch file: one decode per image, bounded memory.
+        pixels = np.lib.format.open_memmap(
+            staging / "_pixels.npy", mode="w+", dtype=np.uint8, shape=(max(1, len(candidates)), res, res, channels)
+        )
+        rows: list[dict[str, Any]] = []
+        for item in tqdm(candidates, desc="prepare", unit="img", disable=not progress, mininterval=0.5):
+            try:
+                arr, info = _decode_item(item, cfg, channels)
+            except Rejected as err:
+                rejected.append(
+                    {"id": item.id, "source_path": item.source_path, "category": item.category,
+                     "sha256": "", "reason": str(err)}  # fmt: skip
+                )
+                continue
+            pixels[len(rows)] = arr
+            rows.append({"id": item.id, "source_path": item.source_path, "category": item.category,
+                         "_official": item.official_split, "_row": len(rows), **info})  # fmt: skip
+        if not rows:
+            raise UserError(
+                f"{cfg.input}: no usable images ({len(rejected)} rejected, {len(listing.ignored)} ignored); "
+                "see the reasons with 'productgen data validate' or check the path"
+            )
+        classes = list(fashion_mnist.CLASSES) if cfg.source == "builtin" else sorted({r["category"] for r in rows})
+        label_of = {c: i for i, c in enumerate(classes)}
+        assign_splits(rows, cfg)
+
+        bytes_per_image = res * res * channels
+        per_shard = max(1, cfg.shard_bytes // bytes_per_image)
+        shard_info: dict[str, list[dict[str, Any]]] = {}
+        manifest: list[dict[str, Any]] = []
+        for split in SPLITS:
+            split_rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["id"])
+            shard_info[split] = []
+            for k, start in enumerate(range(0, len(split_rows), per_shard)):
+                chunk = split_rows[start : start + per_shard]
+                name = f"{split}-{k:05d}.safetensors"
+                images = np.stack([pixels[r["_row"]] for r in chunk])
+                labels = np.array([label_of[r["category"]] for r in chunk], dtype=np.int64)
+                sha = write_shard(staging / "shards" / name, images, labels)
+                shard_info[split].append({"file": f"shards/{name}", "count": len(chunk), "sha256": sha})
+                for i, r in enumerate(chunk):
+                    manifest.append({**r, "label": label_of[r["category"]], "shard": name, "index": i})
+        counts = {s: sum(sh["count"] for sh in shard_info[s]) for s in SPLITS}
+        content = {"classes": classes, "resolution": res, "mode": cfg.mode,
+                   "shards": {s: [sh["sha256"] for sh in shard_info[s]] for s in SPLITS}}  # fmt: skip
+        content_hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        train_rows = [r for r in manifest if r["split"] == "train"]
+        preview_idx = np.array([r["_row"] for r in train_rows[:20000]], dtype=np.int64)
+        preview_labels = np.array([r["label"] for r in train_rows[:20000]], dtype=np.int64)
+        if len(preview_idx):
+            save_png(_preview(pixels[preview_idx], preview_labels, classes), staging / "preview.png")
+        del pixels
+        (staging / "_pixels.npy").unlink()
+
+        atomic.write_csv(staging / "manifest.csv", MANIFEST_COLUMNS, manifest)
+        atomic.write_csv(staging / "rejected.csv", REJECTED_COLUMNS, rejected)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "source": {"kind": cfg.source, "input": cfg.input, "description": listing.description},
+            "resolution": res,
+            "mode": cfg.mode,
+            "channels": channels,
+            "background": 0 if cfg.source == "builtin" else 255,
+            "classes": classes,
+            "counts": counts,
+            "n_rejected": len(rejected),
+            "ignored_files": listing.ignored[:1000],
+            "n_ignored": len(listing.ignored),
+            "split_seed": cfg.seed,
+            "shards": shard_info,
+            "content_hash": content_hash,
+        }
+        atomic.write_json(staging / "dataset.json", meta)
+        atomic.replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PrepareResult(
+        out=out,
+        counts=counts,
+        n_rejected=len(rejected),
+        n_ignored=len(listing.ignored),
+        classes=classes,
+        content_hash=content_hash,
+    )
