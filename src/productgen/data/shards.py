@@ -33,7 +33,7 @@ def write_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> str:
     save_file(
         {"images": np.ascontiguousarray(images), "labels": labels.astype(np.int64)},
         str(tmp),
-        metadata={"format": "productgen-shard", "layout": "NHWC"},
+        metadata={"format": "productgen-shard-nhwc"},  # one key: safetensors orders several at random
     )
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)

@@ -1,0 +1,25 @@
+"""The ``productgen`` command: thin Typer shells over functions in the package.
+
+Heavy imports (torch, Great Expectations, DVC, MLflow, Prefect) happen inside each command, so that
+``productgen --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from productgen.cli.data import data_app
+
+app = typer.Typer(
+    name="productgen",
+    help="Train, evaluate, version and ship models for e-commerce product images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _root() -> None:
+    """productgen: product-image generation, style transfer and enhancement, as an MLOps pipeline."""
