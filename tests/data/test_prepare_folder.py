@@ -24,7 +24,7 @@ def _cfg(src: Path, out: Path, **kw: object) -> DataConfig:
 def test_prepare_folder_writes_shards_manifest_and_preview(tmp_path: Path) -> None:
     src = tmp_path / "shop"
     write_good_folder(src, {"bags": 10, "shoes": 10, "shirts": 10})
-    res = prepare(_cfg(src, tmp_path / "prep"), progress=False)
+    res = prepare(_cfg(src, tmp_path / "prep"), show_progress=False)
     assert sum(res.counts.values()) == 30 and res.n_rejected == 0
     assert res.classes == ["bags", "shirts", "shoes"]
     out = tmp_path / "prep"
@@ -49,7 +49,7 @@ def test_split_is_deterministic_and_seeded(tmp_path: Path) -> None:
     splits = []
     for i, seed in enumerate((0, 0, 1)):
         out = tmp_path / f"p{i}"
-        prepare(_cfg(src, out, seed=seed), progress=False)
+        prepare(_cfg(src, out, seed=seed), show_progress=False)
         splits.append([(r["id"], r["split"]) for r in csv.DictReader(open(out / "manifest.csv"))])
     assert splits[0] == splits[1]
     assert splits[0] != splits[2]
@@ -64,7 +64,7 @@ def test_bad_files_quarantined_with_reasons_and_source_untouched(tmp_path: Path)
     expected = write_bad_files(src, "bags", outside=tmp_path / "elsewhere")
     before = tree_digest(src)
     out, report = tmp_path / "prep", tmp_path / "report"
-    prepare(_cfg(src, out), progress=False)
+    prepare(_cfg(src, out), show_progress=False)
     result = validate(out, ValidationConfig(out=str(report), min_images_per_category=1))
     assert not result.success
     assert tree_digest(src) == before  # byte for byte, links and folders included
@@ -87,7 +87,7 @@ def test_thresholds_decide_the_verdict(tmp_path: Path) -> None:
     write_good_folder(src, {"bags": 20, "shoes": 20})
     (src / "bags" / "empty.jpg").write_bytes(b"")
     out = tmp_path / "prep"
-    prepare(_cfg(src, out), progress=False)
+    prepare(_cfg(src, out), show_progress=False)
     strict = validate(out, ValidationConfig(out=str(tmp_path / "r1"), min_images_per_category=1))
     lenient = validate(out, ValidationConfig(out=str(tmp_path / "r2"), min_images_per_category=1,
                                              max_rejected_fraction=0.05))
@@ -101,7 +101,7 @@ def test_class_imbalance_bound(tmp_path: Path) -> None:
     src = tmp_path / "shop"
     write_good_folder(src, {"big": 24, "small": 3})
     out = tmp_path / "prep"
-    prepare(_cfg(src, out), progress=False)
+    prepare(_cfg(src, out), show_progress=False)
     assert not validate(out, ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1,
                                               max_class_imbalance=4.0)).success
     assert validate(out, ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1,
@@ -112,7 +112,7 @@ def test_leakage_between_splits_is_caught(tmp_path: Path) -> None:
     src = tmp_path / "shop"
     write_good_folder(src, {"a": 10, "b": 10})
     out = tmp_path / "prep"
-    prepare(_cfg(src, out), progress=False)
+    prepare(_cfg(src, out), show_progress=False)
     # Simulate a hand-edited manifest where one test image's content also sits in train.
     rows = list(csv.DictReader(open(out / "manifest.csv")))
     test_row = next(r for r in rows if r["split"] == "test")
@@ -134,7 +134,7 @@ def test_duplicates_share_a_split(tmp_path: Path) -> None:
     for i in range(5):
         (src / "a" / f"dup{i}.png").write_bytes((src / "a" / "000.png").read_bytes())
     out = tmp_path / "prep"
-    prepare(_cfg(src, out), progress=False)
+    prepare(_cfg(src, out), show_progress=False)
     rows = list(csv.DictReader(open(out / "manifest.csv")))
     h = next(r["sha256"] for r in rows if r["id"] == "a/000.png")
     copies = [r for r in rows if r["sha256"] == h]
@@ -148,9 +148,9 @@ def test_output_may_not_overwrite_user_data(tmp_path: Path) -> None:
     other.mkdir()
     (other / "notes.txt").write_text("precious")
     with pytest.raises(UserError, match="not a prepared dataset"):
-        prepare(_cfg(src, other), progress=False)
+        prepare(_cfg(src, other), show_progress=False)
     with pytest.raises(UserError, match="must not overlap"):
-        prepare(_cfg(src, src / "out"), progress=False)
+        prepare(_cfg(src, src / "out"), show_progress=False)
     assert (other / "notes.txt").read_text() == "precious"
 
 

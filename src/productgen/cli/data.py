@@ -94,7 +94,7 @@ def prepare(
         return
     from productgen.data.prepare import prepare as do_prepare
 
-    result = do_prepare(cfg, progress=not quiet)
+    result = do_prepare(cfg, show_progress=not quiet)
     counts = ", ".join(f"{k} {v:,}" for k, v in result.counts.items())
     typer.echo(
         f"prepared {sum(result.counts.values()):,} images ({counts}) in {len(result.classes)} categories -> "

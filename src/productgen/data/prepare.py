@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import zlib
@@ -26,7 +27,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from productgen import atomic
 from productgen.config import DataConfig
@@ -35,6 +35,7 @@ from productgen.data.decode import Rejected, decode, normalise_mode, resize_pad
 from productgen.data.shards import write_shard
 from productgen.data.sources import SourceItem, SourceListing, list_source
 from productgen.errors import UserError
+from productgen.progress import progress
 from productgen.viz import make_grid, save_png
 
 FORMAT = "productgen-prepared"
@@ -81,6 +82,13 @@ def _check_output(cfg: DataConfig, out: Path) -> None:
         raise UserError(f"{out}: exists and is not a prepared dataset; choose an empty or new --out folder")
 
 
+def _share(n: int, fraction: float) -> int:
+    """Images of a category for a split: rounded half up, and at least one when the split is wanted at all."""
+    if fraction <= 0 or n == 0:
+        return 0
+    return max(1, int(math.floor(n * fraction + 0.5))) if n >= 3 else int(math.floor(n * fraction + 0.5))
+
+
 def assign_splits(rows: list[dict[str, Any]], cfg: DataConfig) -> None:
     """Set ``row["split"]``: stratified by category, seeded, grouped by content hash (no leakage)."""
     by_hash: dict[str, str] = {}
@@ -105,8 +113,7 @@ def assign_splits(rows: list[dict[str, Any]], cfg: DataConfig) -> None:
         rng = np.random.default_rng([cfg.seed, zlib.crc32(category.encode("utf-8"))])
         order = rng.permutation(len(hashes))
         n = len(hashes)
-        n_test = int(round(n * fractions_for["test"]))
-        n_val = int(round(n * fractions_for["val"]))
+        n_test, n_val = (_share(n, fractions_for[s]) for s in ("test", "val"))
         if n - n_test - n_val < 1 and n > 0:  # tiny categories: train first
             n_val = max(0, min(n_val, n - 1))
             n_test = max(0, min(n_test, n - 1 - n_val))
@@ -150,7 +157,7 @@ def _preview(images: np.ndarray, labels: np.ndarray, classes: list[str], per_cla
     return make_grid(np.concatenate(picks), ncol=per_class, scale=scale, row_labels=classes)
 
 
-def prepare(cfg: DataConfig, progress: bool = True) -> PrepareResult:
+def prepare(cfg: DataConfig, show_progress: bool = True) -> PrepareResult:
     """Prepare the dataset described by ``cfg`` into ``cfg.out``; see the module docstring for the layout."""
     out = Path(cfg.out)
     listing: SourceListing = list_source(cfg)
@@ -175,7 +182,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> PrepareResult:
             staging / "_pixels.npy", mode="w+", dtype=np.uint8, shape=(max(1, len(candidates)), res, res, channels)
         )
         rows: list[dict[str, Any]] = []
-        for item in tqdm(candidates, desc="prepare", unit="img", disable=not progress, mininterval=0.5):
+        for item in progress(candidates, desc="prepare", unit="img", enabled=show_progress):
             try:
                 arr, info = _decode_item(item, cfg, channels)
             except Rejected as err:

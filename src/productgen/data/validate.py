@@ -69,7 +69,7 @@ def image_statistics(ds: PreparedDataset) -> dict[str, dict[str, np.ndarray]]:
     stats: dict[str, dict[str, np.ndarray]] = {}
     for split in SPLITS:
         images, _ = ds.arrays(split)
-        flat = images.reshape(len(images), -1)
+        flat = images.reshape(images.shape[0], int(np.prod(images.shape[1:])))
         stats[split] = {
             "pixel_mean": flat.mean(axis=1, dtype=np.float64),
             "pixel_std": flat.std(axis=1, dtype=np.float64),
