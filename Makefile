@@ -42,7 +42,7 @@ $(RAW): | $(STAMP)
 data: $(RAW)  ## Put the built-in Fashion-MNIST dataset into data/ (DVC-tracked)
 
 run: data  ## Run the pipeline on the built-in dataset: prepare -> validate -> version (dvc repro + push)
-	dvc repro
+	dvc repro --pull
 	dvc push -q
 	@echo
 	@echo "Validation report: artifacts/validation/report.md (HTML: artifacts/validation/report.html)"
