@@ -91,6 +91,53 @@ class ValidationConfig:
     max_class_imbalance: float = 10.0
 
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The shared training engine: schedule, precision, checkpoints. Model-specific settings live elsewhere."""
+
+    out: str = "artifacts/train/gan"
+    prepared: str | None = None  # prepared dataset folder (default: data.out)
+    split: str = "train"
+    batch_size: int = 64  # per process; the global batch is batch_size x world size
+    max_steps: int = 2000
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    channels_last: bool = True
+    compile: bool = False
+    fused_optimizer: bool = True  # fused Adam on CUDA
+    ema_decay: float = 0.999
+    ema_start: int = 0
+    grad_clip: float = 0.0  # max grad norm; 0 disables clipping
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    data_on_device: bool = True  # hold the whole uint8 dataset on the GPU
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """Class-conditional DCGAN-family GAN with the stabilisers that work."""
+
+    z_dim: int = 128
+    g_channels: int = 64  # width at the highest resolution (doubles towards the lowest)
+    d_channels: int = 64
+    max_channels: int = 512
+    embed_dim: int = 128
+    loss: Literal["hinge", "nonsaturating"] = "hinge"
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.9
+    d_steps: int = 1
+    diffaugment: str = "translation,cutout"  # comma-separated subset of color,translation,cutout; "" disables
+    spectral_norm: bool = True
+
+
 @dataclass(frozen=True)
 class Params:
     """The whole of ``params.yaml``."""
@@ -98,6 +145,8 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
 
 
 T = TypeVar("T")
@@ -181,6 +230,15 @@ def check(params: Params, where: str = "params") -> Params:
             raise UserError(f"{where}.validation.{name}: must be between 0 and 1")
     if any(s not in (2, 3, 4, 8) for s in params.views.scales):
         raise UserError(f"{where}.views.scales: each scale must be one of 2, 3, 4, 8")
+    t = params.train
+    for name in ("batch_size", "max_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints"):
+        if getattr(t, name) < 1:
+            raise UserError(f"{where}.train.{name}: must be at least 1")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise UserError(f"{where}.train.ema_decay: must be in [0, 1)")
+    bad_aug = {a for a in params.gan.diffaugment.split(",") if a} - {"color", "translation", "cutout"}
+    if bad_aug:
+        raise UserError(f"{where}.gan.diffaugment: unknown {sorted(bad_aug)} (use color, translation, cutout)")
     if not 1 <= params.views.jpeg_quality <= 95:
         raise UserError(f"{where}.views.jpeg_quality: must be between 1 and 95")
     return params

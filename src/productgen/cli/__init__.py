@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from productgen.cli.data import data_app
+from productgen.cli.train import generate_cmd, train_app
 
 app = typer.Typer(
     name="productgen",
@@ -18,6 +19,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.command("generate")(generate_cmd)
 
 
 @app.callback()

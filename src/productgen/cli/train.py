@@ -1,0 +1,85 @@
+"""``productgen train`` and ``productgen generate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from productgen.cli.common import DryRunOption, print_config, user_errors
+from productgen.cli.data import Params, _load
+
+train_app = typer.Typer(help="Train models on a prepared dataset (the same engine for every model).", no_args_is_help=True)
+
+
+@train_app.command("gan")
+@user_errors
+def train_gan(
+    params: Params = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run folder (default: train.out).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Train up to this step.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step and process.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
+    prepared: Annotated[Optional[str], typer.Option(help="Prepared dataset folder (default: data.out).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of weights, noise and data order.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    dry_run: DryRunOption = False,
+) -> None:
+    """Train the class-conditional GAN; checkpoints, sample grids, loss curve and weights go to --out.
+
+    Examples:
+
+      productgen train gan --max-steps 2000 --out artifacts/train/gan
+
+      productgen train gan --resume --max-steps 4000 --out artifacts/train/gan
+
+      torchrun --nproc_per_node 4 -m productgen train gan --max-steps 20000
+    """
+    p = _load(params, {"train.out": out, "train.max_steps": max_steps, "train.batch_size": batch_size,
+                       "train.device": device, "train.precision": precision, "train.prepared": prepared,
+                       "train.seed": seed})  # fmt: skip
+    if dry_run:
+        print_config({"train": p.train, "gan": p.gan})
+        return
+    from productgen.train import train
+
+    result = train(p, "gan", resume=resume, show_progress=not quiet)
+    if result is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
+        losses = ", ".join(f"{k} {v:.3f}" for k, v in result.final_losses.items())
+        typer.echo(f"trained to step {result.step} ({result.images_per_second:,.0f} img/s at the end; {losses})")
+        typer.echo(f"weights: {result.out / 'model'}; samples: {result.out / 'samples'}; "
+                   f"loss curve: {result.out / 'loss_curve.png'}")  # fmt: skip
+
+
+def generate_command(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder written by training.")] = Path(
+        "artifacts/train/gan/model"
+    ),
+    category: Annotated[
+        Optional[list[str]], typer.Option("--category", "-c", help="Category name (repeatable); default: all.")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="Images per category.")] = 8,
+    seed: Annotated[int, typer.Option(help="Noise seed; same seed, same images.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Grid PNG to write.")] = Path("artifacts/generated.png"),
+    folder: Annotated[Optional[Path], typer.Option("--folder", help="Also write one PNG per image here.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+) -> None:
+    """Generate new product images of the given categories with a trained GAN.
+
+    Example: productgen generate --category sneaker --n 64 --seed 0 --out grid.png --folder generated/
+    """
+    from productgen.generate import generate, save_images
+    from productgen.viz import make_grid, save_png
+
+    images, labels, classes = generate(model, category, n, seed, device)
+    ncol = 8 if n % 8 == 0 or n > 8 else n
+    save_png(make_grid(images, ncol=ncol, scale=max(1, 64 // images.shape[-1])), out)
+    typer.echo(f"{len(images)} images -> grid {out}")
+    if folder is not None:
+        typer.echo(f"{save_images(images, labels, classes, folder)} PNGs -> {folder}")
+
+
+generate_cmd = user_errors(generate_command)

@@ -1,0 +1,1 @@
+"""Networks: the class-conditional GAN (and, later, the VAE, translation GAN and style-transfer models)."""

@@ -1,0 +1,64 @@
+"""Trained models on disk: safetensors weights plus a JSON config. Loading builds the network from the config
+and fills it with tensors; nothing from the files is executed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from productgen import atomic
+from productgen.errors import UserError
+
+CONFIG = "config.json"
+
+
+def save_model(folder: Path, weights: dict[str, nn.Module], config: dict[str, Any]) -> Path:
+    """Write ``<name>.safetensors`` per module and ``config.json`` (each file atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, module in weights.items():
+        tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        tmp = folder / f".{name}.safetensors.tmp-{os.getpid()}"
+        save_file(tensors, str(tmp), metadata={"format": "productgen-weights"})
+        os.replace(tmp, folder / f"{name}.safetensors")
+    atomic.write_json(folder / CONFIG, config)
+    return folder
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG
+    if not path.is_file():
+        raise UserError(f"{folder}: no {CONFIG}; pass the 'model' folder written by 'productgen train'")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_weights(module: nn.Module, path: Path) -> nn.Module:
+    if not path.is_file():
+        raise UserError(f"{path}: weights file missing")
+    try:
+        module.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"{path}: weights do not fit the model in config.json ({str(err).splitlines()[0]})") from None
+    return module
+
+
+def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The (EMA) generator of a trained GAN, in eval mode, and its config."""
+    from productgen.models.gan import Generator
+
+    cfg = read_config(folder)
+    if cfg.get("model") != "gan":
+        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, not a GAN")
+    g = cfg["gan"]
+    net = Generator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["z_dim"], g["g_channels"],
+                    g["max_channels"], g["embed_dim"])  # fmt: skip
+    load_weights(net, folder / "generator.safetensors")
+    return net.to(device).eval(), cfg
