@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 for var, value in (("GIT_AUTHOR_NAME", "productgen-tests"), ("GIT_AUTHOR_EMAIL", "tests@productgen.invalid"),
                    ("GIT_COMMITTER_NAME", "productgen-tests"), ("GIT_COMMITTER_EMAIL", "tests@productgen.invalid")):
     os.environ.setdefault(var, value)
+
+# One throw-away MLflow store for the whole test session (never the project's ./mlflow.db).
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='productgen-mlflow-')}/mlflow.db"
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -176,3 +180,38 @@ def catalog_folder(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+# A tiny prepared dataset (3 categories x 12 images, 28 px) and params for fast GAN runs.
+TINY = """\
+data:
+  out: {prepared}
+train:
+  batch_size: 8
+  log_every: 2
+  sample_every: 3
+  checkpoint_every: 2
+  ema_decay: 0.9
+  device: cpu
+gan:
+  z_dim: 16
+  g_channels: 16
+  d_channels: 16
+  max_channels: 32
+  embed_dim: 16
+  diffaugment: color,translation,cutout
+"""
+
+
+@pytest.fixture(scope="session")
+def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gan")
+    write_good_folder(root / "shop", {"bags": 12, "shoes": 12, "shirts": 12}, size=(28, 28))
+    from productgen.config import DataConfig
+    from productgen.data.prepare import prepare
+
+    prepare(DataConfig(source="folder", input=str(root / "shop"), out=str(root / "prepared"), mode="L",
+                       resolution=28), show_progress=False)  # fmt: skip
+    path = root / "params.yaml"
+    path.write_text(TINY.format(prepared=root / "prepared"))
+    return path

@@ -30,25 +30,32 @@ def resolve_categories(requested: list[str] | None, classes: list[str]) -> list[
 
 
 @torch.no_grad()
+def sample(net: torch.nn.Module, z_dim: int, labels: torch.Tensor, seed: int, batch: int = 500) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` images for ``labels``; the noise comes from ``seed`` alone, so it is repeatable."""
+    from productgen.training.gan_task import to_uint8
+
+    device = labels.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    z = torch.randn(len(labels), z_dim, generator=gen, device=device)
+    parts = [to_uint8(net(z[i : i + batch], labels[i : i + batch])) for i in range(0, len(labels), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, 1, 1, 1), np.uint8)
+
+
 def generate(
-    model_dir: Path, categories: list[str] | None, n: int, seed: int, device: str = "cpu", batch: int = 500
+    model_dir: Path, categories: list[str] | None, n: int, seed: int, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``n`` images per category as uint8 ``[N, C, H, W]``, their labels, and the model's class names.
 
     The same (model, categories, n, seed) always gives the same images.
     """
     from productgen.models.io import load_generator
-    from productgen.training.gan_task import to_uint8
 
     if not 1 <= n <= MAX_IMAGES:
         raise UserError(f"--n must be between 1 and {MAX_IMAGES}")
     net, cfg = load_generator(model_dir, device)
     classes = list(cfg["classes"])
     labels = torch.tensor(resolve_categories(categories, classes), device=device).repeat_interleave(n)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    z = torch.randn(len(labels), cfg["gan"]["z_dim"], generator=gen, device=device)
-    parts = [to_uint8(net(z[i : i + batch], labels[i : i + batch])) for i in range(0, len(labels), batch)]
-    return np.concatenate(parts), labels.cpu().numpy(), classes
+    return sample(net, cfg["gan"]["z_dim"], labels, seed), labels.cpu().numpy(), classes
 
 
 def save_images(images: np.ndarray, labels: np.ndarray, classes: list[str], folder: Path) -> int:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,11 @@ from productgen.errors import UserError
 TASKS = ("gan",)
 
 
-def train(params: Params, task: str = "gan", resume: bool = False, show_progress: bool = True) -> Any:
+def train(
+    params: Params, task: str = "gan", resume: bool = False, show_progress: bool = True, track: bool = False,
+    register: str | None = None,
+) -> Any:
+    """Train ``task``; with ``track``, log params, per-step losses, artifacts, lineage and the model to MLflow."""
     from productgen.data.dataset import PreparedDataset
     from productgen.models.io import save_model
     from productgen.plots import loss_curve
@@ -37,10 +42,22 @@ def train(params: Params, task: str = "gan", resume: bool = False, show_progress
     if len(images) < cfg.batch_size:
         raise UserError(f"{ds.root}: the {cfg.split} split has {len(images)} images, fewer than train.batch_size={cfg.batch_size}")
     rt = init_runtime(cfg.device, cfg.precision)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutdown, rt)
+        logger = None
+        if track and rt.is_main:
+            from productgen import tracking
+
+            run_params = {"train": dataclasses.asdict(cfg), task: dataclasses.asdict(params.gan),
+                          "data": {"resolution": ds.resolution, "channels": ds.channels, "classes": len(ds.classes),
+                                   "train_images": len(images)}, "world_size": rt.world_size, "resume": resume}  # fmt: skip
+            tags = {**tracking.lineage(ds.root, ds.content_hash), "task": task, "kind": "train",
+                    "device": str(rt.device)}  # fmt: skip
+            logger = stack.enter_context(tracking.run(f"productgen-{task}", f"train-{task}", run_params, tags))
         engine = Engine(cfg, rt, out)
         model = GanTask(params.gan, engine, ds.resolution, ds.channels, ds.classes)
-        result = fit(model, engine, images, labels, resume=resume, show_progress=show_progress)
+        result = fit(model, engine, images, labels, resume=resume, show_progress=show_progress,
+                     on_log=logger.log_step if logger else None)  # fmt: skip
         if rt.is_main:
             config = {**model.config(), "step": result.step, "dataset": {"path": str(ds.root), "content_hash": ds.content_hash},
                       "train": dataclasses.asdict(cfg)}  # fmt: skip
@@ -48,6 +65,16 @@ def train(params: Params, task: str = "gan", resume: bool = False, show_progress
             save_model(out / "model", {"generator": engine.ema.shadow, "discriminator": model.modules["D"],
                                        "generator_raw": model.modules["G"]}, config)  # fmt: skip
             loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
+        if logger is not None:
+            import mlflow
+
+            from productgen import tracking
+
+            for name in ("loss_curve.png", "metrics.jsonl", "train_config.json"):
+                if (out / name).is_file():
+                    mlflow.log_artifact(str(out / name))
+            mlflow.log_artifacts(str(out / "samples"), artifact_path="samples")
+            mlflow.log_artifacts(str(out / "model"), artifact_path="weights")
+            result.model_uri = tracking.log_gan_model(out / "model", register)
+            result.run_id = logger.run_id
         return result
-    finally:
-        shutdown(rt)

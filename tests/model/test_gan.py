@@ -12,42 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from productgen.config import DataConfig
-from productgen.data.prepare import prepare
 from productgen.models.gan import Discriminator, Generator, diffaugment
 from productgen.training.checkpoint import load_state, save_state
-from tests.conftest import BIN, run_cli, write_good_folder
-
-TINY = """\
-data:
-  out: {prepared}
-train:
-  batch_size: 8
-  log_every: 2
-  sample_every: 3
-  checkpoint_every: 2
-  ema_decay: 0.9
-  device: cpu
-gan:
-  z_dim: 16
-  g_channels: 16
-  d_channels: 16
-  max_channels: 32
-  embed_dim: 16
-  diffaugment: color,translation,cutout
-"""
-
-
-@pytest.fixture(scope="module")
-def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("gan")
-    write_good_folder(root / "shop", {"bags": 12, "shoes": 12, "shirts": 12}, size=(28, 28))
-    prepare(DataConfig(source="folder", input=str(root / "shop"), out=str(root / "prepared"), mode="L",
-                       resolution=28), show_progress=False)  # fmt: skip
-    path = root / "params.yaml"
-    path.write_text(TINY.format(prepared=root / "prepared"))
-    return path
-
+from tests.conftest import BIN, run_cli
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     out = {}
@@ -58,14 +25,14 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_train_resume_is_bit_identical(params: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    full = run_cli("train", "gan", "--params", str(params), "--max-steps", "6", "--out", str(a), "-q")
+    full = run_cli("train", "gan", "--params", str(params), "--max-steps", "6", "--out", str(a), "-q", "--no-track")
     assert full.returncode == 0, full.stderr
     assert "trained to step 6" in full.stdout
-    first = run_cli("train", "gan", "--params", str(params), "--max-steps", "4", "--out", str(b), "-q")
+    first = run_cli("train", "gan", "--params", str(params), "--max-steps", "4", "--out", str(b), "-q", "--no-track")
     assert first.returncode == 0, first.stderr
-    again = run_cli("train", "gan", "--params", str(params), "--max-steps", "4", "--out", str(b), "-q")
+    again = run_cli("train", "gan", "--params", str(params), "--max-steps", "4", "--out", str(b), "-q", "--no-track")
     assert again.returncode == 2 and "--resume" in again.stderr  # never overwrites a run silently
-    resumed = run_cli("train", "gan", "--params", str(params), "--max-steps", "6", "--out", str(b), "--resume", "-q")
+    resumed = run_cli("train", "gan", "--params", str(params), "--max-steps", "6", "--out", str(b), "--resume", "-q", "--no-track")
     assert resumed.returncode == 0, resumed.stderr
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
@@ -78,16 +45,16 @@ def test_train_resume_is_bit_identical(params: Path, tmp_path: Path) -> None:
 
 def test_resume_with_other_settings_is_refused(params: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
-    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run), "-q").returncode == 0
+    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run), "-q", "--no-track").returncode == 0
     p = run_cli("train", "gan", "--params", str(params), "--max-steps", "4", "--out", str(run), "--resume",
-                "--seed", "5", "-q")  # fmt: skip
+                "--seed", "5", "-q", "--no-track")  # fmt: skip
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and "different settings" in p.stderr and len(p.stderr.splitlines()) == 1
 
 
 def test_generate_grid_and_folder(params: Path, tmp_path: Path) -> None:
     run = tmp_path / "g"
-    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run), "-q").returncode == 0
+    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run), "-q", "--no-track").returncode == 0
     outs = []
     for i in range(2):
         p = run_cli("generate", "--model", str(run / "model"), "--category", "shoes", "--n", "8", "--seed", "0",

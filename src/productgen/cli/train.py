@@ -25,6 +25,12 @@ def train_gan(
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
     prepared: Annotated[Optional[str], typer.Option(help="Prepared dataset folder (default: data.out).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of weights, noise and data order.")] = None,
+    track: Annotated[
+        bool, typer.Option("--track/--no-track", help="Log the run to MLflow (MLFLOW_TRACKING_URI or ./mlflow.db).")
+    ] = True,
+    register: Annotated[
+        Optional[str], typer.Option("--register", help="Also register the model under this MLflow name.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     dry_run: DryRunOption = False,
 ) -> None:
@@ -46,12 +52,14 @@ def train_gan(
         return
     from productgen.train import train
 
-    result = train(p, "gan", resume=resume, show_progress=not quiet)
+    result = train(p, "gan", resume=resume, show_progress=not quiet, track=track, register=register)
     if result is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
         losses = ", ".join(f"{k} {v:.3f}" for k, v in result.final_losses.items())
         typer.echo(f"trained to step {result.step} ({result.images_per_second:,.0f} img/s at the end; {losses})")
         typer.echo(f"weights: {result.out / 'model'}; samples: {result.out / 'samples'}; "
                    f"loss curve: {result.out / 'loss_curve.png'}")  # fmt: skip
+        if result.run_id:
+            typer.echo(f"MLflow run {result.run_id}: model {result.model_uri}")
 
 
 def generate_command(

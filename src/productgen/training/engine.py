@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,6 +64,8 @@ class TrainResult:
     images_per_second: float
     final_losses: dict[str, float]
     checkpoints: list[str] = field(default_factory=list)
+    run_id: str | None = None  # set by the MLflow layer when the run was tracked
+    model_uri: str | None = None
 
 
 class Engine:
@@ -185,6 +188,7 @@ def fit(
     labels: torch.Tensor,
     resume: bool = False,
     show_progress: bool = True,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``task`` on uint8 ``images`` / ``labels`` up to ``cfg.max_steps``; see the module docstring."""
     from productgen.progress import progress
@@ -243,6 +247,8 @@ def fit(
             if rt.is_main:
                 with open(log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": done, **last, "images_per_second": round(ips, 1)}) + "\n")
+                if on_log is not None:
+                    on_log(done, {**last, "images_per_second": ips})
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix({**{k: f"{v:.3f}" for k, v in last.items()}, "img/s": f"{ips:,.0f}"})
         if rt.is_main and (done % cfg.sample_every == 0 or done == cfg.max_steps):

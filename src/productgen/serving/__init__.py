@@ -1,0 +1,1 @@
+"""MLflow pyfunc models that serve productgen's trained networks (logged as models-from-code, no pickles)."""
