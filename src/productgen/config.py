@@ -139,6 +139,24 @@ class GanConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """How a trained generator is evaluated (FID protocol of Lucic et al.: the test split vs as many fakes)."""
+
+    out: str = "artifacts/eval/gan"
+    model: str = "artifacts/train/gan/model"
+    split: str = "test"
+    num_fake: int | None = None  # default: as many as real images, with the same category mix
+    max_real: int | None = None  # evaluate on a seeded subset of the real split (quick checks)
+    seed: int = 0
+    batch_size: int = 100
+    device: str = "auto"
+    extractor: str = "tf-inception"
+    kid: bool = True
+    kid_subset_size: int = 1000
+    per_category: bool = True
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of ``params.yaml``."""
 
@@ -147,6 +165,7 @@ class Params:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     gan: GanConfig = field(default_factory=GanConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 T = TypeVar("T")

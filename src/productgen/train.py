@@ -60,7 +60,7 @@ def train(
                      on_log=logger.log_step if logger else None)  # fmt: skip
         if rt.is_main:
             config = {**model.config(), "step": result.step, "dataset": {"path": str(ds.root), "content_hash": ds.content_hash},
-                      "train": dataclasses.asdict(cfg)}  # fmt: skip
+                      "train": dataclasses.asdict(cfg), "mlflow_run_id": logger.run_id if logger else None}  # fmt: skip
             assert engine.ema is not None
             save_model(out / "model", {"generator": engine.ema.shadow, "discriminator": model.modules["D"],
                                        "generator_raw": model.modules["G"]}, config)  # fmt: skip

@@ -62,3 +62,15 @@ def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn
                     g["max_channels"], g["embed_dim"])  # fmt: skip
     load_weights(net, folder / "generator.safetensors")
     return net.to(device).eval(), cfg
+
+
+def load_discriminator(folder: Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The discriminator of a trained GAN, in eval mode (for the held-out accuracy metric)."""
+    from productgen.models.gan import Discriminator
+
+    cfg = read_config(folder)
+    g = cfg["gan"]
+    net = Discriminator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["d_channels"], g["max_channels"],
+                        g["spectral_norm"])  # fmt: skip
+    load_weights(net, folder / "discriminator.safetensors")
+    return net.to(device).eval()
