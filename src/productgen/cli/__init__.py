@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from productgen.cli.data import data_app
+from productgen.cli.evaluate import evaluate_cmd
 from productgen.cli.metrics import metrics_app
 from productgen.cli.train import generate_cmd, train_app
 
@@ -23,6 +24,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(train_app, name="train")
 app.command("generate")(generate_cmd)
+app.command("evaluate")(evaluate_cmd)
 
 
 @app.callback()
