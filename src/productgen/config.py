@@ -157,6 +157,63 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """Promotion gate: a challenger replaces the champion only if better by this margin on the primary metric."""
+
+    fid_margin: float = 0.5  # generation: challenger FID must be lower by more than this
+
+
+@dataclass(frozen=True)
+class LogRange:
+    """A log-uniform search range ``[low, high]`` (learning rates)."""
+
+    low: float = 5e-5
+    high: float = 1e-3
+
+
+@dataclass(frozen=True)
+class TuneSpace:
+    """The GAN search space of ``productgen tune gan``; a null entry keeps the ``gan:`` value fixed.
+
+    Keys are ``gan:`` field names, so a trial's parameters are a partial ``gan:`` section as they stand.
+    """
+
+    lr_g: LogRange | None = field(default_factory=lambda: LogRange(5e-5, 1e-3))
+    lr_d: LogRange | None = field(default_factory=lambda: LogRange(5e-5, 1e-3))
+    beta1: list[float] | None = field(default_factory=lambda: [0.0, 0.5])
+    diffaugment: list[str] | None = field(default_factory=lambda: ["translation,cutout", "color,translation,cutout"])
+    d_steps: list[int] | None = field(default_factory=lambda: [1, 2])
+
+
+TunePruner = Literal["median", "hyperband", "none"]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Optuna hyperparameter search: one study per task in RDB storage, trials trained with the shared engine."""
+
+    # An SQLAlchemy URL (sqlite:///optuna.db, postgresql://user@host/db for several workers) or a file path
+    # (taken as SQLite). The study is loaded if it exists, so an interrupted search resumes.
+    storage: str = "sqlite:///optuna.db"
+    study: str = "productgen-gan"
+    out: str = "artifacts/tune/gan"  # trial-<n>/ run folders and best_params.yaml
+    trials: int = 20  # trials per invocation (added to those the study already has)
+    timeout: float | None = None  # seconds; no new trial starts after this
+    steps: int = 2000  # training steps per trial
+    eval_every: int = 500  # intermediate FID every this many steps (and at the last step)
+    eval_images: int = 1000  # real images (seeded subset of eval_split) and as many generated ones
+    eval_split: str = "val"  # never tune on the test split
+    eval_batch_size: int = 50
+    device: str = "auto"  # feature network device
+    extractor: str = "tf-inception"
+    seed: int = 0  # TPE sampler (offset by the trials already in the study), real subset and FID noise
+    pruner: TunePruner = "median"
+    pruner_startup_trials: int = 5  # median: complete trials before pruning starts
+    pruner_warmup_steps: int = 0  # median: no pruning before this step
+    space: TuneSpace = field(default_factory=TuneSpace)
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of ``params.yaml``."""
 
@@ -166,6 +223,8 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     gan: GanConfig = field(default_factory=GanConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
 
 T = TypeVar("T")
@@ -260,7 +319,38 @@ def check(params: Params, where: str = "params") -> Params:
         raise UserError(f"{where}.gan.diffaugment: unknown {sorted(bad_aug)} (use color, translation, cutout)")
     if not 1 <= params.views.jpeg_quality <= 95:
         raise UserError(f"{where}.views.jpeg_quality: must be between 1 and 95")
+    _check_tune(params.tune, f"{where}.tune")
     return params
+
+
+def _check_tune(t: TuneConfig, where: str) -> None:
+    """The search must be runnable before the first trial starts, not fail at trial 7."""
+    for name in ("trials", "steps", "eval_every", "eval_batch_size"):
+        if getattr(t, name) < 1:
+            raise UserError(f"{where}.{name}: must be at least 1")
+    if t.eval_images < 2:
+        raise UserError(f"{where}.eval_images: FID needs at least 2 images")
+    if t.timeout is not None and t.timeout <= 0:
+        raise UserError(f"{where}.timeout: must be positive (or null for no limit)")
+    if t.pruner_startup_trials < 0 or t.pruner_warmup_steps < 0:
+        raise UserError(f"{where}.pruner_startup_trials / pruner_warmup_steps: must be >= 0")
+    s = t.space
+    for name in ("lr_g", "lr_d"):
+        r = getattr(s, name)
+        if r is not None and not 0 < r.low <= r.high:
+            raise UserError(f"{where}.space.{name}: need 0 < low <= high (got low={r.low:g}, high={r.high:g})")
+    for name in ("beta1", "diffaugment", "d_steps"):
+        choices = getattr(s, name)
+        if choices is not None and not choices:
+            raise UserError(f"{where}.space.{name}: give at least one choice (or null to keep gan.{name})")
+    if s.beta1 is not None and any(not 0.0 <= b < 1.0 for b in s.beta1):
+        raise UserError(f"{where}.space.beta1: each choice must be in [0, 1)")
+    if s.d_steps is not None and any(d < 1 for d in s.d_steps):
+        raise UserError(f"{where}.space.d_steps: each choice must be at least 1")
+    for policy in s.diffaugment or []:
+        bad = {a for a in policy.split(",") if a} - {"color", "translation", "cutout"}
+        if bad:
+            raise UserError(f"{where}.space.diffaugment: unknown {sorted(bad)} (use color, translation, cutout)")
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:

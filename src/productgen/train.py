@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,13 @@ TASKS = ("gan",)
 
 def train(
     params: Params, task: str = "gan", resume: bool = False, show_progress: bool = True, track: bool = False,
-    register: str | None = None,
+    register: str | None = None, on_step: Callable[[int, Any, Any], None] | None = None,
 ) -> Any:
-    """Train ``task``; with ``track``, log params, per-step losses, artifacts, lineage and the model to MLflow."""
+    """Train ``task``; with ``track``, log params, per-step losses, artifacts, lineage and the model to MLflow.
+
+    ``on_step(step, engine, task)`` is passed to :func:`productgen.training.engine.fit` (the tuner's hook for
+    intermediate evaluations and pruning).
+    """
     from productgen.data.dataset import PreparedDataset
     from productgen.models.io import save_model
     from productgen.plots import loss_curve
@@ -57,7 +62,7 @@ def train(
         engine = Engine(cfg, rt, out)
         model = GanTask(params.gan, engine, ds.resolution, ds.channels, ds.classes)
         result = fit(model, engine, images, labels, resume=resume, show_progress=show_progress,
-                     on_log=logger.log_step if logger else None)  # fmt: skip
+                     on_log=logger.log_step if logger else None, on_step=on_step)  # fmt: skip
         if rt.is_main:
             config = {**model.config(), "step": result.step, "dataset": {"path": str(ds.root), "content_hash": ds.content_hash},
                       "train": dataclasses.asdict(cfg), "mlflow_run_id": logger.run_id if logger else None}  # fmt: skip
@@ -77,4 +82,8 @@ def train(
             mlflow.log_artifacts(str(out / "model"), artifact_path="weights")
             result.model_uri = tracking.log_gan_model(out / "model", register)
             result.run_id = logger.run_id
+            from productgen import atomic
+
+            atomic.write_json(out / "mlflow.json", {"run_id": logger.run_id, "model_uri": result.model_uri,
+                                                    "tracking_uri": tracking.tracking_uri()})  # fmt: skip
         return result

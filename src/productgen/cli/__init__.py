@@ -11,6 +11,7 @@ import typer
 from productgen.cli.data import data_app
 from productgen.cli.evaluate import evaluate_cmd
 from productgen.cli.metrics import metrics_app
+from productgen.cli.registry import registry_app
 from productgen.cli.train import generate_cmd, train_app
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(train_app, name="train")
+app.add_typer(registry_app, name="registry")
 app.command("generate")(generate_cmd)
 app.command("evaluate")(evaluate_cmd)
 

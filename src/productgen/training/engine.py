@@ -189,8 +189,15 @@ def fit(
     resume: bool = False,
     show_progress: bool = True,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, Engine, Task], None] | None = None,
 ) -> TrainResult:
-    """Train ``task`` on uint8 ``images`` / ``labels`` up to ``cfg.max_steps``; see the module docstring."""
+    """Train ``task`` on uint8 ``images`` / ``labels`` up to ``cfg.max_steps``; see the module docstring.
+
+    ``on_step(step, engine, task)`` runs on rank 0 after every step (after that step's samples and checkpoint),
+    so outside code can evaluate mid-training without a second loop (the Optuna tuner reports intermediate
+    FIDs and prunes there). It must not draw from the engine's RNGs, or runs stop being reproducible; an
+    exception it raises ends training. Single-process only when it raises: the other ranks would wait for it.
+    """
     from productgen.progress import progress
 
     cfg, rt, out = engine.cfg, engine.rt, engine.out
@@ -261,6 +268,8 @@ def fit(
                 saved.append(path.name)
             if rt.distributed:
                 dist.barrier()
+        if on_step is not None and rt.is_main:
+            on_step(done, engine, task)
     if rt.distributed:
         _check_in_sync(task)
     return TrainResult(out=out, step=engine.step, images_per_second=ips, final_losses=last, checkpoints=saved)
