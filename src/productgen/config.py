@@ -353,28 +353,55 @@ def _check_tune(t: TuneConfig, where: str) -> None:
             raise UserError(f"{where}.space.diffaugment: unknown {sorted(bad)} (use color, translation, cutout)")
 
 
-def load_params(path: str | Path | None = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
-    """Load ``params.yaml`` (defaults when ``path`` is None) and apply dotted ``overrides``.
-
-    ``overrides`` maps dotted keys such as ``"data.resolution"`` to values, which is how CLI options win over
-    the file without a second code path.
-    """
+def _read_yaml(p: Path, what: str) -> dict[str, Any]:
     import yaml
 
+    if not p.is_file():
+        raise UserError(f"{p}: {what} not found (run from the project root or pass --params)")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise UserError(f"{p}: expected a mapping of sections at the top level")
+    return loaded or {}
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+PROFILE_DIR = Path("flows/profiles")
+
+
+def profile_path(profile: str | Path) -> Path:
+    """A profile is a partial params file; a bare name means ``flows/profiles/<name>.yaml``."""
+    p = Path(profile)
+    return p if p.suffix in (".yaml", ".yml") else PROFILE_DIR / f"{profile}.yaml"
+
+
+def load_params(
+    path: str | Path | None = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+    profile: str | Path | None = None,
+) -> Params:
+    """Load ``params.yaml`` (defaults when ``path`` is None), merge a profile over it, apply dotted ``overrides``.
+
+    ``overrides`` maps dotted keys such as ``"data.resolution"`` to values, which is how CLI options win over
+    the file without a second code path. A profile (``quick-cpu``) changes a few values for a kind of run.
+    """
     raw: dict[str, Any] = {}
     where = "params"
     if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise UserError(f"{p}: params file not found (run from the project root or pass --params)")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise UserError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UserError(f"{p}: expected a mapping of sections at the top level")
-        raw = loaded or {}
+        where = str(path)
+        raw = _read_yaml(Path(path), "params file")
+    if profile is not None:
+        pp = profile_path(profile)
+        raw = _merge(raw, _read_yaml(pp, "profile"))
+        where = f"{where} + {pp}"
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

@@ -40,30 +40,9 @@ def evaluate_cmd(
     if dry_run:
         print_config(p.evaluate)
         return
-    import contextlib
+    from productgen.pipeline import evaluate_model
 
-    from productgen.evaluate import evaluate
-
-    data = prepared or Path(p.data.out)
-    with contextlib.ExitStack() as stack:
-        if track:
-            from productgen import tracking
-            from productgen.data.dataset import PreparedDataset
-            from productgen.models.io import read_config
-
-            ds = PreparedDataset(data, verify=False)
-            mcfg = read_config(Path(p.evaluate.model))
-            tags = {**tracking.lineage(ds.root, ds.content_hash), "task": "gan", "kind": "evaluate",
-                    "model.path": p.evaluate.model, "model.trained_by_run": str(mcfg.get("mlflow_run_id"))}  # fmt: skip
-            stack.enter_context(tracking.run("productgen-gan", "evaluate-gan", {"evaluate": p.evaluate.__dict__}, tags))
-        m = evaluate(p.evaluate, data, show_progress=not quiet)
-        if track:
-            import mlflow
-
-            flat = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
-            flat |= {f"fid_{k.replace(' ', '_')}": v for k, v in m.get("fid_per_category", {}).items()}
-            mlflow.log_metrics(flat)
-            mlflow.log_artifacts(p.evaluate.out)
+    m = evaluate_model(p, prepared, track=track, show_progress=not quiet)
     kid_text = f", KID {m['kid_mean']:.4f} +- {m['kid_std']:.4f}" if "kid_mean" in m else ""
     typer.echo(f"FID {m['fid']:.2f}{kid_text}, discriminator accuracy {100 * m['d_acc']:.1f}% "
                f"({m['n_real']:,} real vs {m['n_fake']:,} generated)")  # fmt: skip
