@@ -2,21 +2,26 @@
 
 Input: a table with one row per request, columns ``category`` (name), ``count`` and ``seed``.
 Output: one row per image, columns ``category``, ``seed``, ``index`` and ``image`` (base64-encoded PNG).
+Bad input (unknown category, count outside 1..64, over 256 images or rows in all) raises
+``MlflowException(INVALID_PARAMETER_VALUE)`` before anything is generated: ``mlflow models serve`` answers 400.
 The weights travel as the ``model_dir`` artifact (safetensors + config.json).
 """
 
 import base64
 import io
+import math
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 MAX_COUNT = 64  # images per row
-MAX_TOTAL = 256  # images per request
+MAX_TOTAL = 256  # images (and rows) per request
+COLUMNS = ("category", "count", "seed")
 
 
 class ProductGenerator(PythonModel):
@@ -32,32 +37,65 @@ class ProductGenerator(PythonModel):
         import torch
         from PIL import Image
 
-        from productgen.errors import UserError
-        from productgen.generate import resolve_categories, sample
+        from productgen.generate import sample
         from productgen.viz import to_nhwc
 
-        frame = pd.DataFrame(model_input)
-        missing = {"category", "count", "seed"} - set(frame.columns)
-        if missing:
-            raise MlflowException(f"input needs columns category, count, seed (missing {sorted(missing)})",
-                                  INVALID_PARAMETER_VALUE)  # fmt: skip
-        if int(frame["count"].clip(lower=0).sum()) > MAX_TOTAL or (frame["count"] > MAX_COUNT).any() or (frame["count"] < 1).any():
-            raise MlflowException(f"count must be 1..{MAX_COUNT} per row and at most {MAX_TOTAL} in all",
-                                  INVALID_PARAMETER_VALUE)  # fmt: skip
+        requests = self._validate(pd.DataFrame(model_input))  # every row is checked before any image is made
         rows = []
-        for rec in frame.to_dict(orient="records"):
-            try:
-                (label,) = resolve_categories([str(rec["category"])], self.classes)
-            except UserError as err:
-                raise MlflowException(str(err), INVALID_PARAMETER_VALUE) from None
-            labels = torch.full((int(rec["count"]),), label, dtype=torch.long)
-            images = to_nhwc(sample(self.net, self.cfg["gan"]["z_dim"], labels, int(rec["seed"])))
+        for label, count, seed in requests:
+            labels = torch.full((count,), label, dtype=torch.long)
+            images = to_nhwc(sample(self.net, self.cfg["gan"]["z_dim"], labels, seed))
             for i, img in enumerate(images):
                 buf = io.BytesIO()
                 Image.fromarray(img[..., 0] if self.cfg["channels"] == 1 else img).save(buf, format="PNG")
-                rows.append({"category": self.classes[label], "seed": int(rec["seed"]), "index": i,
+                rows.append({"category": self.classes[label], "seed": seed, "index": i,
                              "image": base64.b64encode(buf.getvalue()).decode("ascii")})  # fmt: skip
         return pd.DataFrame(rows, columns=["category", "seed", "index", "image"])
+
+    def _validate(self, frame: pd.DataFrame) -> list[tuple[int, int, int]]:
+        """``(label, count, seed)`` per row, or MlflowException(INVALID_PARAMETER_VALUE): HTTP 400 when served."""
+        from productgen.errors import UserError
+        from productgen.generate import resolve_categories
+
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            raise _invalid(f"input needs columns category, count, seed (missing: {', '.join(missing)})")
+        if len(frame) == 0:
+            raise _invalid("input has no rows: send one row per request with category, count, seed")
+        if len(frame) > MAX_TOTAL:
+            raise _invalid(f"too many rows: {len(frame)} (at most {MAX_TOTAL} per request)")
+        out, total = [], 0
+        for row, (category, count, seed) in enumerate(frame[list(COLUMNS)].itertuples(index=False, name=None)):
+            count, seed = _integer(count, "count", row), _integer(seed, "seed", row)
+            if not 1 <= count <= MAX_COUNT:
+                raise _invalid(f"row {row}: count must be between 1 and {MAX_COUNT} images per row, got {count}")
+            if category is None or (isinstance(category, float) and math.isnan(category)):
+                raise _invalid(f"row {row}: category is missing; this model knows: {', '.join(self.classes)}")
+            try:
+                (label,) = resolve_categories([str(category)], self.classes)
+            except UserError as err:
+                raise _invalid(f"row {row}: {err}") from None
+            total += count
+            out.append((label, count, seed))
+        if total > MAX_TOTAL:
+            raise _invalid(f"too many images: {total} requested, at most {MAX_TOTAL} per request")
+        return out
+
+
+def _invalid(message: str) -> MlflowException:
+    return MlflowException(message, INVALID_PARAMETER_VALUE)
+
+
+def _integer(value: Any, name: str, row: int) -> int:
+    """``value`` as an int64, refusing bools, fractions, NaN and text. (Served, MLflow has already cast the
+    column to the signature's long, so a JSON ``2.5`` arrives here as ``2``.)"""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise _invalid(f"row {row}: {name} must be an integer, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not (math.isfinite(value) and float(value).is_integer()):
+        raise _invalid(f"row {row}: {name} must be an integer, got {value!r}")
+    if not -(2**63) <= int(value) < 2**63:
+        raise _invalid(f"row {row}: {name} is out of the 64-bit integer range")
+    return int(value)
 
 
 mlflow.models.set_model(ProductGenerator())
