@@ -13,6 +13,8 @@ export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Prefect's ephemeral server needs more than its default 20 s to start on a loaded 2-core machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: run test setup data lint clean-artifacts help
@@ -43,13 +45,17 @@ $(RAW): | $(STAMP)
 
 data: $(RAW)  ## Put the built-in Fashion-MNIST dataset into data/ (DVC-tracked)
 
-run: data  ## Run the pipeline on the built-in dataset: prepare -> validate -> version (dvc repro + push)
+run: data  ## Data pipeline (dvc repro + push), then the retrain flow: validate -> train -> evaluate -> register -> promote
 	dvc repro --pull
 	dvc push -q
+	$(BIN)/python flows/retrain.py --profile quick-cpu
 	@echo
-	@echo "Validation report: artifacts/validation/report.md (HTML: artifacts/validation/report.html)"
-	@echo "Prepared dataset:  artifacts/prepared (preview: artifacts/prepared/preview.png)"
-	@echo "Versioned with DVC: dvc.lock; data pushed to the default remote ($$(dvc remote list | awk 'NR==1{print $$2}'))"
+	@echo "Validation report:  artifacts/validation/report.md (HTML: artifacts/validation/report.html)"
+	@echo "Sample grid:        $$(ls -t artifacts/eval/gan-quick/*/samples.png | head -n 1)"
+	@echo "Evaluation report:  $$(ls -t artifacts/eval/gan-quick/*/report.md | head -n 1)"
+	@echo "MLflow UI:          $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)"
+	@echo "Prefect UI:         $(BIN)/prefect server start   (then http://127.0.0.1:4200)"
+	@echo "Registry:           $(BIN)/productgen registry history gan"
 
 test: setup  ## Run the test suite (offline, CPU); installs the built-in dataset where it can
 	@$(MAKE) --no-print-directory data || echo "note: built-in dataset unavailable; tests that need it will be skipped"
