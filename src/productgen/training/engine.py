@@ -234,7 +234,10 @@ def fit(
         x, y = batches.batch(step)
         losses = task.train_step(engine, x, y)
         if engine.ema is not None and task.ema_module is not None:
-            decay = 0.0 if step < cfg.ema_start else cfg.ema_decay
+            # Warm-up (as TF's ExponentialMovingAverage with num_updates): early on the EMA follows the model
+            # closely, so short runs are not dominated by their random initial weights.
+            t = step - cfg.ema_start
+            decay = 0.0 if t < 0 else min(cfg.ema_decay, (1.0 + t) / (10.0 + t))
             engine.ema.update(task.modules[task.ema_module], decay)
         for k, v in losses.items():
             sums[k] = sums.get(k, torch.zeros((), device=rt.device)) + v.detach().float()
