@@ -20,12 +20,18 @@ Params = Annotated[
 ]
 
 
-def _load(params: Path | None, overrides: dict[str, Any]) -> Any:
+Profile = Annotated[
+    Optional[str],
+    typer.Option("--profile", help="Partial params file merged over params.yaml (a name in flows/profiles/ or a path)."),
+]
+
+
+def _load(params: Path | None, overrides: dict[str, Any], profile: str | None = None) -> Any:
     from productgen.config import load_params
 
     if params is None:
         params = Path("params.yaml") if Path("params.yaml").is_file() else None
-    return load_params(params, overrides)
+    return load_params(params, overrides, profile)
 
 
 @data_app.command("fetch")

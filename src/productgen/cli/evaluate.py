@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from productgen.cli.common import DryRunOption, print_config, user_errors
-from productgen.cli.data import Params, _load
+from productgen.cli.data import Params, Profile, _load
 
 
 @user_errors
 def evaluate_cmd(
     params: Params = None,
+    profile: Profile = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model folder (default: evaluate.model).")] = None,
     prepared: Annotated[Optional[Path], typer.Option(help="Prepared dataset (default: data.out).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder (default: evaluate.out).")] = None,
@@ -36,7 +37,7 @@ def evaluate_cmd(
     """
     p = _load(params, {"evaluate.model": model, "evaluate.out": out, "evaluate.split": split,
                        "evaluate.num_fake": num_fake, "evaluate.max_real": max_real, "evaluate.device": device,
-                       "evaluate.kid": kid})  # fmt: skip
+                       "evaluate.kid": kid}, profile)  # fmt: skip
     if dry_run:
         print_config(p.evaluate)
         return

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from productgen.cli.common import DryRunOption, print_config, user_errors
-from productgen.cli.data import Params, _load
+from productgen.cli.data import Params, Profile, _load
 
 train_app = typer.Typer(help="Train models on a prepared dataset (the same engine for every model).", no_args_is_help=True)
 
@@ -17,6 +17,7 @@ train_app = typer.Typer(help="Train models on a prepared dataset (the same engin
 @user_errors
 def train_gan(
     params: Params = None,
+    profile: Profile = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run folder (default: train.out).")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Train up to this step.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
@@ -46,7 +47,7 @@ def train_gan(
     """
     p = _load(params, {"train.out": out, "train.max_steps": max_steps, "train.batch_size": batch_size,
                        "train.device": device, "train.precision": precision, "train.prepared": prepared,
-                       "train.seed": seed})  # fmt: skip
+                       "train.seed": seed}, profile)  # fmt: skip
     if dry_run:
         print_config({"train": p.train, "gan": p.gan})
         return
