@@ -13,6 +13,7 @@ from productgen.cli.evaluate import evaluate_cmd
 from productgen.cli.metrics import metrics_app
 from productgen.cli.registry import registry_app
 from productgen.cli.train import generate_cmd, train_app
+from productgen.cli.tune import tune_app
 
 app = typer.Typer(
     name="productgen",
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(train_app, name="train")
+app.add_typer(tune_app, name="tune")
 app.add_typer(registry_app, name="registry")
 app.command("generate")(generate_cmd)
 app.command("evaluate")(evaluate_cmd)

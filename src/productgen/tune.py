@@ -1,0 +1,443 @@
+"""``productgen tune``: Optuna hyperparameter search over a model's settings (the MLOps layer: it imports Optuna
+and MLflow, and the core never imports this module).
+
+    <tune.out>/
+      study.json                 which study the trial folders belong to (a second study is refused here)
+      trial-<n>/                 an ordinary training run folder (samples, metrics.jsonl, model/ when complete)
+      best_params.yaml           the gan: section of the best trial so far, rewritten as the study improves
+
+- One study per task in RDB storage (``tune.storage``: SQLite by default, a PostgreSQL URL for several workers),
+  loaded when it exists, so an interrupted search resumes: completed trials are kept and new ones continue. The
+  settings that make trial values comparable (steps, evaluation protocol, dataset, the fixed ``train:``/``gan:``
+  keys) are stored in the study, and resuming with different ones is refused instead of mixing numbers.
+- TPE sampler seeded with ``tune.seed`` (a resumed session: with a hash of it and the number of trials already in
+  the study, so it does not replay the random start-up points it tried); a median or Hyperband pruner.
+- Each trial trains with the shared engine (``productgen.train.train`` -> ``engine.fit``) and, through ``fit``'s
+  ``on_step`` hook, computes the FID of the EMA generator every ``tune.eval_every`` steps against a seeded subset
+  of ``tune.eval_split``; it is reported with ``trial.report`` and the trial is pruned when the pruner says so.
+  The feature network is loaded and the real statistics computed once per process, not per trial or per step.
+  The objective is the FID at the last step (lower is better).
+- MLflow: one parent run per ``tune`` invocation (experiment ``productgen-<task>``, lineage tags), one nested run
+  per trial (its parameters, ``fid`` per evaluated step, ``fid_final``, tag ``state`` complete / pruned / fail);
+  the best parameters of the study are logged to the parent at the end.
+
+FID on a few hundred images is biased upwards (README, Metrics): it ranks trials of one study, which all use the
+same images and noise; it is not a number to compare with published FIDs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from productgen import atomic
+from productgen.config import GanConfig, Params, TuneConfig, TuneSpace
+from productgen.errors import UserError
+
+TASKS = ("gan",)
+HEARTBEAT_S = 60  # a worker that dies leaves its trial RUNNING; after the grace period the next worker fails it
+GRACE_S = 180
+SETTINGS_ATTR = "productgen.settings"
+# Training settings that change what a trial's FID means; the rest (logging, checkpoints, device) may differ.
+TRAIN_KEYS = ("batch_size", "seed", "ema_decay", "ema_start", "grad_clip", "split")
+
+
+@dataclass
+class TrialSummary:
+    number: int
+    state: str  # complete | pruned | fail
+    value: float | None
+    params: dict[str, Any]
+    step: int | None = None  # last evaluated step
+
+
+@dataclass(eq=False)
+class TuneResult(Mapping[str, Any]):
+    """What a tune session did. It also reads as the mapping of the best trial's tuned ``gan:`` values (empty
+    when no trial has completed), so ``{f"gan.{k}": v for k, v in result.items()}`` are load_params overrides
+    (the retrain flow feeds them to the final training that way)."""
+
+    study: str
+    storage: str  # password masked
+    trials_in_study: int
+    new_trials: list[TrialSummary] = field(default_factory=list)
+    best: TrialSummary | None = None
+    best_params_file: Path | None = None
+    parent_run_id: str | None = None
+    eval_images: int = 0
+
+    def _gan(self) -> dict[str, Any]:
+        names = {f.name for f in dataclasses.fields(GanConfig)}
+        return {k: v for k, v in (self.best.params if self.best else {}).items() if k in names}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._gan()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._gan())
+
+    def __len__(self) -> int:
+        return len(self._gan())
+
+
+def storage_url(value: str) -> str:
+    """An SQLAlchemy URL as given, or a file path taken as SQLite (``optuna.db`` -> ``sqlite:///optuna.db``)."""
+    return value if "://" in value else f"sqlite:///{value}"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced, for logs, MLflow tags and messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def suggest(trial: Any, space: TuneSpace, base: GanConfig) -> GanConfig:
+    """The trial's GAN settings: ``base`` with every non-null entry of ``space`` sampled by Optuna."""
+    values: dict[str, Any] = {}
+    for name in ("lr_g", "lr_d"):
+        r = getattr(space, name)
+        if r is not None:
+            values[name] = trial.suggest_float(name, r.low, r.high, log=True)
+    for name in ("beta1", "diffaugment", "d_steps"):
+        choices = getattr(space, name)
+        if choices is not None:
+            values[name] = trial.suggest_categorical(name, list(choices))
+    return dataclasses.replace(base, **values)
+
+
+def tuned_keys(space: TuneSpace) -> list[str]:
+    return [f.name for f in dataclasses.fields(space) if getattr(space, f.name) is not None]
+
+
+def make_pruner(cfg: TuneConfig) -> Any:
+    import optuna
+
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials,
+                                           n_warmup_steps=cfg.pruner_warmup_steps)  # fmt: skip
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=min(cfg.eval_every, cfg.steps), max_resource=cfg.steps)
+    return optuna.pruners.NopPruner()
+
+
+class FidProbe:
+    """FID of a generator against a fixed real subset: the feature network is loaded and the real statistics are
+    computed once (and cached on disk like every real-set statistic, so a resumed session or a second worker
+    does not recompute them), then every call generates the same labels from the same noise seed, so successive
+    steps and different trials are compared on equal terms."""
+
+    def __init__(self, ds: Any, cfg: TuneConfig, show_progress: bool = False) -> None:
+        import hashlib
+
+        import torch
+
+        from productgen.metrics import FeatureStats, StatsCache, cache_key, compute_features, load_extractor
+        from productgen.metrics.frechet import feature_factor, psd_factor
+
+        images, labels = ds.tensors(cfg.eval_split)
+        n = len(images)
+        if n < 2:
+            raise UserError(f"the {cfg.eval_split} split has {n} images; the intermediate FID needs at least 2 "
+                            "(set tune.eval_split)")  # fmt: skip
+        subset = cfg.eval_split
+        if cfg.eval_images < n:
+            pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.eval_images].sort().values
+            images, labels = images[pick], labels[pick]
+            digest = hashlib.sha256(pick.numpy().tobytes()).hexdigest()[:12]  # the key names the exact images
+            subset = f"{cfg.eval_split}-{len(pick)}of{n}-{digest}"
+        self.cfg, self.labels = cfg, labels
+        self.extractor = net = load_extractor(cfg.extractor, cfg.device)
+        store, key = StatsCache(), cache_key(ds.content_hash, subset, net.name, net.sha)
+        small = len(labels) <= net.dim  # then the features are the cheap exact factor of sigma: keep them
+        real = store.load(key, need_features=small)
+        if real is None:
+            feats = compute_features(images, net, batch_size=cfg.eval_batch_size, show_progress=show_progress)
+            real = FeatureStats.from_features(feats)
+            store.save(key, real, {"content_hash": ds.content_hash, "split": subset, "extractor": net.name,
+                                   "extractor_sha": net.sha})  # fmt: skip
+        self.real = real
+        # The real side's factor of sigma once, not per evaluation (a 2048 x 2048 eigh is ~4 s on 2 CPU cores).
+        self.real_factor = feature_factor(real)
+        if self.real_factor is None:
+            self.real_factor = psd_factor(real.sigma)
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    def __call__(self, generator: Any, z_dim: int) -> float:
+        import torch
+
+        from productgen.generate import sample
+        from productgen.metrics import FeatureStats, compute_features
+        from productgen.metrics.frechet import feature_factor, frechet_distance
+
+        device = next(generator.parameters()).device
+        fake = sample(generator, z_dim, self.labels.to(device), self.cfg.seed + 1, batch=self.cfg.eval_batch_size)
+        feats = compute_features(torch.from_numpy(fake), self.extractor, batch_size=self.cfg.eval_batch_size)
+        f = FeatureStats.from_features(feats)
+        r = self.real
+        return frechet_distance(r.mu, r.sigma, f.mu, f.sigma, "svd", self.real_factor, feature_factor(f))
+
+
+def _open_study(cfg: TuneConfig) -> Any:
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    url = storage_url(cfg.storage)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+        study = optuna.create_study(storage=storage, study_name=cfg.study, direction="minimize", load_if_exists=True,
+                                    sampler=sampler, pruner=make_pruner(cfg))  # fmt: skip
+    except (ImportError, ValueError) as err:
+        raise UserError(f"cannot open the Optuna storage {mask_url(url)}: {err}") from None
+    except Exception as err:  # SQLAlchemy errors (unreachable server, bad credentials, read-only file)
+        if type(err).__module__.startswith(("sqlalchemy", "optuna")):
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(f"cannot open the Optuna storage {mask_url(url)}: {reason}") from None
+        raise
+    if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise UserError(f"study {cfg.study!r} in {mask_url(url)} does not minimise one value; use another --study")
+    n_before = len(study.get_trials(deepcopy=False))
+    if n_before:  # a fresh seed per session: a resumed search must not replay the start-up points it tried
+        study.sampler = optuna.samplers.TPESampler(seed=session_seed(cfg.seed, n_before))
+    return study
+
+
+def session_seed(seed: int, n_before: int) -> int:
+    """The sampler seed of a session that starts with ``n_before`` trials in the study. Hashed, not ``seed + n``:
+    NumPy's generators seeded with nearby integers start with nearly equal draws (seeds 0 and 3 both begin near
+    0.55), which would make a resumed search retry almost the same learning rates."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{n_before}".encode()).digest()[:4], "little")
+
+
+def _check_settings(study: Any, settings: dict[str, Any], cfg: TuneConfig) -> str:
+    """Store the settings in a new study; refuse to resume one run with different settings. Returns the study id."""
+    saved = study.user_attrs.get(SETTINGS_ATTR)
+    if saved is None:
+        saved = {**settings, "id": uuid.uuid4().hex}
+        study.set_user_attr(SETTINGS_ATTR, saved)
+        saved = study.user_attrs.get(SETTINGS_ATTR, saved)  # another worker may have been first
+    diff = sorted(k for k in set(saved) | set(settings) if k != "id" and saved.get(k) != settings.get(k))
+    if diff:
+        detail = "; ".join(f"{k}: study {saved.get(k)!r}, now {settings.get(k)!r}" for k in diff)
+        raise UserError(f"study {cfg.study!r} was run with other settings ({detail}); resume it with the same "
+                        "params or start a new one with --study")  # fmt: skip
+    return str(saved["id"])
+
+
+def _claim_out(out: Path, study_id: str, cfg: TuneConfig, url: str) -> None:
+    """Trial folders are named by trial number, so two studies must not share ``out``."""
+    marker = out / "study.json"
+    if marker.is_file():
+        held = json.loads(marker.read_text())
+        if held.get("id") != study_id:
+            raise UserError(f"{out} holds the trials of another study ({held.get('study')!r} in "
+                            f"{held.get('storage')}); choose another --out or remove that folder")  # fmt: skip
+        return
+    atomic.write_json(marker, {"study": cfg.study, "storage": mask_url(url), "id": study_id})
+
+
+def _summary(trial: Any) -> TrialSummary:
+    state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(trial.state.name, "fail")
+    steps = sorted(trial.intermediate_values)
+    return TrialSummary(trial.number, state, trial.value, dict(trial.params), steps[-1] if steps else None)
+
+
+def _best(study: Any) -> Any | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def write_best_params(path: Path, best: Any, base: GanConfig, cfg: TuneConfig, n_images: int, url: str) -> Path:
+    """A partial params.yaml: the ``gan:`` section the best trial trained with (tuned keys listed in the header)."""
+    import yaml
+
+    names = {f.name for f in dataclasses.fields(GanConfig)}
+    gan = dataclasses.replace(base, **{k: v for k, v in best.params.items() if k in names})
+    tuned = ", ".join(sorted(k for k in best.params if k in names)) or "none"
+    header = (
+        f"# Best trial of Optuna study {cfg.study!r} ({mask_url(url)}): trial {best.number}, FID {best.value:.4f}\n"
+        f"# after {cfg.steps} steps ({n_images} {cfg.eval_split} images, {cfg.extractor}). Tuned: {tuned}.\n"
+        "# Merge this gan: section into params.yaml, or pass the file: productgen train gan --params <this file>\n"
+        "# (sections missing here then take their defaults).\n"
+    )
+    return atomic.write_text(path, header + yaml.safe_dump({"gan": dataclasses.asdict(gan)}, sort_keys=False))
+
+
+def tune(
+    params: Params, task: str = "gan", trials: int | None = None, show_progress: bool = True, track: bool = True,
+    echo: Callable[[str], None] = print,
+) -> TuneResult:  # fmt: skip
+    """Run ``trials`` (default ``tune.trials``) new trials of the study ``tune.study``, created or resumed; see
+    the module docstring. Prints one line per trial through ``echo``."""
+    import optuna
+
+    from productgen.data.dataset import PreparedDataset
+    from productgen.train import train
+
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("tune runs one process per worker: start several 'productgen tune' processes on a shared "
+                        "PostgreSQL --storage instead of torchrun")  # fmt: skip
+    cfg = params.tune if trials is None else dataclasses.replace(params.tune, trials=trials)
+    if cfg.trials < 1:
+        raise UserError(f"trials: {cfg.trials}; run at least 1")
+    url = storage_url(cfg.storage)
+    out = Path(cfg.out)
+    ds = PreparedDataset(params.train.prepared or params.data.out)
+    n_split = len(ds.arrays(cfg.eval_split)[0])  # also refuses an unknown split before the study is touched
+    n_eval = min(cfg.eval_images, n_split)
+    space = dataclasses.asdict(cfg.space)
+    fixed_gan = {k: v for k, v in dataclasses.asdict(params.gan).items() if space.get(k) is None}
+    settings = {"task": task, "steps": cfg.steps, "eval_every": cfg.eval_every, "eval_images": n_eval,
+                "eval_split": cfg.eval_split, "extractor": cfg.extractor, "seed": cfg.seed,
+                "dataset": ds.content_hash, "train": {k: getattr(params.train, k) for k in TRAIN_KEYS},
+                "gan_fixed": fixed_gan}  # fmt: skip
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the per-trial lines below say the same, shorter
+    study = _open_study(cfg)
+    study_id = _check_settings(study, settings, cfg)
+    _claim_out(out, study_id, cfg, url)
+    if n_eval < cfg.eval_images:
+        echo(f"note: the {cfg.eval_split} split holds {n_split} images; the intermediate FID uses all of them")
+    probe = FidProbe(ds, cfg, show_progress=show_progress)
+    result = TuneResult(cfg.study, mask_url(url), len(study.get_trials(deepcopy=False)), eval_images=probe.n)
+    lineage: dict[str, str] = {}
+    if track:
+        from productgen import tracking
+
+        lineage = tracking.lineage(ds.root, ds.content_hash)
+    best_file = out / "best_params.yaml"
+    tuned = tuned_keys(cfg.space)
+
+    def objective(trial: Any) -> float:
+        gan = suggest(trial, cfg.space, params.gan)
+        trial_dir = out / f"trial-{trial.number}"
+        trial.set_user_attr("out", str(trial_dir))
+        train_cfg = dataclasses.replace(params.train, out=str(trial_dir), max_steps=cfg.steps)
+        tp = dataclasses.replace(params, gan=gan, train=train_cfg)
+        fids: dict[int, float] = {}
+
+        def on_step(step: int, engine: Any, model: Any) -> None:
+            if step % cfg.eval_every and step != cfg.steps:
+                return
+            g = engine.ema.shadow if engine.ema is not None else model.modules["G"]
+            fid = probe(g, gan.z_dim)
+            fids[step] = fid
+            trial.report(fid, step)
+            if track:
+                import mlflow
+
+                mlflow.log_metric("fid", fid, step=step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"FID {fid:.3f} at step {step}")
+
+        with contextlib.ExitStack() as stack:
+            if track:
+                import mlflow
+
+                from productgen import tracking
+
+                run = stack.enter_context(mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags={
+                    **lineage, "task": task, "kind": "tune-trial", "optuna.study": cfg.study,
+                    "optuna.trial_number": str(trial.number), "tuned": ",".join(tuned)}))  # fmt: skip
+                mlflow.log_params(tracking.flatten({"gan": dataclasses.asdict(gan), "train": {"max_steps": cfg.steps},
+                                                    "trial": dict(trial.params)}))  # fmt: skip
+                trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            state, pruned = "fail", None
+            try:
+                res = train(tp, task, show_progress=show_progress, track=False, on_step=on_step)
+                state = "complete"
+            except optuna.TrialPruned as err:
+                state, pruned = "pruned", err
+            finally:
+                shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # a trial is never resumed
+                if track:
+                    import mlflow
+
+                    mlflow.set_tag("state", state)
+                    if state == "pruned":
+                        mlflow.log_metric("pruned_at_step", max(fids))
+            if pruned is None and track:
+                import mlflow
+
+                final = {f"final_{k}": v for k, v in res.final_losses.items()}
+                mlflow.log_metrics({"fid_final": fids[cfg.steps], **final})
+                if not math.isfinite(fids[cfg.steps]):  # Optuna fails a trial whose value is NaN
+                    mlflow.set_tag("state", "fail")
+        if pruned is not None:
+            raise pruned  # after the nested run ended as FINISHED with state=pruned, not as a crashed run
+        return fids[cfg.steps]
+
+    def after_trial(study: Any, frozen: Any) -> None:
+        s = _summary(frozen)
+        result.new_trials.append(s)
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in s.params.items())
+        if s.state == "complete":
+            echo(f"trial {s.number} complete: FID {s.value:.3f} ({shown})")
+        elif s.state == "pruned":
+            echo(f"trial {s.number} pruned at step {s.step}: FID {frozen.intermediate_values[s.step]:.3f} ({shown})")
+        else:
+            echo(f"trial {s.number} failed ({shown})")
+        best = _best(study)
+        if s.state == "complete" and best is not None and best.number == s.number:
+            write_best_params(best_file, best, params.gan, cfg, probe.n, url)
+
+    with contextlib.ExitStack() as stack:
+        if track:
+            from productgen import tracking
+
+            run_params = {"tune": {**dataclasses.asdict(cfg), "storage": mask_url(url)},
+                          "train": dataclasses.asdict(params.train), "gan": dataclasses.asdict(params.gan)}  # fmt: skip
+            tags = {**lineage, "task": task, "kind": "tune", "optuna.study": cfg.study, "optuna.storage": mask_url(url),
+                    "optuna.trials_before": str(result.trials_in_study)}  # fmt: skip
+            parent = stack.enter_context(tracking.run(f"productgen-{task}", f"tune-{task}", run_params, tags))
+            result.parent_run_id = parent.run_id
+        try:
+            study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[after_trial])
+        finally:
+            best = _best(study)
+            result.trials_in_study = len(study.get_trials(deepcopy=False))
+            if best is not None:
+                result.best = _summary(best)
+                result.best_params_file = write_best_params(best_file, best, params.gan, cfg, probe.n, url)
+            if track:
+                _log_best(best, best_file, result)
+    return result
+
+
+def _log_best(best: Any | None, best_file: Path, result: TuneResult) -> None:
+    """The study's best trial (possibly from an earlier session or another worker) on the parent run."""
+    import mlflow
+
+    counts = {s: sum(t.state == s for t in result.new_trials) for s in ("complete", "pruned", "fail")}
+    mlflow.log_metrics({f"trials_{k}": v for k, v in counts.items()} | {"trials_in_study": result.trials_in_study})
+    if best is None:
+        return
+    mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+    mlflow.log_metric("best_fid", best.value)
+    mlflow.set_tags({"best.trial_number": str(best.number),
+                     "best.mlflow_run_id": str(best.user_attrs.get("mlflow_run_id")),
+                     "best.out": str(best.user_attrs.get("out"))})  # fmt: skip
+    mlflow.log_artifact(str(best_file))
