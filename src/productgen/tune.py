@@ -278,8 +278,8 @@ def write_best_params(path: Path, best: Any, base: GanConfig, cfg: TuneConfig, n
     header = (
         f"# Best trial of Optuna study {cfg.study!r} ({mask_url(url)}): trial {best.number}, FID {best.value:.4f}\n"
         f"# after {cfg.steps} steps ({n_images} {cfg.eval_split} images, {cfg.extractor}). Tuned: {tuned}.\n"
-        "# Merge this gan: section into params.yaml, or pass the file: productgen train gan --params <this file>\n"
-        "# (sections missing here then take their defaults).\n"
+        "# Use it as a profile over params.yaml (productgen train gan --profile <this file>) or merge this gan:\n"
+        "# section into params.yaml.\n"
     )
     return atomic.write_text(path, header + yaml.safe_dump({"gan": dataclasses.asdict(gan)}, sort_keys=False))
 

@@ -89,6 +89,8 @@ def test_study_completes_its_trials_and_exports_the_best_params(tuned: dict[str,
     assert (p.gan.lr_g, p.gan.lr_d, p.gan.beta1) == (best.params["lr_g"], best.params["lr_d"], best.params["beta1"])
     assert (p.gan.diffaugment, p.gan.d_steps) == (best.params["diffaugment"], best.params["d_steps"])
     assert p.gan.z_dim == 16  # the fixed keys come from the params the study ran with
+    merged = load_params(tuned["params"], profile=path)  # as a profile over the study's params (train gan --profile)
+    assert merged.gan == p.gan and merged.train.batch_size == 8
     assert f"trial {best.number}, FID {best.value:.4f}" in path.read_text()
 
 

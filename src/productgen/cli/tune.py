@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from productgen.cli.common import DryRunOption, user_errors
-from productgen.cli.data import Params, _load
+from productgen.cli.data import Params, Profile, _load
 
 tune_app = typer.Typer(help="Hyperparameter search with Optuna (one resumable study per model).", no_args_is_help=True)
 
@@ -17,6 +17,7 @@ tune_app = typer.Typer(help="Hyperparameter search with Optuna (one resumable st
 @user_errors
 def tune_gan(
     params: Params = None,
+    profile: Profile = None,
     trials: Annotated[
         Optional[int], typer.Option("--trials", "-n", help="New trials to run (default: tune.trials).")
     ] = None,
@@ -55,7 +56,7 @@ def tune_gan(
     """
     p = _load(params, {"tune.trials": trials, "tune.timeout": timeout, "tune.storage": storage, "tune.study": study,
                        "tune.out": out, "tune.steps": steps, "tune.eval_every": eval_every,
-                       "tune.eval_images": eval_images, "tune.pruner": pruner})  # fmt: skip
+                       "tune.eval_images": eval_images, "tune.pruner": pruner}, profile)  # fmt: skip
     if dry_run:  # print_config takes one dataclass; this is three sections
         from productgen.config import to_dict
 
