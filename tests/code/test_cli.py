@@ -45,3 +45,10 @@ def test_dry_run_prints_resolved_config() -> None:
     assert p.returncode == 0, p.stderr
     cfg = json.loads(p.stdout)
     assert cfg["resolution"] == 64 and cfg["mode"] == "RGB" and cfg["source"] == "builtin"
+
+
+def test_train_dry_run_prints_train_and_model_sections() -> None:
+    p = run_cli("train", "gan", "--dry-run", "--profile", "quick-cpu", "--max-steps", "7", cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    cfg = json.loads(p.stdout)
+    assert cfg["train"]["max_steps"] == 7 and cfg["gan"]["g_channels"] == 32

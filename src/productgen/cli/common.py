@@ -43,5 +43,6 @@ def user_errors(func: F) -> F:
 def print_config(obj: Any) -> None:
     from productgen.config import to_dict
 
-    json.dump(to_dict(obj), sys.stdout, indent=2)
+    data = {k: to_dict(v) for k, v in obj.items()} if isinstance(obj, dict) else to_dict(obj)
+    json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
