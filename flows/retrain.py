@@ -109,7 +109,7 @@ def register_and_promote(rp: RetrainParams, overrides: dict[str, Any], trained: 
                                            p.evaluate.split, metrics.get("mlflow_run_id"))  # fmt: skip
     name = registry.model_name(rp.task)
     client = MlflowClient()
-    champion = registry._alias_version(client, name, registry.CHAMPION)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
     champ_tags = client.get_model_version(name, champion).tags if champion else {}
     rows = []
     for key in ("fid", "kid_mean", "d_acc", "n_real", "n_fake"):

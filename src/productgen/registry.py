@@ -92,7 +92,7 @@ def promotion_lock(timeout_s: float = 120.0) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _alias_version(client: Any, name: str, alias: str) -> str | None:
+def alias_version(client: Any, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -135,11 +135,11 @@ def promote(task: str, version: str | None = None, margin: float = 0.0, force: b
     name = model_name(task)
     metric, better = PRIMARY_METRIC[task]
     with promotion_lock():
-        version = version or _alias_version(client, name, CHALLENGER)
+        version = version or alias_version(client, name, CHALLENGER)
         if version is None:
             raise UserError(f"{name}: no challenger to promote; register one (or pass --version)")
         value, eval_set = _metric(client, name, version, metric)
-        before = _alias_version(client, name, CHAMPION)
+        before = alias_version(client, name, CHAMPION)
         evidence: dict[str, Any] = {"metric": metric, "better": better, "margin": margin,
                                     "challenger": {"version": version, metric: value, "eval_set": eval_set}}  # fmt: skip
         if before == version:
@@ -167,7 +167,7 @@ def promote(task: str, version: str | None = None, margin: float = 0.0, force: b
             client.set_registered_model_alias(name, CHAMPION, version)
             if before is not None:
                 client.set_model_version_tag(name, before, "promotion.replaced_by", version)
-        after = _alias_version(client, name, CHAMPION)
+        after = alias_version(client, name, CHAMPION)
         if promoted and after != version:
             raise RuntimeError(f"{name}: champion alias is {after} right after setting it to {version}")
         record = {"time": stamp, "promoted": promoted, "reason": reason, "champion_before": before,
@@ -183,7 +183,7 @@ def rollback(task: str, to_version: str | None = None) -> Decision:
     client = _client()
     name = model_name(task)
     with promotion_lock():
-        current = _alias_version(client, name, CHAMPION)
+        current = alias_version(client, name, CHAMPION)
         if to_version is None:
             previous = [e["champion_before"] for e in history(task) if e.get("champion_after") == current
                         and e.get("champion_before") and e["champion_before"] != current]  # fmt: skip
