@@ -84,7 +84,7 @@ def train_model(rp: RetrainParams, overrides: dict[str, Any]) -> dict[str, Any]:
     from productgen.training.checkpoint import latest_checkpoint
 
     p = _params(rp, overrides)
-    resume = latest_checkpoint(Path(p.train.out) / "checkpoints") is not None
+    resume = latest_checkpoint(Path(p.train.out_for(rp.task)) / "checkpoints") is not None
     result = train(p, rp.task, resume=resume, show_progress=False, track=True)
     return {"out": str(result.out), "run_id": result.run_id, "model_uri": result.model_uri, "step": result.step,
             "losses": result.final_losses}  # fmt: skip
@@ -141,8 +141,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     data = validate_data(params)
     logger.info("data valid: %s", data["counts"])
     overrides: dict[str, Any] = {
-        "train.out": f"{base.train.out}/{tag}",
-        "evaluate.model": f"{base.train.out}/{tag}/model",
+        "train.out": f"{base.train.out_for(params.task)}/{tag}",
+        "evaluate.model": f"{base.train.out_for(params.task)}/{tag}/model",
         "evaluate.out": f"{base.evaluate.out}/{tag}",
     }
     if params.tune_trials > 0:

@@ -98,7 +98,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 class TrainConfig:
     """The shared training engine: schedule, precision, checkpoints. Model-specific settings live elsewhere."""
 
-    out: str = "artifacts/train/gan"
+    out: str = "artifacts/train/{task}"  # run folder; {task} becomes the task name (gan, restore, style, ...)
     prepared: str | None = None  # prepared dataset folder (default: data.out)
     split: str = "train"
     batch_size: int = 64  # per process; the global batch is batch_size x world size
@@ -117,6 +117,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     data_on_device: bool = True  # hold the whole uint8 dataset on the GPU
+
+    def out_for(self, task: str) -> str:
+        """The run folder of ``task``: ``out`` with ``{task}`` filled in."""
+        return self.out.replace("{task}", task)
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,26 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class VaeConfig:
+    """Conditional VAE (``vae``: samples per category) and VAE restorer (``vae-restore``)."""
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    """U-Net restoration network (``restore``): degraded view -> clean image."""
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    """Image-to-image translation GANs: ``pix2pix`` (paired) and ``cyclegan`` (unpaired)."""
+
+
+@dataclass(frozen=True)
+class StyleConfig:
+    """Neural style transfer: ``style`` (fast per-style network) and ``adain`` (arbitrary style)."""
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of ``params.yaml``."""
 
@@ -225,6 +249,10 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
+    style: StyleConfig = field(default_factory=StyleConfig)
 
 
 T = TypeVar("T")

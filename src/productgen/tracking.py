@@ -150,3 +150,53 @@ def log_gan_model(model_dir: Path, registered_name: str | None = None) -> str:
         registered_model_name=registered_name,
     )
     return info.model_uri
+
+
+def log_image_model(model_dir: Path, registered_name: str | None = None) -> str:
+    """Log an image -> image model (restoration, translation, style) as a pyfunc from code; return its URI."""
+    import base64
+    import io
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from PIL import Image
+
+    from productgen.models.io import read_config
+
+    cfg = read_config(model_dir)
+    code = Path(__file__).parent / "serving" / "image_pyfunc.py"
+    cols = [ColSpec("string", "image")]
+    if cfg.get("model") == "adain":
+        cols.append(ColSpec("string", "style", required=False))
+    signature = ModelSignature(inputs=Schema(cols), outputs=Schema(
+        [ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height")]))  # fmt: skip
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 255, dtype=np.uint8)).save(buf, format="PNG")
+    example = {"image": [base64.b64encode(buf.getvalue()).decode("ascii")]}
+    if cfg.get("model") == "adain":
+        example["style"] = example["image"]
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(code), artifacts={"model_dir": str(model_dir)}, signature=signature,
+        input_example=pd.DataFrame(example), pip_requirements=PIP_REQUIREMENTS, registered_model_name=registered_name,
+    )
+    return info.model_uri
+
+
+def log_trained_model(model_dir: Path, registered_name: str | None = None) -> str:
+    """Log the model in ``model_dir`` with the pyfunc flavour that fits its family; return its URI."""
+    from productgen.models.io import read_config
+
+    kind = read_config(model_dir).get("model")
+    if kind == "gan":
+        return log_gan_model(model_dir, registered_name)
+    if kind == "vae":
+        return log_vae_model(model_dir, registered_name)
+    return log_image_model(model_dir, registered_name)
+
+
+def log_vae_model(model_dir: Path, registered_name: str | None = None) -> str:
+    """The conditional VAE samples per category like the GAN, so it is served by the same generator pyfunc."""
+    return log_gan_model(model_dir, registered_name)

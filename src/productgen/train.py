@@ -5,7 +5,10 @@
       samples/step-NNNNNNN.png                EMA-generator grids (one row per category)
       metrics.jsonl                           losses, discriminator accuracy, images/s per log step
       loss_curve.png
-      model/{generator,discriminator}.safetensors + config.json
+      model/<module>.safetensors + config.json   what the task exports (the GAN: EMA generator, discriminator)
+
+Every model family trains through this one function; the task name picks a builder from
+:mod:`productgen.training.tasks`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from typing import Any
 from productgen.config import Params
 from productgen.errors import UserError
 
-TASKS = ("gan",)
 
 
 def train(
@@ -36,12 +38,11 @@ def train(
     from productgen.plots import loss_curve
     from productgen.training.device import init_runtime, shutdown
     from productgen.training.engine import Engine, fit
-    from productgen.training.gan_task import GanTask
+    from productgen.training import tasks
 
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    spec = tasks.get(task)
     cfg = params.train
-    out = Path(cfg.out)
+    out = Path(cfg.out_for(task))
     ds = PreparedDataset(cfg.prepared or params.data.out)
     images, labels = ds.tensors(cfg.split)
     if len(images) < cfg.batch_size:
@@ -53,22 +54,21 @@ def train(
         if track and rt.is_main:
             from productgen import tracking
 
-            run_params = {"train": dataclasses.asdict(cfg), task: dataclasses.asdict(params.gan),
+            run_params = {"train": dataclasses.asdict(cfg), spec.section: dataclasses.asdict(getattr(params, spec.section)),
                           "data": {"resolution": ds.resolution, "channels": ds.channels, "classes": len(ds.classes),
                                    "train_images": len(images)}, "world_size": rt.world_size, "resume": resume}  # fmt: skip
-            tags = {**tracking.lineage(ds.root, ds.content_hash), "task": task, "kind": "train",
+            tags = {**tracking.lineage(ds.root, ds.content_hash), "task": task, "family": spec.family, "kind": "train",
                     "device": str(rt.device)}  # fmt: skip
             logger = stack.enter_context(tracking.run(f"productgen-{task}", f"train-{task}", run_params, tags))
         engine = Engine(cfg, rt, out)
-        model = GanTask(params.gan, engine, ds.resolution, ds.channels, ds.classes)
+        info = tasks.DatasetInfo(ds.resolution, ds.channels, list(ds.classes), str(ds.root), ds.content_hash)
+        model = spec.build(params, engine, info)
         result = fit(model, engine, images, labels, resume=resume, show_progress=show_progress,
                      on_log=logger.log_step if logger else None, on_step=on_step)  # fmt: skip
         if rt.is_main:
             config = {**model.config(), "step": result.step, "dataset": {"path": str(ds.root), "content_hash": ds.content_hash},
                       "train": dataclasses.asdict(cfg), "mlflow_run_id": logger.run_id if logger else None}  # fmt: skip
-            assert engine.ema is not None
-            save_model(out / "model", {"generator": engine.ema.shadow, "discriminator": model.modules["D"],
-                                       "generator_raw": model.modules["G"]}, config)  # fmt: skip
+            save_model(out / "model", model.export(engine), config)
             loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
         if logger is not None:
             import mlflow
@@ -80,7 +80,7 @@ def train(
                     mlflow.log_artifact(str(out / name))
             mlflow.log_artifacts(str(out / "samples"), artifact_path="samples")
             mlflow.log_artifacts(str(out / "model"), artifact_path="weights")
-            result.model_uri = tracking.log_gan_model(out / "model", register)
+            result.model_uri = tracking.log_trained_model(out / "model", register)
             result.run_id = logger.run_id
             from productgen import atomic
 

@@ -11,6 +11,7 @@ import torch
 from productgen.config import GanConfig
 from productgen.models.gan import Discriminator, Generator, d_loss, diffaugment, g_loss
 from productgen.training.engine import Engine
+from productgen.training.tasks import DatasetInfo
 
 
 class GanTask:
@@ -32,6 +33,11 @@ class GanTask:
 
     def config(self) -> dict[str, Any]:
         return {"model": "gan", "gan": asdict(self.cfg), **self.shape, "classes": self.classes}
+
+    def export(self, engine: Engine) -> dict[str, torch.nn.Module]:
+        """The EMA generator is the model users get; the discriminator and raw generator are kept for analysis."""
+        assert engine.ema is not None
+        return {"generator": engine.ema.shadow, "discriminator": self.modules["D"], "generator_raw": self.modules["G"]}
 
     def _noise(self, engine: Engine, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, generator=engine.generator, device=engine.rt.device)
@@ -69,6 +75,10 @@ class GanTask:
         y = torch.arange(k, device=engine.rt.device).repeat_interleave(8)
         z = torch.randn(len(y), self.cfg.z_dim, generator=generator, device=engine.rt.device)
         return to_uint8(g(z, y))
+
+
+def build(params: Any, engine: Engine, info: DatasetInfo) -> GanTask:
+    return GanTask(params.gan, engine, info.resolution, info.channels, info.classes)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

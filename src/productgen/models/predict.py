@@ -1,0 +1,55 @@
+"""Image -> image models behind one interface, so the CLI commands (enhance, stylize, translate), the MLflow
+pyfunc and the evaluation all apply any trained model the same way.
+
+A model folder (safetensors + ``config.json``) names its family in ``config["model"]``; :func:`load_predictor`
+looks that name up in :data:`LOADERS` and imports the family's ``load_predictor(folder, device)`` lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from productgen.errors import UserError
+from productgen.models.io import read_config
+
+
+class Predictor(Protocol):
+    """Applies a trained model to a batch of images.
+
+    ``channels``: 1 (grayscale) or 3 (RGB) input the model expects; ``multiple``: input height and width must be
+    multiples of this (callers pad); ``scale``: output size / input size (2 or 4 for super-resolution, else 1).
+    ``__call__`` takes uint8 ``[N, C, H, W]`` and returns uint8 ``[N, C, H*scale, W*scale]`` on the CPU;
+    ``options`` are model-specific (for example ``style=`` a uint8 ``[1, 3, h, w]`` tensor for AdaIN, ``alpha=``).
+    """
+
+    channels: int
+    multiple: int
+    scale: int
+    config: dict[str, Any]
+
+    def __call__(self, images: torch.Tensor, **options: Any) -> torch.Tensor: ...
+
+
+# config["model"] -> "module:function" (function(folder: Path, device) -> Predictor)
+LOADERS: dict[str, str] = {
+    "restore": "productgen.models.restore:load_predictor",
+    "vae-restore": "productgen.models.vae:load_predictor",
+    "pix2pix": "productgen.models.translate:load_predictor",
+    "cyclegan": "productgen.models.translate:load_predictor",
+    "style": "productgen.models.style:load_predictor",
+    "adain": "productgen.models.adain:load_predictor",
+}
+
+
+def load_predictor(folder: Path, device: str | torch.device = "cpu") -> Predictor:
+    cfg = read_config(folder)
+    kind = cfg.get("model")
+    if kind not in LOADERS:
+        raise UserError(f"{folder}: holds a {kind!r} model, which does not map images to images "
+                        f"(image models: {', '.join(sorted(LOADERS))})")  # fmt: skip
+    module, func = LOADERS[kind].split(":")
+    return getattr(importlib.import_module(module), func)(folder, device)
