@@ -3,8 +3,9 @@ transfer reports.
 
 Conventions follow torchmetrics / scikit-image defaults so our numbers compare with published ones: images in
 [0, 1] (uint8 inputs are divided by 255), PSNR per image then averaged, SSIM with an 11x11 Gaussian window of
-sigma 1.5, K1 = 0.01, K2 = 0.03, valid (unpadded) filtering, averaged over channels and pixels, then images.
-A test checks both against torchmetrics.
+sigma 1.5, K1 = 0.01, K2 = 0.03, reflect-padded filtering averaged over every pixel and channel, then images
+(torchmetrics' convention, with which the baselines in the README were measured). A test checks both against
+torchmetrics.
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, per_image: bool = False, wind
     c = p.shape[1]
     w = _gaussian_window(window, sigma, c, p.device)
     c1, c2 = 0.01**2, 0.03**2
+    pad = (window - 1) // 2
+    p = F.pad(p, (pad, pad, pad, pad), mode="reflect")
+    t = F.pad(t, (pad, pad, pad, pad), mode="reflect")
     mu_p, mu_t = F.conv2d(p, w, groups=c), F.conv2d(t, w, groups=c)
-    pp = F.conv2d(p * p, w, groups=c) - mu_p**2
-    tt = F.conv2d(t * t, w, groups=c) - mu_t**2
+    pp = (F.conv2d(p * p, w, groups=c) - mu_p**2).clamp_min(0)
+    tt = (F.conv2d(t * t, w, groups=c) - mu_t**2).clamp_min(0)
     pt = F.conv2d(p * t, w, groups=c) - mu_p * mu_t
     s = ((2 * mu_p * mu_t + c1) * (2 * pt + c2)) / ((mu_p**2 + mu_t**2 + c1) * (pp + tt + c2))
     values = s.flatten(1).mean(1)
