@@ -231,6 +231,33 @@ class RestoreConfig:
 class TranslateConfig:
     """Image-to-image translation GANs: ``pix2pix`` (paired) and ``cyclegan`` (unpaired)."""
 
+    # pix2pix: the input is this view of the clean image (views: section), the target the clean image itself.
+    # edges = sketch -> product (like edges2shoes); blur, jpeg, sr2, sr4, noise<sigma> make pix2pix a restorer.
+    source_view: str = "edges"
+    # cyclegan: the two domains, as category names of the prepared dataset ...
+    domain_a: str = "sneaker"
+    domain_b: str = "ankle_boot"
+    # ... or as two folders of images (both set: they replace the categories; resized to the dataset's size).
+    folder_a: str | None = None
+    folder_b: str | None = None
+    cyclegan_generator: Literal["resnet", "unet"] = "resnet"  # resnet can change shapes; unet keeps layouts
+    resnet_blocks: int = 6  # residual blocks of the resnet generator (paper: 6 at 128 px, 9 at 256 px)
+    g_channels: int = 64  # generator width at full resolution (doubles per level, up to max_channels)
+    d_channels: int = 64  # PatchGAN width of the first layer
+    max_channels: int = 512
+    unet_depth: int | None = None  # U-Net levels; null: down to a 2x2 bottleneck (28 px: 4 levels on 32 px)
+    d_layers: int | None = None  # PatchGAN stride-2 layers; null: 1 (<= 32 px), 2 (<= 96 px), 3 (70x70 patches)
+    norm: Literal["instance", "batch"] = "instance"
+    dropout: float = 0.5  # U-Net decoder dropout (pix2pix's noise); 0 disables
+    gan_loss: Literal["vanilla", "lsgan"] = "vanilla"  # pix2pix's adversarial loss (cyclegan always uses lsgan)
+    lambda_l1: float = 100.0  # pix2pix: weight of L1 to the target
+    lambda_cycle: float = 10.0  # cyclegan: weight of the cycle-consistency L1
+    lambda_identity: float = 0.5  # cyclegan: identity loss weight, as a fraction of lambda_cycle
+    pool_size: int = 50  # cyclegan: history of generated images shown to the discriminators; 0 disables
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
 
 @dataclass(frozen=True)
 class StyleConfig:

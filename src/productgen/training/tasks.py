@@ -64,3 +64,7 @@ def get(name: str) -> TaskSpec:
 
 register(TaskSpec("gan", "generation", "gan", "productgen.training.gan_task:build",
                   "the class-conditional GAN (new product images per category)"))  # fmt: skip
+register(TaskSpec("pix2pix", "translation", "translate", "productgen.training.translate_task:build_pix2pix",
+                  "pix2pix, paired image-to-image translation (default: edges -> product, sketch to product)"))  # fmt: skip
+register(TaskSpec("cyclegan", "translation", "translate", "productgen.training.translate_task:build_cyclegan",
+                  "CycleGAN, unpaired translation between two categories or two image folders"))  # fmt: skip
