@@ -48,3 +48,19 @@ def loss_curve(log: Path, out: Path, keys: list[str] | None = None, size: tuple[
             draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=colour)
         draw.text((left + 10 + 110 * i, h - 18), key, fill=colour)
     return save_png(img, out)
+
+
+def losses_csv(log: Path, out: Path) -> Path | None:
+    """The per-step losses of a ``metrics.jsonl`` as CSV (``dvc plots`` reads CSV, not JSON lines).
+
+    Throughput is left out: it changes from run to run, and this file is committed for ``dvc plots diff``.
+    """
+    if not log.is_file():
+        return None
+    rows = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+    if not rows:
+        return None
+    keys = ["step"] + [k for k in rows[0] if k not in ("step", "images_per_second")]
+    from productgen import atomic
+
+    return atomic.write_csv(out, keys, ({k: r.get(k, "") for k in keys} for r in rows))

@@ -35,7 +35,7 @@ def train(
     """
     from productgen.data.dataset import PreparedDataset
     from productgen.models.io import save_model
-    from productgen.plots import loss_curve
+    from productgen.plots import loss_curve, losses_csv
     from productgen.training.device import init_runtime, shutdown
     from productgen.training.engine import Engine, fit
     from productgen.training import tasks
@@ -70,6 +70,7 @@ def train(
                       "train": dataclasses.asdict(cfg), "mlflow_run_id": logger.run_id if logger else None}  # fmt: skip
             save_model(out / "model", model.export(engine), config)
             loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
+            losses_csv(out / "metrics.jsonl", out / "losses.csv")
         if logger is not None:
             import mlflow
 

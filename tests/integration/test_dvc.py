@@ -1,8 +1,11 @@
-"""Real DVC in temporary git repositories: `dvc repro` runs prepare + validate, a failed validation stops the
-pipeline, and a `dvc push` / `dvc pull` round trip restores identical data in a fresh clone."""
+"""Real DVC in temporary git repositories: `dvc repro` runs prepare -> validate -> train -> evaluate, a failed
+validation stops the pipeline, a `dvc push` / `dvc pull` round trip restores identical data and weights in a fresh
+clone, a forced re-run reproduces the metrics exactly, and `dvc exp run -S`, `dvc metrics diff` and
+`dvc plots diff` work on the real dvc.yaml."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +25,15 @@ def project_params(**changes: dict[str, object]) -> str:
         params[section].update(values)
     return yaml.safe_dump(params, sort_keys=False)
 
+
+# The quick CPU profile of the train / evaluate stages, shrunk to seconds for the test.
+TINY_PROFILE = {
+    "train": {"batch_size": 4, "max_steps": 4, "device": "cpu", "log_every": 2, "sample_every": 4,
+              "checkpoint_every": 4},
+    "gan": {"z_dim": 16, "g_channels": 8, "d_channels": 8, "max_channels": 16, "embed_dim": 8},
+    "evaluate": {"split": "train", "max_real": 12, "num_fake": 12, "batch_size": 12, "device": "cpu", "kid": False,
+                 "per_category": False},
+}  # fmt: skip
 
 PARAMS = project_params(
     data={"source": "folder", "input": "data/shop", "mode": "RGB", "resolution": 32},
@@ -45,6 +57,8 @@ def repo(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (repo / "params.yaml").write_text(PARAMS)
+    (repo / "flows/profiles").mkdir(parents=True)
+    (repo / "flows/profiles/quick-cpu.yaml").write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
     write_good_folder(repo / "data" / "shop", {"bags": 5, "shoes": 5, "shirts": 5})
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
@@ -57,11 +71,13 @@ def repo(tmp_path: Path) -> Path:
 
 def test_repro_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     out = sh("dvc", "repro", cwd=repo)
-    assert "Running stage 'prepare'" in out.stdout and "Running stage 'validate'" in out.stdout
+    for stage in ("prepare", "validate", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in out.stdout
     assert (repo / "artifacts/prepared/dataset.json").is_file()
+    assert (repo / "artifacts/dvc/train/model/generator.safetensors").is_file()
     assert (repo / "artifacts/validation/report.md").read_text().startswith("# Dataset validation: PASSED")
     metrics = sh("dvc", "metrics", "show", cwd=repo).stdout
-    assert "artifacts/validation/metrics.json" in metrics
+    assert "artifacts/validation/metrics.json" in metrics and "artifacts/dvc/eval/metrics.json" in metrics
     sh("dvc", "push", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "pipeline run", cwd=repo)
@@ -72,6 +88,7 @@ def test_repro_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     sh("dvc", "pull", "-q", cwd=clone)
     assert tree_digest(clone / "data") == tree_digest(repo / "data")
     assert tree_digest(clone / "artifacts/prepared") == tree_digest(repo / "artifacts/prepared")
+    assert tree_digest(clone / "artifacts/dvc/train/model") == tree_digest(repo / "artifacts/dvc/train/model")
     status = sh("dvc", "status", cwd=clone).stdout
     assert "up to date" in status
     again = sh("dvc", "repro", cwd=clone).stdout
@@ -92,3 +109,27 @@ def test_prepare_is_reproducible_across_runs(repo: Path) -> None:
     first = tree_digest(repo / "artifacts/prepared")
     sh("dvc", "repro", "--force", "prepare", cwd=repo)
     assert tree_digest(repo / "artifacts/prepared") == first
+
+
+def test_train_evaluate_reproduce_and_experiments(repo: Path) -> None:
+    sh("dvc", "repro", cwd=repo)
+    committed = json.loads((repo / "artifacts/dvc/eval/metrics.json").read_text())
+    assert committed["fid"] > 0
+    losses = (repo / "artifacts/dvc/train/losses.csv").read_text().splitlines()
+    assert losses[0].startswith("step,loss_d,loss_g") and len(losses) == 3  # steps 2 and 4
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "baseline experiment", cwd=repo)
+
+    # A forced re-run on the CPU profile reproduces the committed metrics exactly.
+    sh("dvc", "repro", "--force", "train", "evaluate", cwd=repo)
+    assert json.loads((repo / "artifacts/dvc/eval/metrics.json").read_text()) == committed
+    assert "up to date" in sh("dvc", "status", cwd=repo).stdout
+
+    # An experiment with a changed parameter, compared side by side.
+    sh("dvc", "exp", "run", "-n", "faster-g", "-S", "gan.lr_g=0.001", cwd=repo)
+    exps = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
+    assert "faster-g" in exps and "0.001" in exps
+    diff = sh("dvc", "metrics", "diff", "HEAD", "faster-g", "--json", cwd=repo).stdout
+    assert "fid" in diff
+    plots = sh("dvc", "plots", "diff", "HEAD", "faster-g", "--json", cwd=repo).stdout
+    assert "loss_g" in plots or "losses.csv" in plots
