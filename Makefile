@@ -45,9 +45,10 @@ $(RAW): | $(STAMP)
 
 data: $(RAW)  ## Put the built-in Fashion-MNIST dataset into data/ (DVC-tracked)
 
-run: data  ## Data pipeline (dvc repro + push), then the retrain flow: validate -> train -> evaluate -> register -> promote
-	dvc repro --pull
-	dvc push -q
+run: data  ## Data stages (dvc repro validate + push), then the retrain flow: validate -> train -> evaluate -> register -> promote
+	@# Only the data stages here: the flow trains and evaluates itself (the DVC train/evaluate stages are `dvc repro`).
+	dvc repro --pull validate
+	dvc push -q --with-deps data.dvc validate
 	$(BIN)/python flows/retrain.py --profile quick-cpu
 	@echo
 	@echo "Validation report:  artifacts/validation/report.md (HTML: artifacts/validation/report.html)"
