@@ -200,3 +200,52 @@ def log_trained_model(model_dir: Path, registered_name: str | None = None) -> st
 def log_vae_model(model_dir: Path, registered_name: str | None = None) -> str:
     """The conditional VAE samples per category like the GAN, so it is served by the same generator pyfunc."""
     return log_gan_model(model_dir, registered_name)
+
+
+def model_dir_from_uri(uri: str, dest: Path | None = None) -> Path:
+    """The weights folder (safetensors + config.json) of a logged productgen model, downloaded from MLflow.
+
+    ``uri`` is any MLflow model URI: ``models:/productgen-restore@champion``, ``models:/name/3``, ``runs:/<id>/model``.
+    Downloads go to ``dest`` (default: a cache folder per URI under ~/.cache/productgen/models) and are refreshed
+    on every call, so an alias that moved gives the new version.
+    """
+    import hashlib
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from productgen.errors import UserError
+
+    mlflow.set_tracking_uri(tracking_uri())
+    if dest is None:
+        key = hashlib.sha256(f"{tracking_uri()}|{uri}".encode()).hexdigest()[:16]
+        dest = Path.home() / ".cache" / "productgen" / "models" / key
+    import shutil
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    except MlflowException as err:
+        raise UserError(f"{uri}: cannot load from the MLflow store {tracking_uri()} ({str(err).splitlines()[0]})") from None
+    # The pyfunc stores the weights folder under artifacts/ (the name of the folder it was logged from).
+    found = next((p.parent for p in sorted((local / "artifacts").rglob("config.json"))
+                  if any(p.parent.glob("*.safetensors"))), None)  # fmt: skip
+    if found is None:
+        raise UserError(f"{uri}: not a productgen model (no weights folder with config.json among its artifacts)")
+    return found
+
+
+def resolve_model(ref: str | Path) -> Path:
+    """A model given by the user: a local model folder, or an MLflow model URI (``models:/...``, ``runs:/...``)."""
+    from productgen.errors import UserError
+
+    text = str(ref)
+    if text.startswith(("models:/", "runs:/")):
+        return model_dir_from_uri(text)
+    path = Path(text).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise UserError(f"{ref}: no model here (expected a folder with config.json and *.safetensors, "
+                        f"or an MLflow URI such as models:/productgen-restore@champion)")  # fmt: skip
+    return path

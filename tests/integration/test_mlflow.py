@@ -48,3 +48,17 @@ def test_tracked_training_run_and_pyfunc_model(params: Path, tmp_path: Path) -> 
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stdout.strip().splitlines()[-1] == "3 (28, 28) ['shoes', 'shoes', 'shoes']"
+    # The CLI commands accept the registered model as well as a folder: same weights, byte for byte.
+    from productgen.tracking import resolve_model
+
+    folder = resolve_model("models:/productgen-gan-test/1")
+    assert (folder / "generator.safetensors").read_bytes() == (run_dir / "model/generator.safetensors").read_bytes()
+    assert resolve_model(run_dir / "model") == (run_dir / "model").resolve()
+    import pytest
+
+    from productgen.errors import UserError
+
+    with pytest.raises(UserError, match="no model here"):
+        resolve_model(tmp_path)
+    with pytest.raises(UserError, match="cannot load"):
+        resolve_model("models:/no-such-model@champion")
