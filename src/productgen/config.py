@@ -221,10 +221,39 @@ class TuneConfig:
 class VaeConfig:
     """Conditional VAE (``vae``: samples per category) and VAE restorer (``vae-restore``)."""
 
+    z_dim: int = 32  # vae: latent vector size (the generator's z); vae-restore: latent channels per position
+    channels: int = 32  # width at full resolution (doubles per level, capped at max_channels)
+    max_channels: int = 128
+    levels: int = 2  # stride-2 stages; the resolution must be a multiple of 2**levels
+    embed_dim: int = 16  # vae: label embedding fed to encoder and decoder
+    recon: Literal["bce", "l1", "l2"] = "bce"  # reconstruction loss in [0, 1], summed over pixels
+    beta: float = 1.0  # weight of the KL term
+    kl_warmup: int = 0  # steps over which beta ramps up linearly from 0 (0: no warm-up)
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    view: str = "noise25"  # vae-restore: degradation it learns to undo (noise<sigma>, blur, jpeg, sr<k>)
+
 
 @dataclass(frozen=True)
 class RestoreConfig:
     """U-Net restoration network (``restore``): degraded view -> clean image."""
+
+    view: str = "noise25"  # degradation to undo: noise<sigma> (noise15, noise25, noise50), blur, jpeg, sr2, sr4
+    channels: int = 32  # width at full resolution (doubles per level, capped at max_channels)
+    max_channels: int = 128
+    levels: int = 2  # down/up-sampling stages; inputs are padded to a multiple of 2**levels
+    blocks: int = 1  # residual blocks per level (encoder and decoder)
+    norm: Literal["group", "none"] = "group"  # GroupNorm (8 groups or fewer) or no normalisation
+    loss: Literal["l1", "charbonnier"] = "l1"  # in [0, 1] space
+    lr: float = 1e-3
+    # Cosine decay from lr to lr_min over decay_steps (then constant); 0 keeps lr constant. A fixed step count,
+    # not train.max_steps, so extending a run with --resume --max-steps stays exact.
+    decay_steps: int = 0
+    lr_min: float = 1e-5
+    beta1: float = 0.9
+    beta2: float = 0.999
+    flip: bool = True  # random horizontal flips of training pairs (drawn from the engine's RNG)
 
 
 @dataclass(frozen=True)

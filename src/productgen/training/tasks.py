@@ -64,6 +64,12 @@ def get(name: str) -> TaskSpec:
 
 register(TaskSpec("gan", "generation", "gan", "productgen.training.gan_task:build",
                   "the class-conditional GAN (new product images per category)"))  # fmt: skip
+register(TaskSpec("restore", "restoration", "restore", "productgen.training.restore_task:build",
+                  "the U-Net restorer (denoise, deblur, JPEG artefacts, 2x/4x super-resolution)"))  # fmt: skip
+register(TaskSpec("vae", "generation", "vae", "productgen.training.vae_task:build_vae",
+                  "the conditional VAE (new product images per category, blurrier than the GAN)"))  # fmt: skip
+register(TaskSpec("vae-restore", "restoration", "vae", "productgen.training.vae_task:build_restore",
+                  "the VAE restorer (degraded -> clean through a latent bottleneck; the U-Net's comparison)"))  # fmt: skip
 register(TaskSpec("pix2pix", "translation", "translate", "productgen.training.translate_task:build_pix2pix",
                   "pix2pix, paired image-to-image translation (default: edges -> product, sketch to product)"))  # fmt: skip
 register(TaskSpec("cyclegan", "translation", "translate", "productgen.training.translate_task:build_cyclegan",

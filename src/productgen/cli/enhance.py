@@ -1,0 +1,72 @@
+"""``productgen enhance``: apply a trained restoration model (denoise, deblur, JPEG clean-up, 2x/4x upscaling)
+to a folder of product photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from productgen.cli.common import user_errors
+from productgen.errors import UserError
+
+# --task -> which training views (restore.view / vae.view) a model must have been trained on to do it
+TASK_VIEWS = {"denoise": "noise<sigma>", "deblur": "blur", "jpeg": "jpeg", "sr2": "sr2", "sr4": "sr4"}
+DEFAULT_MODEL = Path("artifacts/train/restore/model")
+
+
+def task_matches(task: str, view: str) -> bool:
+    """Whether a model trained on ``view`` does ``task`` (denoise = any noise level)."""
+    if task == "denoise":
+        return view.startswith("noise")
+    return task == view
+
+
+@user_errors
+def enhance_command(
+    in_dir: Annotated[Path, typer.Option("--in", "-i", help="Folder of images (searched recursively).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder (not inside --in); PNGs, same names.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="denoise, deblur, jpeg, sr2 or sr4 (must match the model).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder (config.json + safetensors) of "
+                                        "'productgen train restore' or 'train vae-restore'.")] = DEFAULT_MODEL,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a before/after grid PNG here.")] = None,
+    max_side: Annotated[Optional[int], typer.Option("--max-side", help="Shrink larger inputs to this side first.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Enhance every image in a folder with a trained restoration model; inputs are never modified.
+
+    Unreadable files are skipped and listed; outputs keep each input's relative path and name (as .png).
+
+    Examples:
+
+      productgen enhance --in photos/ --out clean/ --task denoise
+
+      productgen enhance --in thumbs/ --out big/ --task sr2 --model artifacts/train/restore-sr2/model --grid ba.png
+    """
+    from productgen.apply import apply_to_folder, before_after_grid
+    from productgen.models.predict import load_predictor
+
+    if task not in TASK_VIEWS:
+        raise UserError(f"--task: unknown task {task!r}; choose from {', '.join(TASK_VIEWS)}")
+    predictor = load_predictor(model, device)
+    view = getattr(predictor, "view", None)
+    if view is None:
+        raise UserError(f"{model}: a {predictor.config.get('model')!r} model is not a restoration model; "
+                        "pass --model a folder from 'productgen train restore'")  # fmt: skip
+    if not task_matches(task, view):
+        raise UserError(f"--task {task} needs a model trained on {TASK_VIEWS[task]}, but {model} was trained on "
+                        f"{view}; pass a matching --model or --task")  # fmt: skip
+    report = apply_to_folder(predictor, in_dir, out_dir, batch_size=batch_size, max_side=max_side, device=device,
+                             show_progress=not quiet)  # fmt: skip
+    typer.echo(f"{len(report.written)} written to {out_dir}, {len(report.failed)} failed "
+               f"({predictor.config.get('model')} model, {view})")  # fmt: skip
+    for path, reason in report.failed:
+        typer.echo(f"  failed: {path}: {reason}")
+    if grid is not None:
+        if before_after_grid(report.pairs, grid) is not None:
+            typer.echo(f"before/after grid: {grid}")
+    if not report.written:
+        raise UserError(f"{in_dir}: no image could be read; nothing was written")

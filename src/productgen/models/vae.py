@@ -1,0 +1,184 @@
+"""Variational autoencoders: a class-conditional VAE for sampling per category, and a VAE restorer.
+
+The conditional VAE's decoder is exported as a generator with the GAN generator's call signature,
+``forward(z, labels) -> images in [-1, 1]``, so sampling, the generator pyfunc and the FID evaluation use it
+unchanged; it is there as the classic likelihood-based baseline next to the GAN (smooth, blurrier samples).
+
+The VAE restorer is a conditional VAE of the clean image given the degraded one: at training time the encoder
+sees both (posterior q(z | clean, degraded)), the decoder sees the latent and the degraded image's features
+through a bottleneck at 1/2**levels resolution; at test time it decodes the prior mean (z = 0). It has no
+full-resolution skip connections, so its results are smoother than the U-Net's: users see the difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from productgen.errors import UserError
+
+
+def widths(width: int, max_channels: int, levels: int) -> list[int]:
+    """Channels at each resolution level, doubling per stride-2 stage, capped."""
+    return [min(width * 2**i, max_channels) for i in range(levels + 1)]
+
+
+def down_stack(cin: int, ch: list[int]) -> nn.Sequential:
+    """conv3x3 -> SiLU, then per level a stride-2 conv3x3 -> SiLU: ``[N, cin, H, W] -> [N, ch[-1], H/2^L, W/2^L]``."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, ch[0], 3, padding=1), nn.SiLU()]
+    for a, b in zip(ch[:-1], ch[1:], strict=True):
+        layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.SiLU(), nn.Conv2d(b, b, 3, padding=1), nn.SiLU()]
+    return nn.Sequential(*layers)
+
+
+def up_stack(ch: list[int], cout: int) -> nn.Sequential:
+    """Mirror of :func:`down_stack`: nearest 2x upsampling + conv per level, then a conv3x3 to ``cout`` logits."""
+    layers: list[nn.Module] = []
+    for a, b in zip(reversed(ch[1:]), reversed(ch[:-1]), strict=True):
+        layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(a, b, 3, padding=1), nn.SiLU(),
+                   nn.Conv2d(b, b, 3, padding=1), nn.SiLU()]  # fmt: skip
+    layers.append(nn.Conv2d(ch[0], cout, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+def check_resolution(resolution: int, levels: int, where: str = "vae.levels") -> int:
+    if levels < 1 or resolution % 2**levels:
+        raise UserError(f"{where}: resolution {resolution} is not a multiple of 2**{levels}; use fewer levels")
+    return resolution // 2**levels
+
+
+class VaeDecoder(nn.Module):
+    """p(x | z, label): the exported generator. ``forward(z, labels)`` returns images in [-1, 1]."""
+
+    def __init__(self, resolution: int, channels: int, num_classes: int, z_dim: int = 32, width: int = 32,
+                 max_channels: int = 128, levels: int = 2, embed_dim: int = 16) -> None:  # fmt: skip
+        super().__init__()
+        self.ch = widths(width, max_channels, levels)
+        self.base = check_resolution(resolution, levels)
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.fc = nn.Linear(z_dim + embed_dim, self.ch[-1] * self.base * self.base)
+        self.up = up_stack(self.ch, channels)
+
+    def logits(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.fc(torch.cat([z, self.embed(labels)], dim=1)))
+        return self.up(h.view(len(z), self.ch[-1], self.base, self.base))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(0.5 * self.logits(z, labels))  # = 2 * sigmoid(logits) - 1: Bernoulli mean in [-1, 1]
+
+
+class ConditionalVAE(nn.Module):
+    """q(z | x, label) and p(x | z, label); the label embedding enters the encoder as extra constant channels."""
+
+    def __init__(self, resolution: int, channels: int, num_classes: int, z_dim: int = 32, width: int = 32,
+                 max_channels: int = 128, levels: int = 2, embed_dim: int = 16) -> None:  # fmt: skip
+        super().__init__()
+        ch = widths(width, max_channels, levels)
+        base = check_resolution(resolution, levels)
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.encoder = down_stack(channels + embed_dim, ch)
+        self.to_stats = nn.Linear(ch[-1] * base * base, 2 * z_dim)
+        self.decoder = VaeDecoder(resolution, channels, num_classes, z_dim, width, max_channels, levels, embed_dim)
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.embed(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+        mu, logvar = self.to_stats(self.encoder(torch.cat([x, e], dim=1)).flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Reconstruction logits, mu, logvar for images ``x`` in [-1, 1]; ``eps`` is the reparameterisation noise."""
+        mu, logvar = self.encode(x, labels)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        return self.decoder.logits(z, labels), mu, logvar
+
+
+class VaeRestorer(nn.Module):
+    """Conditional VAE of the clean image given the degraded one, fully convolutional (any size multiple of 2**L).
+
+    ``forward(degraded)`` decodes the prior mean, z = 0, and returns the restoration in [-1, 1].
+    """
+
+    def __init__(self, channels: int = 1, z_dim: int = 32, width: int = 32, max_channels: int = 128,
+                 levels: int = 2) -> None:  # fmt: skip
+        super().__init__()
+        ch = widths(width, max_channels, levels)
+        self.z_dim, self.levels = z_dim, levels
+        self.posterior = nn.Sequential(down_stack(2 * channels, ch), nn.Conv2d(ch[-1], 2 * z_dim, 1))
+        self.condition = down_stack(channels, ch)
+        self.merge = nn.Sequential(nn.Conv2d(ch[-1] + z_dim, ch[-1], 3, padding=1), nn.SiLU())
+        self.up = up_stack(ch, channels)
+
+    def decode_logits(self, z: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
+        return self.up(self.merge(torch.cat([self.condition(degraded), z], dim=1)))
+
+    def train_forward(self, clean: torch.Tensor, degraded: torch.Tensor,
+                      eps_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Logits of the reconstruction from a posterior sample, mu, logvar (all for [-1, 1] inputs)."""
+        mu, logvar = self.posterior(torch.cat([clean, degraded], dim=1)).chunk(2, dim=1)
+        logvar = logvar.clamp(-12.0, 8.0)
+        eps = torch.randn(mu.shape, generator=eps_gen, device=mu.device, dtype=mu.dtype)
+        return self.decode_logits(mu + eps * torch.exp(0.5 * logvar), degraded), mu, logvar
+
+    def forward(self, degraded: torch.Tensor) -> torch.Tensor:
+        h, w = degraded.shape[-2:]
+        m = 2**self.levels
+        ph, pw = (-h) % m, (-w) % m
+        x = F.pad(degraded, (0, pw, 0, ph), mode="replicate") if ph or pw else degraded
+        z = torch.zeros(len(x), self.z_dim, x.shape[-2] // m, x.shape[-1] // m, device=x.device, dtype=x.dtype)
+        return torch.tanh(0.5 * self.decode_logits(z, x))[..., :h, :w]
+
+
+def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) summed over latent dimensions, averaged over the batch."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).flatten(1).sum(1).mean()
+
+
+def recon_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Reconstruction loss in [0, 1] space (target given in [-1, 1]), summed over pixels, averaged over images."""
+    t = (target.float() + 1) * 0.5
+    if kind == "bce":
+        per = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
+    else:
+        p = torch.sigmoid(logits.float())
+        per = (p - t).abs() if kind == "l1" else (p - t).pow(2)
+    return per.flatten(1).sum(1).mean()
+
+
+def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The (EMA) decoder of a trained ``vae`` as a generator ``(z, labels) -> [-1, 1]``, in eval mode, and its config."""
+    from productgen.models.io import load_weights, read_config
+
+    cfg = read_config(folder)
+    if cfg.get("model") != "vae":
+        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, not a VAE")
+    try:
+        v = cfg["vae"]
+        net = VaeDecoder(cfg["resolution"], cfg["channels"], cfg["num_classes"], v["z_dim"], v["channels"],
+                         v["max_channels"], v["levels"], v["embed_dim"])  # fmt: skip
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{folder / 'config.json'}: incomplete vae config ({err}); re-export the model") from None
+    load_weights(net, folder / "generator.safetensors")
+    return net.to(device).eval(), cfg
+
+
+def load_predictor(folder: Path, device: str | torch.device = "cpu") -> Any:
+    """The (EMA) VAE restorer of a ``vae-restore`` model folder as an image -> image predictor."""
+    from productgen.models.io import load_weights, read_config
+    from productgen.models.restore import ImagePredictor, parse_view
+
+    cfg = read_config(folder)
+    if cfg.get("model") != "vae-restore":
+        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, not a vae-restore model")
+    try:
+        v = cfg["vae"]
+        net = VaeRestorer(int(cfg["channels"]), v["z_dim"], v["channels"], v["max_channels"], v["levels"])
+        view = str(cfg["view"])
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{folder / 'config.json'}: incomplete vae-restore config ({err}); re-export the model") from None
+    parse_view(view, f"{folder / 'config.json'}: view")
+    load_weights(net, folder / "vae_restore.safetensors")
+    return ImagePredictor(net, cfg, view, int(v["levels"]), device)
