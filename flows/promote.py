@@ -16,7 +16,7 @@ def promote_version(model_task: str, version: str | None, margin: float | None, 
     from productgen.config import load_params
 
     if margin is None:
-        margin = load_params("params.yaml").registry.fid_margin
+        margin = registry.margin_for(model_task, load_params("params.yaml").registry)
     return registry.decision_dict(registry.promote(model_task, version, margin, force))
 
 

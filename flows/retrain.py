@@ -33,12 +33,14 @@ TRANSIENT_RETRIES = {"retries": 3, "retry_delay_seconds": [5, 20, 60]}
 class RetrainParams(BaseModel):
     """What a retraining run is: which model, on which data, with which profile."""
 
-    task: Literal["gan"] = "gan"
+    task: Literal["gan", "vae", "restore", "vae-restore", "pix2pix", "cyclegan", "style", "adain"] = Field(
+        "gan", description="model task: generation (gan, vae), restoration (restore, vae-restore), translation "
+        "(pix2pix, cyclegan), style transfer (style, adain)")
     params_file: str = Field("params.yaml", description="params.yaml of the project (data, model, thresholds)")
     profile: str | None = Field(None, description="partial params file or name in flows/profiles/, e.g. quick-cpu")
     tune_trials: int = Field(0, ge=0, description="Optuna trials before the final training (0: no tuning)")
     promote: bool = Field(True, description="promote the new model if it beats the champion")
-    margin: float | None = Field(None, description="override registry.fid_margin")
+    margin: float | None = Field(None, description="override the registry margin of the task's primary metric")
     run_tag: str | None = Field(None, description="folder name for this run's outputs (default: a timestamp)")
 
 
@@ -94,7 +96,7 @@ def train_model(rp: RetrainParams, overrides: dict[str, Any]) -> dict[str, Any]:
 def evaluate_model(rp: RetrainParams, overrides: dict[str, Any]) -> dict[str, Any]:
     from productgen.pipeline import evaluate_model as run
 
-    return run(_params(rp, overrides), track=True, show_progress=False)
+    return run(_params(rp, overrides), track=True, show_progress=False, task=rp.task)
 
 
 @task(name="register-and-promote", cache_policy=NONE, timeout_seconds=600, **TRANSIENT_RETRIES)
@@ -111,22 +113,25 @@ def register_and_promote(rp: RetrainParams, overrides: dict[str, Any], trained: 
     client = MlflowClient()
     champion = registry.alias_version(client, name, registry.CHAMPION)
     champ_tags = client.get_model_version(name, champion).tags if champion else {}
+    metric, better = registry.PRIMARY_METRIC[rp.task]
+    keys = [metric] + [k for k, v in metrics.items() if k != metric and isinstance(v, (int, float))
+                       and not isinstance(v, bool)][:9]  # fmt: skip
     rows = []
-    for key in ("fid", "kid_mean", "d_acc", "n_real", "n_fake"):
+    for key in keys:
         rows.append({"metric": key, f"challenger v{version}": metrics.get(key),
                      f"champion v{champion}" if champion else "champion": champ_tags.get(f"eval.{key}", "-")})  # fmt: skip
     create_table_artifact(key=f"{rp.task}-challenger-vs-champion", table=rows,
                           description=f"{name}: challenger v{version} against champion v{champion}")  # fmt: skip
     decision = None
     if rp.promote:
-        margin = p.registry.fid_margin if rp.margin is None else rp.margin
+        margin = registry.margin_for(rp.task, p.registry) if rp.margin is None else rp.margin
         decision = registry.decision_dict(registry.promote(rp.task, version, margin))
     return {"model": name, "version": version, "decision": decision}
 
 
 def _grid_artifact(eval_out: Path, title: str) -> None:
-    grid = eval_out / "samples.png"
-    if grid.is_file():
+    grid = next((g for g in (eval_out / "samples.png", eval_out / "before_after.png") if g.is_file()), None)
+    if grid is not None:
         data = base64.b64encode(grid.read_bytes()).decode("ascii")
         create_markdown_artifact(key="sample-grid", description=title,
                                  markdown=f"### {title}\n\n![samples](data:image/png;base64,{data})\n\n`{grid.resolve()}`")  # fmt: skip
@@ -143,18 +148,24 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "train.out": f"{base.train.out_for(params.task)}/{tag}",
         "evaluate.model": f"{base.train.out_for(params.task)}/{tag}/model",
-        "evaluate.out": f"{base.evaluate.out}/{tag}",
+        "evaluate.out": f"{base.evaluate.out.replace('{task}', params.task)}/{tag}",
     }
+    if params.tune_trials > 0 and params.task != "gan":
+        raise ValueError(f"tune_trials: tuning is implemented for the gan task only, not {params.task!r}")
     if params.tune_trials > 0:
         best = tune_model(params)
         overrides |= {f"gan.{k}": v for k, v in best.items()}
     trained = train_model(params, overrides)
     metrics = evaluate_model(params, overrides)
-    _grid_artifact(Path(overrides["evaluate.out"]), f"{params.task}: 4 real then 8 generated images per category")
+    _grid_artifact(Path(overrides["evaluate.out"]), f"{params.task}: 4 real then 8 generated images per category"
+                   if params.task in ("gan", "vae") else f"{params.task}: before / after")  # fmt: skip
     result = register_and_promote(params, overrides, trained, metrics, data)
     d = result["decision"]
     verdict = ("promoted to champion" if d and d["promoted"] else "kept the champion") if d else "not promoted"
-    print(f"{result['model']} v{result['version']}: FID {metrics['fid']:.2f}; {verdict}"
+    from productgen.registry import PRIMARY_METRIC
+
+    metric = PRIMARY_METRIC[params.task][0]
+    print(f"{result['model']} v{result['version']}: {metric} {metrics[metric]:.4g}; {verdict}"
           + (f" ({d['reason']})" if d else ""))  # fmt: skip
     return {"data": data, "trained": trained, "metrics": {k: v for k, v in metrics.items() if k != "extractor"},
             "registry": result, "outputs": overrides}  # fmt: skip
@@ -164,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run the retrain flow once (Prefect ephemeral mode unless PREFECT_API_URL).")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", default=None, help="e.g. quick-cpu (flows/profiles/quick-cpu.yaml)")
-    ap.add_argument("--task", default="gan")
+    ap.add_argument("--task", default="gan", choices=["gan", "vae", "restore", "vae-restore", "pix2pix", "cyclegan",
+                                                       "style", "adain"])
     ap.add_argument("--tune-trials", type=int, default=0)
     ap.add_argument("--no-promote", action="store_true")
     args = ap.parse_args(argv)

@@ -26,8 +26,24 @@ from typing import Any
 from productgen.errors import UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-# task -> (metric, "lower" or "higher" is better)
-PRIMARY_METRIC = {"gan": ("fid", "lower")}
+# task -> (primary metric, "lower" or "higher" is better): what the promotion gate compares.
+PRIMARY_METRIC = {
+    "gan": ("fid", "lower"),  # generation: FID against the held-out split
+    "vae": ("fid", "lower"),
+    "restore": ("psnr", "higher"),  # restoration: PSNR against the clean test images
+    "vae-restore": ("psnr", "higher"),
+    "pix2pix": ("psnr", "higher"),  # paired translation: PSNR against the paired ground truth
+    "cyclegan": ("fid", "lower"),  # unpaired translation: FID against the target domain
+    "style": ("style_score", "lower"),
+    "adain": ("style_score", "lower"),
+}
+
+
+def margin_for(task: str, cfg: Any) -> float:
+    """The configured margin (``registry.<metric>_margin``) a challenger must beat the champion by."""
+    model_name(task)  # a one-line error for an unknown task
+    metric, _ = PRIMARY_METRIC[task]
+    return float(getattr(cfg, f"{metric}_margin", 0.0))
 
 
 @dataclass(frozen=True)
@@ -50,8 +66,10 @@ def model_name(task: str, prefix: str = "productgen") -> str:
 
 def eval_set_id(metrics: dict[str, Any], content_hash: str, split: str) -> str:
     """What makes two evaluations comparable: the same data, split, sizes and feature network."""
-    ext = metrics.get("extractor", {}).get("sha", "?")
-    return f"{content_hash[:16]}:{split}:{metrics.get('n_real')}:{metrics.get('n_fake')}:{str(ext)[:12]}"
+    ext = metrics.get("extractor", {}).get("sha", "?") if isinstance(metrics.get("extractor"), dict) else "-"
+    size = metrics.get("n_real", metrics.get("images"))
+    other = metrics.get("n_fake", metrics.get("view", metrics.get("style", "")))
+    return f"{content_hash[:16]}:{split}:{size}:{other}:{str(ext)[:12]}"
 
 
 def _client() -> Any:

@@ -15,6 +15,8 @@ from productgen.cli.data import Params, Profile, _load
 def evaluate_cmd(
     params: Params = None,
     profile: Profile = None,
+    task: Annotated[str, typer.Option("--task", "-t", help="Model task: gan, vae, restore, vae-restore, pix2pix, "
+                                      "cyclegan, style, adain (decides the protocol).")] = "gan",
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model folder (default: evaluate.model).")] = None,
     prepared: Annotated[Optional[Path], typer.Option(help="Prepared dataset (default: data.out).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder (default: evaluate.out).")] = None,
@@ -27,11 +29,16 @@ def evaluate_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     dry_run: DryRunOption = False,
 ) -> None:
-    """Evaluate a trained GAN against held-out real images; writes metrics.json, samples.png and report.md.
+    """Evaluate a trained model on held-out images; writes metrics.json, report.md and image grids to --out.
+
+    Generators (gan, vae): FID, KID, per-category FID, discriminator accuracy. Restorers: PSNR / SSIM next to the
+    degraded input. pix2pix: PSNR / SSIM / FID; cyclegan: FID. Style models: style distance, content SSIM.
 
     Examples:
 
       productgen evaluate --model artifacts/train/gan/model
+
+      productgen evaluate --task restore --model artifacts/train/restore/model --out artifacts/eval/restore
 
       productgen evaluate --max-real 1000 --num-fake 1000 --device cpu    # a quick look on a CPU
     """
@@ -41,10 +48,19 @@ def evaluate_cmd(
     if dry_run:
         print_config(p.evaluate)
         return
-    from productgen.pipeline import evaluate_model
+    from productgen.pipeline import evaluate_model, for_task
 
-    m = evaluate_model(p, prepared, track=track, show_progress=not quiet)
+    p = for_task(p, task)
+    m = evaluate_model(p, prepared, track=track, show_progress=not quiet, task=task)
+    if task not in ("gan", "vae"):
+        from productgen.registry import PRIMARY_METRIC
+
+        metric, better = PRIMARY_METRIC[task]
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float))
+        typer.echo(f"{metric} {m[metric]:.4g} ({better} is better); {shown}")
+        typer.echo(f"report: {Path(p.evaluate.out) / 'report.md'}; metrics: {Path(p.evaluate.out) / 'metrics.json'}")
+        return
+    d_acc = f", discriminator accuracy {100 * m['d_acc']:.1f}%" if "d_acc" in m else ""
     kid_text = f", KID {m['kid_mean']:.4f} +- {m['kid_std']:.4f}" if "kid_mean" in m else ""
-    typer.echo(f"FID {m['fid']:.2f}{kid_text}, discriminator accuracy {100 * m['d_acc']:.1f}% "
-               f"({m['n_real']:,} real vs {m['n_fake']:,} generated)")  # fmt: skip
+    typer.echo(f"FID {m['fid']:.2f}{kid_text}{d_acc} ({m['n_real']:,} real vs {m['n_fake']:,} generated)")
     typer.echo(f"report: {Path(p.evaluate.out) / 'report.md'}; metrics: {Path(p.evaluate.out) / 'metrics.json'}")

@@ -13,7 +13,7 @@ from productgen.cli.data import Params, _load
 registry_app = typer.Typer(help="Promote, roll back and inspect registered models (aliases champion/challenger).",
                            no_args_is_help=True)  # fmt: skip
 
-Task = Annotated[str, typer.Argument(help="Model task: gan.")]
+Task = Annotated[str, typer.Argument(help="Model task: gan, vae, restore, vae-restore, pix2pix, cyclegan, style, adain.")]
 
 
 @registry_app.command("promote")
@@ -29,10 +29,11 @@ def promote(
 
     Example: productgen registry promote gan
     """
+    from productgen.registry import margin_for
     from productgen.registry import promote as do_promote
 
     p = _load(params, {})
-    d = do_promote(task, version, p.registry.fid_margin if margin is None else margin, force)
+    d = do_promote(task, version, margin_for(task, p.registry) if margin is None else margin, force)
     verdict = "PROMOTED" if d.promoted else "kept champion"
     typer.echo(f"{d.model} v{d.version}: {verdict} ({d.reason}); champion is now v{d.champion_after}")
 

@@ -51,12 +51,17 @@ def load_weights(module: nn.Module, path: Path) -> nn.Module:
 
 
 def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The (EMA) generator of a trained GAN, in eval mode, and its config."""
+    """The (EMA) generator of a trained GAN (or the decoder of a conditional VAE), in eval mode, and its config."""
     from productgen.models.gan import Generator
 
     cfg = read_config(folder)
+    if cfg.get("model") == "vae":  # the conditional VAE's decoder samples like a generator: G(z, labels)
+        from productgen.models.vae import load_generator as load_vae_decoder
+
+        return load_vae_decoder(folder, device)
     if cfg.get("model") != "gan":
-        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, not a GAN")
+        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, which does not generate images from "
+                        "categories (generators: gan, vae)")
     g = cfg["gan"]
     net = Generator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["z_dim"], g["g_channels"],
                     g["max_channels"], g["embed_dim"])  # fmt: skip
