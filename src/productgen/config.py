@@ -146,8 +146,8 @@ class GanConfig:
 class EvaluateConfig:
     """How a trained generator is evaluated (FID protocol of Lucic et al.: the test split vs as many fakes)."""
 
-    out: str = "artifacts/eval/gan"
-    model: str = "artifacts/train/gan/model"
+    out: str = "artifacts/eval/{task}"  # {task} becomes the task name
+    model: str = "artifacts/train/{task}/model"
     split: str = "test"
     num_fake: int | None = None  # default: as many as real images, with the same category mix
     max_real: int | None = None  # evaluate on a seeded subset of the real split (quick checks)
@@ -164,7 +164,9 @@ class EvaluateConfig:
 class RegistryConfig:
     """Promotion gate: a challenger replaces the champion only if better by this margin on the primary metric."""
 
-    fid_margin: float = 0.5  # generation: challenger FID must be lower by more than this
+    fid_margin: float = 0.5  # generation / cyclegan: challenger FID must be lower by more than this
+    psnr_margin: float = 0.05  # restoration / pix2pix: challenger PSNR (dB) must be higher by more than this
+    style_score_margin: float = 0.0  # style transfer: challenger style score must be lower by more than this
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,15 @@ class TuneConfig:
     pruner: TunePruner = "median"
     pruner_startup_trials: int = 5  # median: complete trials before pruning starts
     pruner_warmup_steps: int = 0  # median: no pruning before this step
+    # Several workers on one study (PostgreSQL storage): stop every worker once the study holds this many finished
+    # (complete or pruned) trials; null: each worker runs its `trials` and stops.
+    total_trials: int | None = None
+    # A running trial writes a heartbeat every heartbeat_interval s; one silent for grace_period s belongs to a dead
+    # worker and is failed by the next worker that starts a trial (and re-queued with the same parameters, up to
+    # `retries` times), so a killed worker never leaves a trial RUNNING for ever.
+    heartbeat_interval: int = 60
+    grace_period: int = 180
+    retries: int = 1
     space: TuneSpace = field(default_factory=TuneSpace)
 
 
