@@ -245,6 +245,10 @@ def _photos(root: Path) -> Path:
 
 
 def test_stylize_cli(trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from productgen.cli.stylize import BUILTIN
+    from productgen.styles import BUILTIN_STYLES
+
+    assert tuple(BUILTIN_STYLES) == BUILTIN  # --help lists the real built-in styles
     src = _photos(tmp_path / "in")
     before = tree_digest(src)
     runner = CliRunner()

@@ -15,14 +15,17 @@ import typer
 from productgen.cli.common import user_errors
 
 DEFAULT_ADAIN = Path("artifacts/train/adain/model")
+# productgen.styles.BUILTIN_STYLES, spelled out so --help does not import torch (a test keeps them in sync)
+BUILTIN = ("hubble_deep_field", "immunohistochemistry", "coffee", "rocket", "astronaut", "chelsea", "retina", "brick",
+           "grass", "gravel")
 
 
 def stylize_command(
     in_dir: Annotated[Path, typer.Option("--in", help="Folder of product photos (JPEG/PNG/WebP, searched recursively).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder (PNG per input, same relative path).")],
     style: Annotated[
-        Optional[str], typer.Option("--style", "-s", help="Built-in style name (hubble_deep_field, coffee, ...) or a "
-                                    "JPEG/PNG path; needs an AdaIN model.")  # fmt: skip
+        Optional[str], typer.Option("--style", "-s", help=f"A JPEG/PNG path or a built-in style: {', '.join(BUILTIN)}. "
+                                    "Needs an AdaIN model.")  # fmt: skip
     ] = None,
     model: Annotated[
         Optional[Path], typer.Option("--model", "-m", help="Model folder: AdaIN (with --style), a per-style network "
@@ -31,7 +34,7 @@ def stylize_command(
     alpha: Annotated[
         Optional[float], typer.Option(help="AdaIN only: style strength, 0 (content) .. 1 (full style).", min=0.0, max=1.0)
     ] = None,
-    size: Annotated[int, typer.Option("--size", help="Longer side inputs are shrunk to (px); larger images are resized.", min=16)] = 512,
+    size: Annotated[int, typer.Option("--size", help="Images with a longer side above this (px) are shrunk to it first.", min=16)] = 512,
     preserve_product: Annotated[
         Optional[bool], typer.Option("--preserve-product/--no-preserve-product",
                                      help="Stylise only the product and keep the white background (default: as trained).")  # fmt: skip
