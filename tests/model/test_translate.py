@@ -61,7 +61,7 @@ def pix2pix_run(params: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cyclegan_run(params: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("cyc") / "run"
-    train(_params(params, run, 30, translate__lr=1e-3, train__log_every=5), "cyclegan", show_progress=False)
+    train(_params(params, run, 20, translate__lr=1e-3, train__log_every=5), "cyclegan", show_progress=False)
     return run
 
 
@@ -153,9 +153,9 @@ def test_evaluate_cyclegan_with_fid(cyclegan_run: Path, params: Path, tmp_path: 
     from productgen.translation import evaluate_translation
 
     prepared = load_params(params).data.out
-    m = evaluate_translation(cyclegan_run / "model", prepared, split="train", out=tmp_path / "e", max_images=4,
+    m = evaluate_translation(cyclegan_run / "model", prepared, split="train", out=tmp_path / "e", max_images=3,
                              fid=True, batch_size=8)  # fmt: skip
-    assert m["n_a"] == 4 and m["n_b"] == 4 and m["primary_metric"] == {"name": "fid", "direction": "lower"}
+    assert m["n_a"] == 3 and m["n_b"] == 3 and m["primary_metric"] == {"name": "fid", "direction": "lower"}
     assert m["fid"] > 0 and m["fid_identity"] > 0 and m["fid_gain"] == pytest.approx(m["fid_identity"] - m["fid"])
     assert 0 < m["cycle_psnr"] < 100 and -1 <= m["cycle_ssim"] <= 1
     assert "identity baseline" in (tmp_path / "e" / "report.md").read_text()
