@@ -9,10 +9,13 @@ from __future__ import annotations
 import typer
 
 from productgen.cli.data import data_app
+from productgen.cli.enhance import enhance_command
 from productgen.cli.evaluate import evaluate_cmd
 from productgen.cli.metrics import metrics_app
 from productgen.cli.registry import registry_app
+from productgen.cli.stylize import stylize_cmd
 from productgen.cli.train import generate_cmd, train_app
+from productgen.cli.translate import translate_cmd
 from productgen.cli.tune import tune_app
 
 app = typer.Typer(
@@ -29,6 +32,9 @@ app.add_typer(tune_app, name="tune")
 app.add_typer(registry_app, name="registry")
 app.command("generate")(generate_cmd)
 app.command("evaluate")(evaluate_cmd)
+app.command("enhance")(enhance_command)
+app.command("stylize")(stylize_cmd)
+app.command("translate")(translate_cmd)
 
 
 @app.callback()
