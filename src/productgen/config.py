@@ -311,7 +311,7 @@ class StyleConfig:
     image_size: int = 128  # training resolution: product images are upscaled to this (multiple of 16)
     invert_dark_background: bool = True  # products on black (Fashion-MNIST) become products on white
     style_size: int = 256  # style images are resized to this shorter side (AdaIN trains on image_size crops)
-    style_image: str = "hubble_deep_field"  # style task: built-in style name or a JPEG/PNG path
+    style_image: str = "immunohistochemistry"  # style task: built-in style name (a colourful print) or a path
     adain_styles: list[str] = field(default_factory=lambda: [
         "hubble_deep_field", "immunohistochemistry", "coffee", "rocket", "astronaut", "chelsea", "retina",
         "brick", "grass", "gravel"])  # adain: styles sampled per image (built-in names or paths)

@@ -63,3 +63,23 @@ def test_failed_validation_stops_the_flow_before_training(tmp_path: Path) -> Non
     assert "validation FAILED" in out and "report:" in out
     assert "Task run 'train" not in out and not (tmp_path / "train").exists()
     assert "broken.jpg" in (tmp_path / "validation" / "quarantine.csv").read_text()
+
+
+def test_retrain_flow_runs_an_image_to_image_task(tmp_path: Path) -> None:
+    """The same flow trains, evaluates (PSNR next to the degraded input) and promotes a restorer."""
+    write_good_folder(tmp_path / "shop", {"bags": 12, "shoes": 12, "shirts": 12}, size=(28, 28))
+    params = PARAMS.format(root=tmp_path) + "restore: {channels: 8, max_channels: 16, view: noise25}\n"
+    (tmp_path / "params.yaml").write_text(params)
+    p = _run_flow(tmp_path, "--task", "restore")
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    assert "productgen-restore v1: psnr" in out and "promoted to champion (no champion yet)" in out
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    champion = MlflowClient().get_model_version_by_alias("productgen-restore", "champion")
+    tags = champion.tags
+    assert tags["eval.primary_metric"] == "psnr" and float(tags["eval.psnr"]) > 0
+    assert float(tags["eval.baseline_psnr"]) > 0
+    assert len(list((tmp_path / "eval").glob("*/before_after.png"))) == 1

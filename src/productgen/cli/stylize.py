@@ -28,7 +28,7 @@ def stylize_command(
                                     "Needs an AdaIN model.")  # fmt: skip
     ] = None,
     model: Annotated[
-        Optional[Path], typer.Option("--model", "-m", help="Model folder: AdaIN (with --style), a per-style network "
+        Optional[Path], typer.Option("--model", "-m", help="Model folder or MLflow URI (models:/productgen-adain@champion): AdaIN (with --style), a per-style network "
                                      "or any image -> image model (without --style).")  # fmt: skip
     ] = None,
     alpha: Annotated[

@@ -12,7 +12,7 @@ from productgen.errors import UserError
 
 
 def translate_command(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder written by 'productgen train pix2pix' or 'train cyclegan'.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder written by 'productgen train pix2pix' or 'train cyclegan', or an MLflow URI (models:/productgen-pix2pix@champion).")],
     in_dir: Annotated[Path, typer.Option("--in", "-i", help="Folder of images (searched recursively; never modified).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: same relative paths, as PNG.")],
     direction: Annotated[str, typer.Option("--direction", help="ab (A -> B) or ba (B -> A; CycleGAN only).")] = "ab",

@@ -45,7 +45,15 @@ LOADERS: dict[str, str] = {
 }
 
 
-def load_predictor(folder: Path, device: str | torch.device = "cpu") -> Predictor:
+def load_predictor(folder: Path | str, device: str | torch.device = "cpu") -> Predictor:
+    """The predictor of a model folder, or of a registered model given as an MLflow URI
+    (``models:/productgen-restore@champion``; MLflow is imported only then)."""
+    text = str(folder)
+    if text.startswith(("models:/", "runs:/")):
+        from productgen.tracking import resolve_model
+
+        folder = resolve_model(text)
+    folder = Path(folder)
     cfg = read_config(folder)
     kind = cfg.get("model")
     if kind not in LOADERS:
