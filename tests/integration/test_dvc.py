@@ -59,6 +59,9 @@ def repo(tmp_path: Path) -> Path:
     (repo / "params.yaml").write_text(PARAMS)
     (repo / "flows/profiles").mkdir(parents=True)
     (repo / "flows/profiles/quick-cpu.yaml").write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
+    tiny_restore = {"train": TINY_PROFILE["train"], "restore": {"channels": 8, "max_channels": 16},
+                    "evaluate": {"split": "train", "max_real": 12, "batch_size": 12, "device": "cpu"}}  # fmt: skip
+    (repo / "flows/profiles/quick-cpu-restore.yaml").write_text(yaml.safe_dump(tiny_restore, sort_keys=False))
     write_good_folder(repo / "data" / "shop", {"bags": 5, "shoes": 5, "shirts": 5})
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
@@ -70,7 +73,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_repro_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
-    out = sh("dvc", "repro", cwd=repo)
+    out = sh("dvc", "repro", "evaluate", cwd=repo)
     for stage in ("prepare", "validate", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out.stdout
     assert (repo / "artifacts/prepared/dataset.json").is_file()
@@ -89,9 +92,9 @@ def test_repro_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     assert tree_digest(clone / "data") == tree_digest(repo / "data")
     assert tree_digest(clone / "artifacts/prepared") == tree_digest(repo / "artifacts/prepared")
     assert tree_digest(clone / "artifacts/dvc/train/model") == tree_digest(repo / "artifacts/dvc/train/model")
-    status = sh("dvc", "status", cwd=clone).stdout
+    status = sh("dvc", "status", "evaluate", cwd=clone).stdout
     assert "up to date" in status
-    again = sh("dvc", "repro", cwd=clone).stdout
+    again = sh("dvc", "repro", "evaluate", cwd=clone).stdout
     assert "Running stage" not in again
 
 
@@ -112,7 +115,7 @@ def test_prepare_is_reproducible_across_runs(repo: Path) -> None:
 
 
 def test_train_evaluate_reproduce_and_experiments(repo: Path) -> None:
-    sh("dvc", "repro", cwd=repo)
+    sh("dvc", "repro", "evaluate", cwd=repo)
     committed = json.loads((repo / "artifacts/dvc/eval/metrics.json").read_text())
     assert committed["fid"] > 0
     losses = (repo / "artifacts/dvc/train/losses.csv").read_text().splitlines()
@@ -123,13 +126,23 @@ def test_train_evaluate_reproduce_and_experiments(repo: Path) -> None:
     # A forced re-run on the CPU profile reproduces the committed metrics exactly.
     sh("dvc", "repro", "--force", "train", "evaluate", cwd=repo)
     assert json.loads((repo / "artifacts/dvc/eval/metrics.json").read_text()) == committed
-    assert "up to date" in sh("dvc", "status", cwd=repo).stdout
+    assert "up to date" in sh("dvc", "status", "evaluate", cwd=repo).stdout
 
     # An experiment with a changed parameter, compared side by side.
-    sh("dvc", "exp", "run", "-n", "faster-g", "-S", "gan.lr_g=0.001", cwd=repo)
+    sh("dvc", "exp", "run", "evaluate", "-n", "faster-g", "-S", "gan.lr_g=0.001", cwd=repo)
     exps = sh("dvc", "exp", "show", "--json", cwd=repo).stdout
     assert "faster-g" in exps and "0.001" in exps
     diff = sh("dvc", "metrics", "diff", "HEAD", "faster-g", "--json", cwd=repo).stdout
     assert "fid" in diff
     plots = sh("dvc", "plots", "diff", "HEAD", "faster-g", "--json", cwd=repo).stdout
     assert "loss_g" in plots or "losses.csv" in plots
+
+
+def test_restoration_chain_in_the_pipeline(repo: Path) -> None:
+    """A second model family runs through its own train / evaluate stages (foreach) with committed metrics."""
+    out = sh("dvc", "repro", "evaluate-model@restore", cwd=repo).stdout
+    assert "Running stage 'train-model@restore'" in out and "Running stage 'train'" not in out
+    metrics = json.loads((repo / "artifacts/dvc/restore/metrics.json").read_text())
+    assert metrics["psnr"] > 0 and metrics["baseline_psnr"] > 0 and metrics["view"] == "noise25"
+    assert (repo / "artifacts/dvc/restore/train/model/config.json").is_file()
+    assert "artifacts/dvc/restore/metrics.json" in sh("dvc", "metrics", "show", cwd=repo).stdout

@@ -42,6 +42,9 @@ def _train_command(task: str) -> None:
         p = _load(params, {"train.out": out, "train.max_steps": max_steps, "train.batch_size": batch_size,
                            "train.device": device, "train.precision": precision, "train.prepared": prepared,
                            "train.seed": seed}, profile)  # fmt: skip
+        from productgen.pipeline import for_task
+
+        p = for_task(p, task)
         if dry_run:
             print_config({"train": p.train, spec.section: getattr(p, spec.section)})
             return
