@@ -10,6 +10,11 @@ and MLflow, and the core never imports this module).
   loaded when it exists, so an interrupted search resumes: completed trials are kept and new ones continue. The
   settings that make trial values comparable (steps, evaluation protocol, dataset, the fixed ``train:``/``gan:``
   keys) are stored in the study, and resuming with different ones is refused instead of mixing numbers.
+- Several workers (``productgen tune`` processes on several machines) share one study in PostgreSQL: Optuna hands
+  each new trial to exactly one worker; ``tune.total_trials`` stops them all once the study holds that many
+  finished trials. A running trial writes a heartbeat every ``tune.heartbeat_interval`` s; a worker that dies
+  (killed, machine lost) leaves its trial RUNNING until the next worker starting a trial finds it silent for
+  ``tune.grace_period`` s, fails it and re-queues its parameters (``tune.retries``), so no trial is lost.
 - TPE sampler seeded with ``tune.seed`` (a resumed session: with a hash of it and the number of trials already in
   the study, so it does not replay the random start-up points it tried); a median or Hyperband pruner.
 - Each trial trains with the shared engine (``productgen.train.train`` -> ``engine.fit``) and, through ``fit``'s
@@ -34,6 +39,8 @@ import math
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -46,8 +53,6 @@ from productgen.config import GanConfig, Params, TuneConfig, TuneSpace
 from productgen.errors import UserError
 
 TASKS = ("gan",)
-HEARTBEAT_S = 60  # a worker that dies leaves its trial RUNNING; after the grace period the next worker fails it
-GRACE_S = 180
 SETTINGS_ATTR = "productgen.settings"
 # Training settings that change what a trial's FID means; the rest (logging, checkpoints, device) may differ.
 TRAIN_KEYS = ("batch_size", "seed", "ema_decay", "ema_start", "grad_clip", "split")
@@ -200,7 +205,10 @@ def _open_study(cfg: TuneConfig) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.retries) if cfg.retries else None
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval,
+                                                 grace_period=cfg.grace_period,
+                                                 heartbeat_stale_trial_callback=retry)  # fmt: skip
         sampler = optuna.samplers.TPESampler(seed=cfg.seed)
         study = optuna.create_study(storage=storage, study_name=cfg.study, direction="minimize", load_if_exists=True,
                                     sampler=sampler, pruner=make_pruner(cfg))  # fmt: skip
@@ -217,6 +225,27 @@ def _open_study(cfg: TuneConfig) -> Any:
     if n_before:  # a fresh seed per session: a resumed search must not replay the start-up points it tried
         study.sampler = optuna.samplers.TPESampler(seed=session_seed(cfg.seed, n_before))
     return study
+
+
+def check_workers(cfg: TuneConfig) -> None:
+    """Refuse settings under which workers would fail each other's live trials or never stop."""
+    if cfg.heartbeat_interval < 1:
+        raise UserError(f"tune.heartbeat_interval: {cfg.heartbeat_interval}; use at least 1 (seconds)")
+    if cfg.grace_period <= cfg.heartbeat_interval:
+        raise UserError(f"tune.grace_period: {cfg.grace_period} s is not longer than tune.heartbeat_interval "
+                        f"({cfg.heartbeat_interval} s): live trials would be failed; use several intervals")  # fmt: skip
+    if cfg.retries < 0:
+        raise UserError(f"tune.retries: {cfg.retries}; use 0 (never re-run a dead worker's trial) or more")
+    if cfg.total_trials is not None and cfg.total_trials < 1:
+        raise UserError(f"tune.total_trials: {cfg.total_trials}; use null (no study-wide limit) or at least 1")
+
+
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def finished_trials(study: Any) -> int:
+    """Complete and pruned trials of the study, whichever worker ran them."""
+    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
 
 
 def session_seed(seed: int, n_before: int) -> int:
@@ -303,6 +332,7 @@ def tune(
     cfg = params.tune if trials is None else dataclasses.replace(params.tune, trials=trials)
     if cfg.trials < 1:
         raise UserError(f"trials: {cfg.trials}; run at least 1")
+    check_workers(cfg)
     url = storage_url(cfg.storage)
     out = Path(cfg.out)
     ds = PreparedDataset(params.train.prepared or params.data.out)
@@ -330,11 +360,13 @@ def tune(
         lineage = tracking.lineage(ds.root, ds.content_hash)
     best_file = out / "best_params.yaml"
     tuned = tuned_keys(cfg.space)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: Any) -> float:
         gan = suggest(trial, cfg.space, params.gan)
         trial_dir = out / f"trial-{trial.number}"
         trial.set_user_attr("out", str(trial_dir))
+        trial.set_user_attr("worker", worker)  # which process ran it: one worker per trial, dead ones identifiable
         train_cfg = dataclasses.replace(params.train, out=str(trial_dir), max_steps=cfg.steps)
         tp = dataclasses.replace(params, gan=gan, train=train_cfg)
         fids: dict[int, float] = {}
@@ -403,6 +435,8 @@ def tune(
         best = _best(study)
         if s.state == "complete" and best is not None and best.number == s.number:
             write_best_params(best_file, best, params.gan, cfg, probe.n, url)
+        if cfg.total_trials is not None and finished_trials(study) >= cfg.total_trials:
+            study.stop()  # the other workers stop after their current trial
 
     with contextlib.ExitStack() as stack:
         if track:
@@ -415,7 +449,13 @@ def tune(
             parent = stack.enter_context(tracking.run(f"productgen-{task}", f"tune-{task}", run_params, tags))
             result.parent_run_id = parent.run_id
         try:
-            study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[after_trial])
+            if cfg.total_trials is None or finished_trials(study) < cfg.total_trials:
+                study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[after_trial])
+            else:
+                echo(f"study {cfg.study!r} already holds {finished_trials(study)} finished trials "
+                     f"(tune.total_trials {cfg.total_trials}): nothing to do")  # fmt: skip
+            if cfg.total_trials is not None:
+                _settle(study, cfg, lambda n: study.optimize(objective, n_trials=n, callbacks=[after_trial]), echo)
         finally:
             best = _best(study)
             result.trials_in_study = len(study.get_trials(deepcopy=False))
@@ -425,6 +465,32 @@ def tune(
             if track:
                 _log_best(best, best_file, result)
     return result
+
+
+def _settle(study: Any, cfg: TuneConfig, run: Callable[[int], None], echo: Callable[[str], None]) -> None:
+    """Before the last worker leaves a shared study: trials still RUNNING under another worker either finish (a
+    live worker) or fall silent (a dead one); a silent one is failed once its grace period has passed and its
+    re-queued copy is run here, so the study is never left with a trial RUNNING for ever or a retry WAITING.
+    Waits at most grace_period + 2 heartbeat intervals (a live worker's trial keeps its own worker busy)."""
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    deadline = time.monotonic() + cfg.grace_period + 2 * cfg.heartbeat_interval
+    announced = False
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        if states.count("WAITING"):
+            run(states.count("WAITING"))
+            continue
+        if not states.count("RUNNING") or time.monotonic() > deadline:
+            return
+        if not announced:
+            echo(f"waiting for {states.count('RUNNING')} running trial(s) of other workers to finish or time out")
+            announced = True
+        time.sleep(min(cfg.heartbeat_interval, max(0.0, deadline - time.monotonic())) or 0.1)
 
 
 def _log_best(best: Any | None, best_file: Path, result: TuneResult) -> None:
