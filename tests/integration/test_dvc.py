@@ -88,7 +88,7 @@ def test_repro_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     sh("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
     assert not (clone / "data" / "shop").exists()
-    sh("dvc", "pull", "-q", cwd=clone)
+    sh("dvc", "pull", "-q", "--with-deps", "evaluate", cwd=clone)  # the stages this test ran
     assert tree_digest(clone / "data") == tree_digest(repo / "data")
     assert tree_digest(clone / "artifacts/prepared") == tree_digest(repo / "artifacts/prepared")
     assert tree_digest(clone / "artifacts/dvc/train/model") == tree_digest(repo / "artifacts/dvc/train/model")
