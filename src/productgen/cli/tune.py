@@ -36,6 +36,8 @@ def tune_gan(
         Optional[int], typer.Option("--eval-images", help="Real (and generated) images per intermediate FID.")
     ] = None,
     pruner: Annotated[Optional[str], typer.Option("--pruner", help="median, hyperband or none.")] = None,
+    total_trials: Annotated[Optional[int], typer.Option(
+        "--total-trials", help="Stop every worker once the shared study holds this many finished trials.")] = None,
     track: Annotated[
         bool, typer.Option("--track/--no-track", help="Log a parent run and one nested run per trial to MLflow.")
     ] = True,
@@ -56,7 +58,8 @@ def tune_gan(
     """
     p = _load(params, {"tune.trials": trials, "tune.timeout": timeout, "tune.storage": storage, "tune.study": study,
                        "tune.out": out, "tune.steps": steps, "tune.eval_every": eval_every,
-                       "tune.eval_images": eval_images, "tune.pruner": pruner}, profile)  # fmt: skip
+                       "tune.eval_images": eval_images, "tune.pruner": pruner,
+                       "tune.total_trials": total_trials}, profile)  # fmt: skip
     if dry_run:  # print_config takes one dataclass; this is three sections
         from productgen.config import to_dict
 
