@@ -82,12 +82,51 @@ def _client() -> Any:
     return MlflowClient()
 
 
+LOCK_URL_ENV = "PRODUCTGEN_PROMOTION_LOCK_URL"
+
+
+@contextlib.contextmanager
+def _advisory_lock(url: str, uri: str, timeout_s: float) -> Iterator[None]:
+    """A PostgreSQL session advisory lock: serialises promotions from any number of machines."""
+    import sqlalchemy as sa
+
+    key = int.from_bytes(hashlib.sha256(f"productgen-promotion|{uri}".encode()).digest()[:8], "big", signed=True)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            deadline = time.monotonic() + timeout_s
+            while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                if time.monotonic() > deadline:
+                    raise UserError(f"{LOCK_URL_ENV}: another promotion holds the lock for over {timeout_s:.0f} s")
+                time.sleep(0.1)
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    except sa.exc.OperationalError as err:
+        raise UserError(f"{LOCK_URL_ENV}: cannot reach the lock database ({str(err).splitlines()[0]})") from None
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
 def promotion_lock(timeout_s: float = 120.0) -> Iterator[None]:
-    """Exclusive lock per tracking store (a file beside the SQLite db, or per server URI in the user cache)."""
+    """Exclusive lock per tracking store.
+
+    With ``PRODUCTGEN_PROMOTION_LOCK_URL`` (a PostgreSQL URL, e.g. the team database) it is an advisory lock in
+    that database, which holds across machines; otherwise a file lock (beside the SQLite db, or per server URI in
+    the user cache), which holds on one machine only.
+    """
+    import os
+
     from productgen.tracking import tracking_uri
 
     uri = tracking_uri()
+    lock_url = os.environ.get(LOCK_URL_ENV)
+    if lock_url:
+        with _advisory_lock(lock_url, uri, timeout_s):
+            yield
+        return
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :]).with_suffix(".promotion.lock")
     else:

@@ -167,7 +167,9 @@ def test_two_racing_promotions_against_the_server_leave_one_champion(
     registry.promote("teamrace", margin=0.5)
     a = registry.register_challenger("teamrace", uri, {**ev, "fid": 30.0}, "c" * 64, "test")
     b = registry.register_challenger("teamrace", uri, {**ev, "fid": 35.0}, "c" * 64, "test")
-    env = on_team_servers.client_env()
+    # The cross-machine lock: a PostgreSQL advisory lock in the team database (not a file on this machine).
+    lock_url = on_team_servers.pg.url(on_team_servers.pg.databases[0])
+    env = on_team_servers.client_env(PRODUCTGEN_PROMOTION_LOCK_URL=lock_url)
     procs = [subprocess.Popen([sys.executable, "-c", RACE, v], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for v in (a, b)]  # fmt: skip
     outs = [p.communicate(timeout=240) for p in procs]
