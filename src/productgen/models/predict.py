@@ -46,9 +46,12 @@ LOADERS: dict[str, str] = {
 
 
 def load_predictor(folder: Path | str, device: str | torch.device = "cpu") -> Predictor:
-    """The predictor of a model folder, or of a registered model given as an MLflow URI
-    (``models:/productgen-restore@champion``; MLflow is imported only then)."""
+    """The predictor of a model folder, or of a registered model: an MLflow URI
+    (``models:/productgen-restore@champion``, ``models:/productgen-restore/3``) or a bare registered name
+    (``productgen-restore``: its champion). MLflow is imported only for those."""
     text = str(folder)
+    if "/" not in text and not Path(text).exists():  # a bare registered name: its champion
+        text = f"models:/{text}@champion"
     if text.startswith(("models:/", "runs:/")):
         from productgen.tracking import resolve_model
 
