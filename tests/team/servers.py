@@ -334,7 +334,8 @@ def start_mlflow(root: Path, pg: Postgres, s3: S3, bucket: str) -> Server:
 
 def wait_mlflow(server: Server, bucket: str, timeout: float = 240) -> Mlflow:
     meta = server.meta
-    server.wait_until(lambda: http_status(meta["url"] + "/health") == 200, timeout, "healthy /health")
+    # A generous per-request timeout: on a loaded machine the first request of a fresh server can take seconds.
+    server.wait_until(lambda: http_status(meta["url"] + "/health", timeout=30.0) == 200, timeout, "healthy /health")
     return Mlflow(server, meta["url"], "admin", meta["password"], bucket)
 
 
@@ -384,7 +385,7 @@ def start_prefect(root: Path, pg: Postgres) -> Server:
 
 def wait_prefect(server: Server, root: Path, timeout: float = 240) -> Prefect:
     meta = server.meta
-    server.wait_until(lambda: http_status(meta["api"] + "/health") == 200, timeout, "healthy /api/health")
+    server.wait_until(lambda: http_status(meta["api"] + "/health", timeout=30.0) == 200, timeout, "healthy /api/health")
     home = root / "prefect-client-home"
     home.mkdir(exist_ok=True)
     return Prefect(server, meta["api"], meta["auth"], home)
