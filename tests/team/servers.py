@@ -57,6 +57,12 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+# Loopback servers are never reached through a proxy. urllib.request.urlopen builds its global opener once, from
+# the proxy variables of that moment: a test that pointed them at a dead proxy (to prove it works offline) would
+# leave every later urlopen in this process going there. Our own opener reads no proxy settings.
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_status(url: str, auth: tuple[str, str] | None = None, timeout: float = 5.0) -> int | None:
     """The HTTP status of a GET (an error status included), or None when nothing answers."""
     req = urllib.request.Request(url)
@@ -65,7 +71,7 @@ def http_status(url: str, auth: tuple[str, str] | None = None, timeout: float = 
 
         req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with LOOPBACK.open(req, timeout=timeout) as r:
             return int(r.status)
     except urllib.error.HTTPError as err:
         return int(err.code)
@@ -363,7 +369,7 @@ class Prefect:
                                      headers={"Content-Type": "application/json"})  # fmt: skip
         if auth:
             req.add_header("Authorization", "Basic " + base64.b64encode(self.auth_string.encode()).decode())
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with LOOPBACK.open(req, timeout=30) as r:
             data = r.read()
         return json.loads(data) if data else None
 
