@@ -54,6 +54,14 @@ def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
     return diff.abs().mean()
 
 
+def restorer_config(model: str, section: str, cfg: Any, views_cfg: ViewsConfig, info: DatasetInfo) -> dict[str, Any]:
+    """config.json of a restorer: what load_predictor needs to rebuild it and redo its degradation."""
+    return {"model": model, "view": cfg.view, section: asdict(cfg),
+            "views": {"blur_sigma": views_cfg.blur_sigma, "jpeg_quality": views_cfg.jpeg_quality},
+            "resolution": info.resolution, "channels": info.channels,
+            "num_classes": len(info.classes), "classes": info.classes}  # fmt: skip
+
+
 class RestoreTask:
     name = "restore"
     ema_module = "net"
@@ -68,11 +76,7 @@ class RestoreTask:
         self.preview = preview_images(info).to(engine.rt.device)
 
     def config(self) -> dict[str, Any]:
-        v = self.views_cfg
-        return {"model": "restore", "view": self.cfg.view, "restore": asdict(self.cfg),
-                "views": {"blur_sigma": v.blur_sigma, "jpeg_quality": v.jpeg_quality},
-                "resolution": self.info.resolution, "channels": self.info.channels,
-                "num_classes": len(self.info.classes), "classes": self.info.classes}  # fmt: skip
+        return restorer_config("restore", "restore", self.cfg, self.views_cfg, self.info)
 
     def export(self, engine: Engine) -> dict[str, torch.nn.Module]:
         """The EMA network is the model; the raw one is kept for comparison."""

@@ -87,11 +87,9 @@ class VaeRestoreTask:
         self.preview = preview_images(info).to(engine.rt.device)
 
     def config(self) -> dict[str, Any]:
-        v = self.views_cfg
-        return {"model": "vae-restore", "view": self.cfg.view, "vae": asdict(self.cfg),
-                "views": {"blur_sigma": v.blur_sigma, "jpeg_quality": v.jpeg_quality},
-                "resolution": self.info.resolution, "channels": self.info.channels,
-                "num_classes": len(self.info.classes), "classes": self.info.classes}  # fmt: skip
+        from productgen.training.restore_task import restorer_config
+
+        return restorer_config("vae-restore", "vae", self.cfg, self.views_cfg, self.info)
 
     def export(self, engine: Engine) -> dict[str, torch.nn.Module]:
         assert engine.ema is not None
