@@ -82,7 +82,7 @@ def read_image_bytes(data: bytes, channels: int, max_pixels: int = 50_000_000, m
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _write_png(array: np.ndarray, path: Path) -> None:
+def write_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format="PNG")
@@ -149,7 +149,7 @@ def apply_to_folder(
             outputs = run_batch(predictor, [a for _, a in batch], device, **options)
             for (path, before), after in zip(batch, outputs, strict=True):
                 target = dst / path.relative_to(root).with_suffix(".png")
-                _write_png(after, target)
+                write_png(after, target)
                 report.written.append(target)
                 if len(report.pairs) < keep_pairs:
                     report.pairs.append((before, after))

@@ -1,8 +1,15 @@
 """Paired views are deterministic per image, independent of batching, and shaped like the clean images."""
 
-import torch
+from pathlib import Path
 
-from productgen.config import ViewsConfig
+import numpy as np
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from productgen.cli import app
+from productgen.config import ViewsConfig, load_params
+from productgen.data.dataset import PreparedDataset
 from productgen.data.views import PairedViews, make_view, view_kinds
 
 
@@ -47,3 +54,26 @@ def test_edges_are_dark_lines_on_white() -> None:
     e = make_view(x, "edges", ViewsConfig())
     assert e[0, 0, 0, 0] == 255 and e[0, 0, 14, 14] == 255  # flat areas are white
     assert (e[0, 0, 14, 7:9] == 0).any()  # the square's border is drawn
+
+
+def test_export_writes_the_evaluated_view_and_never_overwrites(params: Path, tmp_path: Path) -> None:
+    """`productgen data export` writes exactly the test-split view the reports score, named by category."""
+    p = load_params(params)
+    out = tmp_path / "noisy"
+    args = ["data", "export", "--params", str(params), "--view", "noise25", "--n", "50", "--out", str(out)]
+    r = CliRunner().invoke(app, [*args, "--with-clean"])
+    assert r.exit_code == 0, r.output
+    images, _ = PreparedDataset(Path(p.data.out)).tensors("test")
+    files = sorted(out.glob("*.png"))
+    assert len(files) == len(images) >= 3 and files[0].name.startswith("00000-")  # --n beyond the split: all
+    want = make_view(images, "noise25", p.views, torch.arange(len(images)))
+    for i, f in enumerate(files):
+        assert np.array_equal(np.asarray(Image.open(f)), want[i, 0].numpy()), f
+        assert np.array_equal(np.asarray(Image.open(out / "clean" / f.name)), images[i, 0].numpy())
+    before = {f: f.read_bytes() for f in files}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "never overwrite" in again.output
+    assert {f: f.read_bytes() for f in files} == before
+    bad = CliRunner().invoke(app, ["data", "export", "--params", str(params), "--view", "sepia",
+                                   "--out", str(tmp_path / "o2")])  # fmt: skip
+    assert bad.exit_code == 2 and "sepia" in bad.output and not (tmp_path / "o2").exists()

@@ -170,6 +170,32 @@ def views(
     typer.echo(f"views grid -> {save_png(grid, out)}")
 
 
+@data_app.command("export")
+@user_errors
+def export(
+    view: Annotated[str, typer.Option(help="clean, or a view: noise15|noise25|noise50|blur|jpeg|sr2|sr4|edges.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New (or empty) folder for the PNG files.")],
+    params: Params = None,
+    prepared: Annotated[Optional[Path], typer.Option("--prepared", help="Prepared dataset folder.")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    n: Annotated[int, typer.Option("--n", help="Number of images (the split's first N).", min=1)] = 32,
+    with_clean: Annotated[bool, typer.Option("--with-clean", help="Also write the originals to OUT/clean/.")] = False,
+) -> None:
+    """Write a view of the prepared images as PNG files: a folder to try enhance, translate and stylize on.
+
+    Examples:
+
+      productgen data export --view noise25 --n 32 --out demo/noisy --with-clean
+
+      productgen enhance --in demo/noisy --out demo/clean --task denoise --grid demo/grid.png
+    """
+    from productgen.data.export import export_view
+
+    p = _load(params, {})
+    files = export_view(prepared or Path(p.data.out), split, view, p.views, n, out, with_clean)
+    typer.echo(f"{len(files)} {view} images ({split} split) -> {out}")
+
+
 @data_app.command("info")
 @user_errors
 def info(
