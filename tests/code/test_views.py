@@ -59,12 +59,12 @@ def test_edges_are_dark_lines_on_white() -> None:
 def test_export_writes_the_evaluated_view_and_never_overwrites(params: Path, tmp_path: Path) -> None:
     """`productgen data export` writes exactly the test-split view the reports score, named by category."""
     p = load_params(params)
-    out = tmp_path / "noisy"
+    out = tmp_path / "demo"
     args = ["data", "export", "--params", str(params), "--view", "noise25", "--n", "50", "--out", str(out)]
     r = CliRunner().invoke(app, [*args, "--with-clean"])
     assert r.exit_code == 0, r.output
     images, _ = PreparedDataset(Path(p.data.out)).tensors("test")
-    files = sorted(out.glob("*.png"))
+    files = sorted((out / "noise25").glob("*.png"))
     assert len(files) == len(images) >= 3 and files[0].name.startswith("00000-")  # --n beyond the split: all
     want = make_view(images, "noise25", p.views, torch.arange(len(images)))
     for i, f in enumerate(files):

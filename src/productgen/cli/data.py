@@ -174,7 +174,7 @@ def views(
 @user_errors
 def export(
     view: Annotated[str, typer.Option(help="clean, or a view: noise15|noise25|noise50|blur|jpeg|sr2|sr4|edges.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="New (or empty) folder for the PNG files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG files: they go to OUT/VIEW/.")],
     params: Params = None,
     prepared: Annotated[Optional[Path], typer.Option("--prepared", help="Prepared dataset folder.")] = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
@@ -185,15 +185,15 @@ def export(
 
     Examples:
 
-      productgen data export --view noise25 --n 32 --out demo/noisy --with-clean
+      productgen data export --view noise25 --n 32 --out demo --with-clean
 
-      productgen enhance --in demo/noisy --out demo/clean --task denoise --grid demo/grid.png
+      productgen enhance --in demo/noise25 --out demo/denoised --task denoise --grid demo/grid.png
     """
     from productgen.data.export import export_view
 
     p = _load(params, {})
     files = export_view(prepared or Path(p.data.out), split, view, p.views, n, out, with_clean)
-    typer.echo(f"{len(files)} {view} images ({split} split) -> {out}")
+    typer.echo(f"{len(files)} {view} images ({split} split) -> {files[0].parent}")
 
 
 @data_app.command("info")

@@ -22,10 +22,11 @@ from productgen.errors import UserError
 def export_view(
     prepared: Path, split: str, kind: str, cfg: ViewsConfig, n: int, out: Path, with_clean: bool = False
 ) -> list[Path]:
-    """Write the first ``n`` images of ``split`` as ``kind`` views to ``out`` (``00000-sneaker.png`` ...).
+    """Write the first ``n`` images of ``split`` as ``kind`` views to ``out/<kind>/`` (``00000-sneaker.png`` ...).
 
-    ``kind`` is a view name (``noise25``, ``sr2``, ``edges``, ...) or ``clean``. ``out`` must not hold files
-    already: exporting never overwrites anything. ``with_clean`` also writes the originals to ``out/clean/``.
+    ``kind`` is a view name (``noise25``, ``sr2``, ``edges``, ...) or ``clean``. ``with_clean`` also writes the
+    originals to ``out/clean/`` (beside, not inside, so ``enhance --in out/<kind>`` sees only the degraded ones).
+    The folders written must not hold files already: exporting never overwrites anything.
     """
     kinds = ["clean", *view_kinds(cfg)]
     if kind not in kinds:
@@ -33,8 +34,9 @@ def export_view(
     if n < 1:
         raise UserError("--n: export at least one image")
     out = out.resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not an empty folder; choose a new --out (exports never overwrite)")
+    for folder in {out / kind, out / "clean"} if with_clean else {out / kind}:
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise UserError(f"{folder}: exists and is not empty; choose another --out (exports never overwrite)")
     ds = PreparedDataset(prepared)
     images, labels = ds.tensors(split)
     images, labels = images[:n], labels[:n]
@@ -44,8 +46,8 @@ def export_view(
     written = []
     for i, (img, label) in enumerate(zip(view, labels.tolist())):
         name = f"{i:05d}-{classes[label]}.png"
-        written.append(out / name)
-        write_png(img.permute(1, 2, 0).numpy(), out / name)
+        written.append(out / kind / name)
+        write_png(img.permute(1, 2, 0).numpy(), out / kind / name)
         if with_clean:
             write_png(images[i].permute(1, 2, 0).numpy(), out / "clean" / name)
     return written
