@@ -42,6 +42,8 @@ class RetrainParams(BaseModel):
     promote: bool = Field(True, description="promote the new model if it beats the champion")
     margin: float | None = Field(None, description="override the registry margin of the task's primary metric")
     run_tag: str | None = Field(None, description="folder name for this run's outputs (default: a timestamp)")
+    model_name: str | None = Field(None, description="registered model (default productgen-<task>); a second model "
+                                   "of a task gets its own, e.g. productgen-restore-sr2 with an sr2 profile")
 
 
 def _params(rp: RetrainParams, overrides: dict[str, Any] | None = None) -> Any:
@@ -108,8 +110,8 @@ def register_and_promote(rp: RetrainParams, overrides: dict[str, Any], trained: 
 
     p = _params(rp, overrides)
     version = registry.register_challenger(rp.task, trained["model_uri"], metrics, data["content_hash"],
-                                           p.evaluate.split, metrics.get("mlflow_run_id"))  # fmt: skip
-    name = registry.model_name(rp.task)
+                                           p.evaluate.split, metrics.get("mlflow_run_id"), rp.model_name)  # fmt: skip
+    name = registry.registered_name(rp.task, rp.model_name)
     client = MlflowClient()
     champion = registry.alias_version(client, name, registry.CHAMPION)
     champ_tags = client.get_model_version(name, champion).tags if champion else {}
@@ -125,7 +127,7 @@ def register_and_promote(rp: RetrainParams, overrides: dict[str, Any], trained: 
     decision = None
     if rp.promote:
         margin = registry.margin_for(rp.task, p.registry) if rp.margin is None else rp.margin
-        decision = registry.decision_dict(registry.promote(rp.task, version, margin))
+        decision = registry.decision_dict(registry.promote(rp.task, version, margin, name=rp.model_name))
     return {"model": name, "version": version, "decision": decision}
 
 
@@ -179,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                                                        "style", "adain"])
     ap.add_argument("--tune-trials", type=int, default=0)
     ap.add_argument("--no-promote", action="store_true")
+    ap.add_argument("--model-name", default=None, help="registered model (default productgen-TASK)")
     args = ap.parse_args(argv)
     rp = RetrainParams(task=args.task, params_file=args.params, profile=args.profile, tune_trials=args.tune_trials,
-                       promote=not args.no_promote)  # fmt: skip
+                       promote=not args.no_promote, model_name=args.model_name)  # fmt: skip
     try:
         out = retrain(rp)
     except Exception as err:  # the flow run (and Prefect) already logged the details

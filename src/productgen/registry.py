@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -62,6 +63,17 @@ def model_name(task: str, prefix: str = "productgen") -> str:
     if task not in PRIMARY_METRIC:
         raise UserError(f"unknown task {task!r} (choose from {', '.join(PRIMARY_METRIC)})")
     return f"{prefix}-{task}"
+
+
+def registered_name(task: str, name: str | None = None) -> str:
+    """The registered model a task's versions go to: ``productgen-<task>``, or ``name`` for a second model of the
+    same task (a 2x upscaler beside a denoiser), which then has its own champion, challenger and history."""
+    default = model_name(task)
+    if name is None:
+        return default
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name):
+        raise UserError(f"model name {name!r}: use letters, digits, '_', '.' and '-' (e.g. productgen-restore-sr2)")
+    return name
 
 
 def eval_set_id(metrics: dict[str, Any], content_hash: str, split: str) -> str:
@@ -159,12 +171,12 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
 
 
 def register_challenger(task: str, model_uri: str, metrics: dict[str, Any], content_hash: str, split: str,
-                        run_id: str | None = None) -> str:  # fmt: skip
+                        run_id: str | None = None, name: str | None = None) -> str:  # fmt: skip
     """Register ``model_uri`` as a new version with its evaluation as tags, and point ``challenger`` at it."""
     import mlflow
 
     client = _client()
-    name = model_name(task)
+    name = registered_name(task, name)
     metric, _ = PRIMARY_METRIC[task]
     if metric not in metrics:
         raise UserError(f"evaluation has no {metric!r}; evaluate the model before registering it")
@@ -186,15 +198,19 @@ def _metric(client: Any, name: str, version: str, metric: str) -> tuple[float | 
     return (float(value) if value is not None else None), tags.get("eval.set")
 
 
-def promote(task: str, version: str | None = None, margin: float = 0.0, force: bool = False) -> Decision:
+def promote(task: str, version: str | None = None, margin: float = 0.0, force: bool = False,
+            name: str | None = None) -> Decision:  # fmt: skip
     """Make ``version`` (default: the challenger) champion if it beats the champion by ``margin``."""
     client = _client()
-    name = model_name(task)
+    name = registered_name(task, name)
     metric, better = PRIMARY_METRIC[task]
     with promotion_lock():
         version = version or alias_version(client, name, CHALLENGER)
         if version is None:
             raise UserError(f"{name}: no challenger to promote; register one (or pass --version)")
+        other = client.get_model_version(name, version).tags.get("task")
+        if other not in (None, task):
+            raise UserError(f"{name} v{version} is a {other} model, not {task}; name the task it was registered for")
         value, eval_set = _metric(client, name, version, metric)
         before = alias_version(client, name, CHAMPION)
         evidence: dict[str, Any] = {"metric": metric, "better": better, "margin": margin,
@@ -235,14 +251,14 @@ def promote(task: str, version: str | None = None, margin: float = 0.0, force: b
     return Decision(task, name, version, promoted, reason, before, after, evidence)
 
 
-def rollback(task: str, to_version: str | None = None) -> Decision:
+def rollback(task: str, to_version: str | None = None, name: str | None = None) -> Decision:
     """Point ``champion`` back at ``to_version`` (default: the champion before the current one)."""
     client = _client()
-    name = model_name(task)
+    name = registered_name(task, name)
     with promotion_lock():
         current = alias_version(client, name, CHAMPION)
         if to_version is None:
-            previous = [e["champion_before"] for e in history(task) if e.get("champion_after") == current
+            previous = [e["champion_before"] for e in history(task, name) if e.get("champion_after") == current
                         and e.get("champion_before") and e["champion_before"] != current]  # fmt: skip
             if not previous:
                 raise UserError(f"{name}: no earlier champion to roll back to; pass --to VERSION")
@@ -266,12 +282,12 @@ def _append_history(client: Any, name: str, event: dict[str, Any]) -> None:
     client.set_registered_model_tag(name, f"{HISTORY_TAG}{n:06d}", json.dumps(event)[:4900])
 
 
-def history(task: str) -> list[dict[str, Any]]:
+def history(task: str, name: str | None = None) -> list[dict[str, Any]]:
     """Promotion, rejection and rollback events, oldest first."""
     from mlflow.exceptions import MlflowException
 
     client = _client()
-    name = model_name(task)
+    name = registered_name(task, name)
     try:
         tags = client.get_registered_model(name).tags
     except MlflowException:

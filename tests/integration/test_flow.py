@@ -66,19 +66,20 @@ def test_failed_validation_stops_the_flow_before_training(tmp_path: Path) -> Non
 
 
 def test_retrain_flow_runs_an_image_to_image_task(tmp_path: Path) -> None:
-    """The same flow trains, evaluates (PSNR next to the degraded input) and promotes a restorer."""
+    """The same flow trains, evaluates (PSNR next to the degraded input) and promotes a restorer, here under a
+    registered name of its own (a shop's second restore model)."""
     write_good_folder(tmp_path / "shop", {"bags": 12, "shoes": 12, "shirts": 12}, size=(28, 28))
     params = PARAMS.format(root=tmp_path) + "restore: {channels: 8, max_channels: 16, view: noise25}\n"
     (tmp_path / "params.yaml").write_text(params)
-    p = _run_flow(tmp_path, "--task", "restore")
+    p = _run_flow(tmp_path, "--task", "restore", "--model-name", "productgen-restore-noise25")
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
-    assert "productgen-restore v1: psnr" in out and "promoted to champion (no champion yet)" in out
+    assert "productgen-restore-noise25 v1: psnr" in out and "promoted to champion (no champion yet)" in out
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    champion = MlflowClient().get_model_version_by_alias("productgen-restore", "champion")
+    champion = MlflowClient().get_model_version_by_alias("productgen-restore-noise25", "champion")
     tags = champion.tags
     assert tags["eval.primary_metric"] == "psnr" and float(tags["eval.psnr"]) > 0
     assert float(tags["eval.baseline_psnr"]) > 0

@@ -105,3 +105,31 @@ def test_registry_cli_and_champion_loads_in_a_fresh_process(model_uri: str, monk
             "print(len(m.predict(pd.DataFrame({'category': ['bags'], 'count': [2], 'seed': [1]}))))")  # fmt: skip
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0 and fresh.stdout.strip().splitlines()[-1] == "2", fresh.stderr[-2000:]
+
+
+def test_a_second_model_of_a_task_has_its_own_champion_and_history(
+    model_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shop runs a denoiser and a 2x upscaler: both restore models, each with its own registered name."""
+    from mlflow import MlflowClient
+
+    from productgen.errors import UserError
+
+    task, other = _fresh_task(monkeypatch, "named"), "productgen-named-sr2"
+    a = registry.register_challenger(task, model_uri, {**EVAL, "fid": 50.0}, "c" * 64, "test")
+    assert registry.promote(task).promoted
+    b = registry.register_challenger(task, model_uri, {**EVAL, "fid": 90.0}, "f" * 64, "test", name=other)
+    d = registry.promote(task, name=other)  # worse FID on another set, but it competes only with its own champion
+    assert d.promoted and d.model == other and d.reason == "no champion yet"
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(registry.model_name(task), "champion").version) == a
+    assert str(client.get_model_version_by_alias(other, "champion").version) == b
+    assert [e["version"] for e in registry.history(task, other)] == [b] and len(registry.history(task)) == 1
+    h = run_cli("registry", "history", "gan", "--name", other, "--json")
+    assert h.returncode == 0 and [e["version"] for e in json.loads(h.stdout)] == [b], h.stderr
+    with pytest.raises(UserError, match="is a named model, not gan"):
+        registry.promote("gan", name=other)
+    with pytest.raises(UserError, match="letters, digits"):
+        registry.register_challenger(task, model_uri, {**EVAL, "fid": 1.0}, "c" * 64, "test", name="my model/x")
+    bad = run_cli("registry", "promote", "gan", "--name", "my model/x")
+    assert bad.returncode == 2 and "letters, digits" in bad.stderr + bad.stdout

@@ -14,6 +14,8 @@ registry_app = typer.Typer(help="Promote, roll back and inspect registered model
                            no_args_is_help=True)  # fmt: skip
 
 Task = Annotated[str, typer.Argument(help="Model task: gan, vae, restore, vae-restore, pix2pix, cyclegan, style, adain.")]
+Name = Annotated[Optional[str], typer.Option(
+    "--name", help="Registered model (default productgen-TASK), e.g. productgen-restore-sr2 for a second restorer.")]
 
 
 @registry_app.command("promote")
@@ -24,6 +26,7 @@ def promote(
     version: Annotated[Optional[str], typer.Option(help="Version to promote (default: the challenger).")] = None,
     margin: Annotated[Optional[float], typer.Option(help="Required gain on the primary metric.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Promote without comparing (recorded as forced).")] = False,
+    name: Name = None,
 ) -> None:
     """Make the challenger champion if it beats the champion on the same evaluation set.
 
@@ -33,7 +36,7 @@ def promote(
     from productgen.registry import promote as do_promote
 
     p = _load(params, {})
-    d = do_promote(task, version, margin_for(task, p.registry) if margin is None else margin, force)
+    d = do_promote(task, version, margin_for(task, p.registry) if margin is None else margin, force, name)
     verdict = "PROMOTED" if d.promoted else "kept champion"
     typer.echo(f"{d.model} v{d.version}: {verdict} ({d.reason}); champion is now v{d.champion_after}")
 
@@ -43,6 +46,7 @@ def promote(
 def rollback(
     task: Task,
     to: Annotated[Optional[str], typer.Option("--to", help="Version to make champion (default: the previous one).")] = None,
+    name: Name = None,
 ) -> None:
     """Point champion back at the previous champion (or --to VERSION).
 
@@ -50,7 +54,7 @@ def rollback(
     """
     from productgen.registry import rollback as do_rollback
 
-    d = do_rollback(task, to)
+    d = do_rollback(task, to, name)
     typer.echo(f"{d.model}: champion v{d.champion_before} -> v{d.champion_after} (rollback)")
 
 
@@ -59,6 +63,7 @@ def rollback(
 def history(
     task: Task,
     as_json: Annotated[bool, typer.Option("--json", help="Print the events as JSON.")] = False,
+    name: Name = None,
 ) -> None:
     """List promotions, rejections and rollbacks with their evidence, oldest first.
 
@@ -66,7 +71,7 @@ def history(
     """
     from productgen.registry import history as do_history
 
-    events = do_history(task)
+    events = do_history(task, name)
     if as_json:
         typer.echo(json.dumps(events, indent=2))
         return
