@@ -40,6 +40,8 @@ def export_view(
     ds = PreparedDataset(prepared)
     images, labels = ds.tensors(split)
     images, labels = images[:n], labels[:n]
+    if len(images) == 0:
+        raise UserError(f"{prepared}: the {split} split holds no images; export another --split")
     indices = torch.arange(len(images))
     view = images if kind == "clean" else make_view(images, kind, cfg, indices)
     classes = [re.sub(r"[^A-Za-z0-9_.-]+", "_", c) for c in ds.classes]  # category names from folders
@@ -48,6 +50,6 @@ def export_view(
         name = f"{i:05d}-{classes[label]}.png"
         written.append(out / kind / name)
         write_png(img.permute(1, 2, 0).numpy(), out / kind / name)
-        if with_clean:
+        if with_clean and kind != "clean":  # the view is the originals already
             write_png(images[i].permute(1, 2, 0).numpy(), out / "clean" / name)
     return written
