@@ -139,9 +139,9 @@ def runners(device: torch.device, compile_mode: str | None, channels: int, block
     level = 2
     dec, _ = inference_recipe(Decoder(enc.channels[level], enc.strides[level], 32).to(device).eval(), device)
     if compile_mode:
-        ours = torch.compile(ours, mode=compile_mode)  # type: ignore[assignment]
-        enc = torch.compile(enc, mode=compile_mode)  # type: ignore[assignment]
-        dec = torch.compile(dec, mode=compile_mode)  # type: ignore[assignment]
+        ours = torch.compile(ours, mode=compile_mode, dynamic=False)  # type: ignore[assignment]
+        enc = torch.compile(enc, mode=compile_mode, dynamic=False)  # type: ignore[assignment]
+        dec = torch.compile(dec, mode=compile_mode, dynamic=False)  # type: ignore[assignment]
     cl = device.type == "cuda"
     style = torch.rand(1, 3, 256, 256, device=device)
 

@@ -256,7 +256,7 @@ class RestoreConfig:
     levels: int = 2  # down/up-sampling stages; inputs are padded to a multiple of 2**levels
     blocks: int = 1  # residual blocks per level (encoder and decoder)
     norm: Literal["group", "none"] = "group"  # GroupNorm (8 groups or fewer) or no normalisation
-    loss: Literal["l1", "charbonnier"] = "l1"  # in [0, 1] space
+    loss: Literal["l1", "charbonnier", "l2"] = "l1"  # in [0, 1] space; l2 is what PSNR measures
     lr: float = 1e-3
     # Cosine decay from lr to lr_min over decay_steps (then constant); 0 keeps lr constant. A fixed step count,
     # not train.max_steps, so extending a run with --resume --max-steps stays exact.

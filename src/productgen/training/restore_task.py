@@ -47,10 +47,12 @@ def random_flip(clean: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 
 
 def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """L1 or Charbonnier loss in [0, 1] space for images given in [-1, 1]."""
+    """L1, Charbonnier or L2 (mean squared error, the quantity PSNR measures) in [0, 1] space for images in [-1, 1]."""
     diff = (pred.float() - target.float()) * 0.5
     if kind == "charbonnier":
         return torch.sqrt(diff * diff + 1e-6).mean()
+    if kind == "l2":
+        return (diff * diff).mean()
     return diff.abs().mean()
 
 
