@@ -48,7 +48,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
 fi
 
 say "smoke: every task on $DEVICE (background) + the denoisers"
-(
+[ -n "${SKIP_SMOKE:-}" ] || (
   for t in gan:quick-cpu restore:quick-cpu-restore vae:quick-cpu-restore vae-restore:quick-cpu-restore \
            pix2pix:quick-cpu-translate cyclegan:quick-cpu-translate style:quick-cpu-style adain:quick-cpu-style; do
     task=${t%%:*} prof=${t#*:}

@@ -262,6 +262,10 @@ class RestoreConfig:
     # not train.max_steps, so extending a run with --resume --max-steps stays exact.
     decay_steps: int = 0
     lr_min: float = 1e-5
+    # Linear warm-up from lr/warmup_steps to lr over the first steps. Without it, Adam's first full-size steps
+    # can knock the network into a state where it only returns its input (seen at widths 64-96 and lr 1e-3 to
+    # 2e-3 on a GPU: stuck at the input's PSNR for thousands of steps). 0 disables.
+    warmup_steps: int = 100
     beta1: float = 0.9
     beta2: float = 0.999
     flip: bool = True  # random horizontal flips of training pairs (drawn from the engine's RNG)
@@ -459,6 +463,8 @@ def check(params: Params, where: str = "params") -> Params:
     bad_aug = {a for a in params.gan.diffaugment.split(",") if a} - {"color", "translation", "cutout"}
     if bad_aug:
         raise UserError(f"{where}.gan.diffaugment: unknown {sorted(bad_aug)} (use color, translation, cutout)")
+    if params.restore.warmup_steps < 0 or params.restore.decay_steps < 0:
+        raise UserError(f"{where}.restore.warmup_steps / decay_steps: must be >= 0 (0 disables)")
     if not 1 <= params.views.jpeg_quality <= 95:
         raise UserError(f"{where}.views.jpeg_quality: must be between 1 and 95")
     _check_tune(params.tune, f"{where}.tune")

@@ -42,7 +42,7 @@ def one_thread() -> Any:
 def tiny(params: Path, out: Path, steps: int, quick: bool = False, **restore: Any) -> Params:
     """The tiny test params with a small U-Net; ``quick``: checkpoints and samples only at the end."""
     p = load_params(params)
-    r = {"channels": 8, "max_channels": 16, "levels": 2, "lr": 3e-3, **restore}
+    r = {"channels": 8, "max_channels": 16, "levels": 2, "lr": 3e-3, "warmup_steps": 0, **restore}
     t = {"out": str(out), "max_steps": steps, **({"checkpoint_every": 10_000, "sample_every": 10_000} if quick else {})}
     return dataclasses.replace(p, train=dataclasses.replace(p.train, **t), restore=dataclasses.replace(p.restore, **r))
 
@@ -164,3 +164,19 @@ def test_enhance_command_on_a_folder_with_a_bad_file(params: Path, tmp_path: Pat
     inside = CliRunner().invoke(_app(), ["--in", str(src), "--out", str(src / "x"), "--task", "denoise",
                                          "--model", str(run / "model")])  # fmt: skip
     assert inside.exit_code == 2 and tree_digest(src) == before
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    from productgen.training.restore_task import cosine_lr
+
+    lrs = [cosine_lr(s, 1e-3, 1e-5, 1000, 100) for s in range(1200)]
+    assert lrs[0] == pytest.approx(1e-5) and lrs[49] == pytest.approx(5e-4) and lrs[99] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(lrs[:99], lrs[1:100]))  # rising during warm-up
+    assert all(a >= b for a, b in zip(lrs[100:1000], lrs[101:1001]))  # then cosine down to lr_min
+    assert lrs[1000] == pytest.approx(1e-5) and lrs[1199] == pytest.approx(1e-5)
+    assert cosine_lr(5, 1e-3, 1e-5, 0, 0) == 1e-3  # both off: constant
+
+
+def test_negative_warmup_is_a_one_line_error(params: Path) -> None:
+    with pytest.raises(UserError, match="restore.warmup_steps"):
+        load_params(params, {"restore.warmup_steps": -1})

@@ -277,3 +277,15 @@ def test_stylize_cli(trained: dict[str, Path], tmp_path: Path, monkeypatch: pyte
     for extra, expected in cases:
         r = runner.invoke(_app(), ["stylize", "--in", str(src), "--out", str(tmp_path / "o3"), "-q", *extra])
         assert r.exit_code == 2 and expected in r.output, (extra, r.output)
+
+
+def test_compiled_predictor_matches_eager(trained: dict[str, Path]) -> None:
+    """``stylize --compile``: the compiled network gives the eager network's images (to one grey level)."""
+    from productgen.models.predict import compile_predictor, load_predictor
+
+    eager = load_predictor(trained["style"] / "model", "cpu")
+    compiled = compile_predictor(load_predictor(trained["style"] / "model", "cpu"))
+    assert compiled.net is not eager.net and type(compiled.net).__name__ == "OptimizedModule"
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8))
+    diff = (compiled(x).int() - eager(x).int()).abs()
+    assert int(diff.max()) <= 1, int(diff.max())

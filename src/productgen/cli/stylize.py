@@ -41,6 +41,10 @@ def stylize_command(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.", min=1)] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the network first: 2.5-6x faster on a GPU at 512 px, "
+                           "after a compile of tens of seconds per image size (for large folders).")  # fmt: skip
+    ] = False,
     grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a before/after grid PNG here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -53,6 +57,8 @@ def stylize_command(
       productgen stylize --in photos/ --out styled/ --style my_pattern.jpg --model artifacts/train/adain/model
 
       productgen stylize --in photos/ --out styled/ --model artifacts/train/style/model --size 256
+
+      productgen stylize --in catalog/ --out styled/ --model productgen-style --device cuda --compile --batch-size 32
     """
     import torch
 
@@ -73,6 +79,10 @@ def stylize_command(
     except UserError as err:
         raise UserError(str(err).replace("train.device", "--device")) from None
     predictor = load_predictor(model, dev)
+    if compile_model:
+        from productgen.models.predict import compile_predictor
+
+        compile_predictor(predictor)
     kind = predictor.config.get("model")
     options: dict[str, object] = {}
     if kind == "adain":

@@ -50,6 +50,8 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         raise UserError(f"train.device: {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device: CUDA requested but no CUDA GPU is visible; use --device cpu or auto")
+    if device.type == "cuda" and device.index is None:  # plain "cuda": this process's GPU (set_device needs an index)
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
 
 

@@ -20,8 +20,11 @@ from productgen.training.engine import Engine
 from productgen.training.tasks import DatasetInfo
 
 
-def cosine_lr(step: int, lr: float, lr_min: float, decay_steps: int) -> float:
-    """Cosine decay from ``lr`` to ``lr_min`` over ``decay_steps`` steps, constant after (and when 0)."""
+def cosine_lr(step: int, lr: float, lr_min: float, decay_steps: int, warmup_steps: int = 0) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay from ``lr`` to ``lr_min`` over ``decay_steps`` steps
+    (counted from step 0), constant after (and when 0)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
     if decay_steps <= 0:
         return lr
     t = min(step, decay_steps) / decay_steps
@@ -88,7 +91,7 @@ class RestoreTask:
     def train_step(self, engine: Engine, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, gen = self.cfg, engine.generator
         for group in self.optimizers["net"].param_groups:
-            group["lr"] = cosine_lr(engine.step, cfg.lr, cfg.lr_min, cfg.decay_steps)
+            group["lr"] = cosine_lr(engine.step, cfg.lr, cfg.lr_min, cfg.decay_steps, cfg.warmup_steps)
         clean = random_flip(images, gen) if cfg.flip else images
         degraded = degrade(clean, cfg.view, self.views_cfg, gen)
         x, y = engine.to_input(degraded), engine.to_input(clean)
