@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--batch", type=int, default=None, help="throughput batch (default 32 on CUDA, 2 on CPU)")
     ap.add_argument("--iters", type=int, default=None, help="timed calls per measurement (default 20 CUDA, 2 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 5 CUDA, 1 CPU)")
-    ap.add_argument("--compile", nargs="?", const="max-autotune-no-cudagraphs", default=None,
+    ap.add_argument("--compile", nargs="?", const="default", default=None,
                     help="torch.compile our networks (optional mode, e.g. reduce-overhead)")  # fmt: skip
     ap.add_argument("--channels", type=int, default=32, help="our TransformerNet width (baseline: 32)")
     ap.add_argument("--residual-blocks", type=int, default=5)

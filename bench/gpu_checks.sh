@@ -4,7 +4,7 @@
 #      then torch.compile at 512 px, the size of the targets);
 #   2. every training task for a few steps on the GPU (bf16 autocast, channels_last, fused Adam, GPU-resident
 #      data; gan and restore also with torch.compile), running beside
-#   3. bench/gpu_denoise.py: the GPU denoisers (sigma 15 and 25, two widths) trained for a time budget and
+#   3. bench/gpu_denoise.py: the GPU denoisers (sigma 15 and 25) trained for a time budget and
 #      evaluated on the whole test split.
 # Results go to $OUT (default artifacts/gpu-checks): log.txt, results.tar.gz (metrics, reports, grids, logs) and
 # weights.tar.part-* (the best denoiser per sigma, fp16 for transport). Each phase has its own time limit, so
@@ -74,8 +74,7 @@ SMOKE=$!
 
 (sleep 90; command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=utilization.gpu,memory.used,power.draw --format=csv) &
 timeout $((BUDGET * 2 + 150)) $PY bench/gpu_denoise.py --budget "$BUDGET" --calibration-steps "$CAL_STEPS" --out "$W/denoise" \
-  --device "$DEVICE" --runs ${RUNS:-n25-w64:gpu-denoise-noise25-w64 n15-w64:gpu-denoise-noise15-w64 \
-         n25-w96:gpu-denoise-noise25-w96 n15-w96:gpu-denoise-noise15-w96} \
+  --device "$DEVICE" --runs ${RUNS:-n25:gpu-denoise-noise25 n15:gpu-denoise-noise15} \
   || say "denoisers: exit $?"
 wait $SMOKE
 cat "$W/smoke.txt"
