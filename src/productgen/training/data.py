@@ -34,9 +34,12 @@ class DeviceBatches:
         self._perm = torch.empty(0, dtype=torch.long)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
+        """This epoch's order, drawn on the CPU (the same on every device) and kept where the images are: a
+        per-step copy of the indices from pageable host memory would wait for the GPU to finish the previous
+        step, so the CPU could never run ahead and queue the next one."""
         if epoch != self._perm_epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.images), generator=g)
+            self._perm = torch.randperm(len(self.images), generator=g).to(self.images.device)
             self._perm_epoch = epoch
         return self._perm
 
@@ -51,5 +54,4 @@ class DeviceBatches:
         idx = self.indices(step)
         if self.images.device != self.device:
             return self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device)
-        idx = idx.to(self.device)
         return self.images[idx], self.labels[idx]
