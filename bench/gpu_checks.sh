@@ -36,7 +36,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
 say "prepare the built-in dataset"
-[ -f artifacts/prepared/manifest.json ] || $PY -m productgen data prepare || exit 1
+[ -f artifacts/prepared/dataset.json ] || $PY -m productgen data prepare || exit 1
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   say "bench: eager, 256 and 512 px"

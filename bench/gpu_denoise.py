@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training took {time.perf_counter() - t1:.0f} s; exit codes {codes}", flush=True)
 
     # 3) evaluation on the whole test split, every model at once
-    evals = {name: _cli("evaluate", "--task", "restore", "--profile", str(out / name / "profile.yaml"), "--model", str(out / name / "train" / "model"), "--out",
-                        str(out / name / "eval"), "--no-track", "-q", *extra, *(dev or ["--device", "auto"]))
+    evals = {name: _cli("evaluate", "--task", "restore", "--profile", str(out / name / "profile.yaml"),
+                        "--model", str(out / name / "train" / "model"), "--out", str(out / name / "eval"),
+                        "--no-track", "-q", *extra, *(dev or ["--device", "auto"]))
              for name in runs if codes[name] == 0}  # fmt: skip
     ecodes = _run_all(evals, out / "logs-eval")
     print(f"\n{'run':<24} {'view':<8} {'steps':>7} {'input dB':>9} {'model dB':>9} {'gain':>7} {'SSIM':>7}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from productgen.errors import UserError
 from productgen.models.io import read_config
@@ -74,8 +75,6 @@ def compile_predictor(predictor: Predictor, mode: str = "default") -> Predictor:
     to 6x (AdaIN) faster at 512 px (bench/bench_stylize.py on an H200, README). Each new image size compiles
     once more (tens of seconds), so it pays off on large folders of similar sizes.
     """
-    from torch import nn
-
     for name, value in list(vars(predictor).items()):
         if isinstance(value, nn.Module):
             setattr(predictor, name, torch.compile(value, mode=mode))

@@ -19,9 +19,9 @@ class EMA:
     def update(self, model: nn.Module, decay: float | None = None) -> None:
         d = self.decay if decay is None else decay
         live = dict(model.named_parameters())
-        shadow = [p for _, p in self.shadow.named_parameters()]
-        if shadow:  # one fused multi-tensor kernel instead of one launch per parameter (same arithmetic)
-            torch._foreach_lerp_(shadow, [live[n].detach() for n, _ in self.shadow.named_parameters()], 1.0 - d)
+        named = list(self.shadow.named_parameters())
+        if named:  # one fused multi-tensor kernel instead of one launch per parameter (same arithmetic)
+            torch._foreach_lerp_([p for _, p in named], [live[n].detach() for n, _ in named], 1.0 - d)
         live_buffers = dict(model.named_buffers())
         for name, b in self.shadow.named_buffers():
             b.copy_(live_buffers[name])
