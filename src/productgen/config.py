@@ -356,6 +356,39 @@ class StyleConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """``productgen web``: the shop's page over the registry's champions (limits keep one busy page from
+    starving the others and a hostile upload from exhausting memory)."""
+
+    host: str = "127.0.0.1"  # loopback by default; a LAN address only behind a TLS proxy
+    port: int = 8000
+    auth: Literal["users-file", "mlflow"] = "users-file"  # who may promote / roll back
+    users_file: str = "web-users.txt"  # users-file: lines "name:scrypt:..." written by `productgen web add-user`
+    session_hours: float = 8.0  # a sign-in lasts this long
+    max_file_bytes: int = 16 * 1024 * 1024  # per uploaded file
+    max_request_bytes: int = 128 * 1024 * 1024  # per request (all files together)
+    max_files: int = 64  # files per request
+    max_side: int = 2048  # enhance: inputs with a longer side above this are refused (resize them first)
+    restyle_size: int = 512  # restyle: longer inputs are shrunk to this side first (like stylize --size)
+    sketch_size: int = 256  # sketch to product: longer inputs are shrunk to this side first
+    workers: int = 1  # model requests computed at the same time (each uses all of torch's threads)
+    max_pending: int = 16  # model requests admitted at once (computing + waiting); more get 503 + Retry-After
+    retry_after: int = 2  # seconds a 503 asks the client to wait
+    alias_check_seconds: float = 2.0  # how often the champion aliases are re-read (a moved alias reloads)
+    result_bytes: int = 256 * 1024 * 1024  # memory for downloadable results; the oldest are dropped first
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"web.port: {self.port} is not a TCP port (0..65535)")
+        for name in ("max_file_bytes", "max_request_bytes", "max_files", "max_side", "restyle_size", "sketch_size",
+                     "workers", "max_pending", "result_bytes"):
+            if getattr(self, name) < 1:
+                raise UserError(f"web.{name}: must be at least 1")
+        if self.max_pending < self.workers:
+            raise UserError("web.max_pending: must be at least web.workers")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of ``params.yaml``."""
 
@@ -371,6 +404,7 @@ class Params:
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
     style: StyleConfig = field(default_factory=StyleConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 T = TypeVar("T")
