@@ -89,6 +89,9 @@ class ValidationConfig:
     min_images_per_category: int = 50
     # Largest category size divided by the smallest.
     max_class_imbalance: float = 10.0
+    # Achieved split share per category vs data.split: allowed deviation, widened to 3 binomial standard
+    # deviations for small categories (a content-hash split is exact only on average).
+    max_split_deviation: float = 0.05
 
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]

@@ -48,8 +48,13 @@ def discriminator_accuracy(
     return {"d_acc": 0.5 * (acc_real + acc_fake), "d_acc_real": acc_real, "d_acc_fake": acc_fake}
 
 
-def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True) -> dict[str, Any]:
-    """Evaluate the model in ``cfg.model`` against ``prepared``; write and return the metrics."""
+def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
+             categories: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Evaluate the model in ``cfg.model`` against ``prepared``; write and return the metrics.
+
+    ``categories``: only those categories of the split (all of which the model must know), so that a champion
+    trained before a category appeared is scored, beside the challenger, on the categories both know.
+    """
     from productgen.data.dataset import PreparedDataset
     from productgen.generate import sample
     from productgen.metrics import (
@@ -66,17 +71,27 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True) ->
     model_dir = Path(cfg.model)
     ds = PreparedDataset(prepared)
     net_g, mcfg = load_generator(model_dir, "cpu")
-    if mcfg["classes"] != ds.classes or mcfg["resolution"] != ds.resolution or mcfg["channels"] != ds.channels:
+    known = list(mcfg["classes"])
+    wanted = ds.classes if categories is None else list(categories)
+    if ((categories is None and known != ds.classes) or not set(wanted) <= set(known)
+            or mcfg["resolution"] != ds.resolution or mcfg["channels"] != ds.channels):
         raise UserError(f"{model_dir}: trained on other categories or image size than {prepared}; evaluate it "
-                        "against the dataset it was trained on")  # fmt: skip
+                        "against the dataset it was trained on (or on the categories it knows)")  # fmt: skip
     extractor = load_extractor(cfg.extractor, cfg.device)
     device = extractor.device
     net_g = net_g.to(device)
 
     real, real_y = ds.tensors(cfg.split)
+    if categories is not None:
+        from productgen.evaluators import category_mask
+
+        keep = category_mask(ds.classes, real_y, wanted)
+        # Labels from here on are the model's own indices (they equal the dataset's when the classes match).
+        to_model = torch.tensor([known.index(c) if c in known else -1 for c in ds.classes])
+        real, real_y = real[keep], to_model[real_y[keep]]
     if len(real) < 2:
         raise UserError(f"{prepared}: the {cfg.split} split has {len(real)} images; FID needs at least 2")
-    if cfg.max_real is not None and cfg.max_real < len(real):
+    if categories is not None or (cfg.max_real is not None and cfg.max_real < len(real)):
         pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_real].sort().values
         real, real_y = real[pick], real_y[pick]
         real_feats = compute_features(real, extractor, batch_size=cfg.batch_size, show_progress=show_progress)
@@ -105,19 +120,27 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True) ->
     if (model_dir / "discriminator.safetensors").is_file():  # GANs only; a VAE has no discriminator
         metrics |= discriminator_accuracy(load_discriminator(model_dir), real, real_y, fake, fake_y)
     per_cat: dict[str, float] = {}
+    breakdown: dict[str, dict[str, float]] = {}
     if cfg.per_category:
         ry, fy = real_y.numpy(), fake_y.numpy()
-        for c, name in enumerate(ds.classes):
+        for c, name in enumerate(known):
             a, b = real_feats[ry == c], fake_feats[fy == c]
-            if min(len(a), len(b)) >= MIN_PER_CATEGORY:
+            n = min(len(a), len(b))
+            if n >= MIN_PER_CATEGORY:
                 per_cat[name] = fid_from_stats(FeatureStats.from_features(a), FeatureStats.from_features(b))
+                breakdown[name] = {"fid": per_cat[name], "n": len(a)}
+            elif n >= 2:  # too few for a covariance: KID, which is unbiased at any size
+                breakdown[name] = {"kid": kid_from_features(a, b, subset_size=n, seed=cfg.seed).mean, "n": len(a)}
         metrics["fid_per_category"] = per_cat
+    metrics["per_category"] = breakdown
+    if categories is not None:
+        metrics["categories"] = sorted(wanted)
     metrics["extractor"] = {"name": extractor.name, "sha": extractor.sha}
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, labels = [], []
-    for c, name in enumerate(ds.classes):
+    for c, name in enumerate(known):
         r = real[real_y == c][:4].numpy()
         f = fake[fake_y == c][:8].numpy()
         if len(f):

@@ -3,7 +3,8 @@
 Each model is scored against the trivial baseline of returning the degraded input unchanged (for ``sr<k>`` that
 is bicubic upscaling), on exactly the pairs :func:`productgen.data.views.make_view` makes for the split, so the
 baseline numbers equal the README's anchors and any two models are compared on the same images. The primary
-metric for the registry gate is ``psnr`` (higher is better); ``gain_db`` is PSNR above the baseline.
+metric for the registry gate is ``psnr`` (higher is better; the task registry says so); ``gain_db`` is PSNR above
+the baseline. Every figure is also reported per category (``per_category``), which the gate checks one by one.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ import torch
 from productgen import atomic
 from productgen.config import ViewsConfig
 from productgen.errors import UserError
-
-PRIMARY_METRIC = "psnr"
-HIGHER_IS_BETTER = True
-
 
 def subset_indices(n: int, max_images: int | None, seed: int) -> torch.Tensor:
     """All indices, or a seeded sorted subset of ``max_images`` of them (the same on every machine)."""
@@ -34,7 +31,7 @@ def subset_indices(n: int, max_images: int | None, seed: int) -> torch.Tensor:
 def evaluate_restoration(
     model_dir: Path, prepared: str | Path, split: str = "test", views_cfg: ViewsConfig | None = None,
     out: Path = Path("artifacts/eval/restore"), max_images: int | None = None, batch_size: int = 256,
-    device: str = "cpu", show_progress: bool = True,
+    device: str = "cpu", show_progress: bool = True, categories: list[str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """PSNR / SSIM of the model and of the degraded input on the ``split`` views; writes metrics.json,
     report.md and before_after.png (rows degraded / restored / clean) to ``out``; returns the metrics."""
@@ -57,11 +54,18 @@ def evaluate_restoration(
     if ds.channels != predictor.channels:
         raise UserError(f"{model_dir}: the model takes {predictor.channels}-channel images but {ds.root} has "
                         f"{ds.channels}; evaluate on a dataset prepared in the model's mode")  # fmt: skip
-    images, _ = ds.tensors(split)
+    from productgen.evaluators import category_mask, group_by_category
+
+    images, labels = ds.tensors(split)
     if len(images) == 0:
         raise UserError(f"{ds.root}: the {split} split is empty; choose another split")
-    indices = subset_indices(len(images), max_images, views_cfg.seed)
+    # Views are keyed by an image's index in its split, so a category subset keeps the indices of the full split.
+    chosen = torch.nonzero(category_mask(ds.classes, labels, categories)).flatten()
+    if len(chosen) == 0:
+        raise UserError(f"{ds.root}: the {split} split has no images of {', '.join(categories or [])}")
+    indices = chosen[subset_indices(len(chosen), max_images, views_cfg.seed)]
     sums = {"psnr": 0.0, "ssim": 0.0, "baseline_psnr": 0.0, "baseline_ssim": 0.0}
+    per_image: dict[str, list[torch.Tensor]] = {k: [] for k in sums}
     preview: list[torch.Tensor] = []
     starts = range(0, len(indices), batch_size)
     for start in progress(starts, desc=f"restore {view}", unit="batch", enabled=show_progress, total=len(starts)):
@@ -69,18 +73,25 @@ def evaluate_restoration(
         clean = images[idx]
         degraded = make_view(clean, view, views_cfg, idx)
         restored = predictor.restore(degraded)
-        sums["psnr"] += float(psnr(restored, clean, per_image=True).double().sum())
-        sums["ssim"] += float(ssim(restored, clean, per_image=True).double().sum())
-        sums["baseline_psnr"] += float(psnr(degraded, clean, per_image=True).double().sum())
-        sums["baseline_ssim"] += float(ssim(degraded, clean, per_image=True).double().sum())
+        scores = {"psnr": psnr(restored, clean, per_image=True), "ssim": ssim(restored, clean, per_image=True),
+                  "baseline_psnr": psnr(degraded, clean, per_image=True),
+                  "baseline_ssim": ssim(degraded, clean, per_image=True)}  # fmt: skip
+        for k, v in scores.items():
+            sums[k] += float(v.double().sum())
+            per_image[k].append(v)
         if not preview:
             preview = [degraded[:8], restored[:8], clean[:8]]
     n = len(indices)
     m: dict[str, Any] = {k: v / n for k, v in sums.items()}
     m["gain_db"] = m["psnr"] - m["baseline_psnr"]
+    cat = {k: torch.cat(v) for k, v in per_image.items()}
+    m["per_category"] = group_by_category(ds.classes, labels[indices], **cat,
+                                          gain_db=cat["psnr"].double() - cat["baseline_psnr"].double())  # fmt: skip
+    if categories is not None:
+        m["categories"] = sorted(categories)
     m.update({"view": view, "images": n, "split": split, "model": predictor.config.get("model"),
               "model_dir": str(model_dir), "dataset": str(ds.root), "content_hash": ds.content_hash,
-              "subset_seed": views_cfg.seed if n < len(images) else None,
+              "subset_seed": views_cfg.seed if n < len(chosen) else None,
               "views": {"blur_sigma": views_cfg.blur_sigma, "jpeg_quality": views_cfg.jpeg_quality,
                         "seed": views_cfg.seed}})  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -103,5 +114,8 @@ def _report(m: dict[str, Any]) -> str:
         f"| model ({m['model']}) | {m['psnr']:.2f} | {m['ssim']:.4f} |\n"
         f"| baseline ({base}) | {m['baseline_psnr']:.2f} | {m['baseline_ssim']:.4f} |\n"
         f"| gain | {m['gain_db']:+.2f} | {m['ssim'] - m['baseline_ssim']:+.4f} |\n\n"
-        "![before/after](before_after.png)\n\nRows: degraded, restored, clean.\n"
+        "## Per category\n\n| category | images | PSNR (dB) | baseline | gain | SSIM |\n|---|---:|---:|---:|---:|---:|\n"
+        + "".join(f"| {c} | {v['n']} | {v['psnr']:.2f} | {v['baseline_psnr']:.2f} | {v['gain_db']:+.2f} | {v['ssim']:.4f} |\n"
+                  for c, v in m["per_category"].items())
+        + "\n![before/after](before_after.png)\n\nRows: degraded, restored, clean.\n"
     )

@@ -25,9 +25,6 @@ from productgen import atomic
 from productgen.config import ViewsConfig, from_dict
 from productgen.errors import UserError
 
-PRIMARY = {"pix2pix": ("psnr", "higher"), "cyclegan": ("fid", "lower")}
-
-
 def _subset(n: int, max_images: int | None, seed: int) -> torch.Tensor:
     """Sorted indices of a seeded subset (all of them when ``max_images`` is None or not smaller)."""
     if max_images is None or max_images >= n:
@@ -46,14 +43,17 @@ def _apply(predictor: Any, images: torch.Tensor, batch_size: int, show_progress:
     return torch.cat(parts) if parts else images[:0].clone()
 
 
-def _quality(pred: torch.Tensor, target: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean PSNR and SSIM over images (batched, so a 10,000-image split fits in memory)."""
+def _quality(pred: torch.Tensor, target: torch.Tensor, batch_size: int, per_image: bool = False) -> Any:
+    """Mean PSNR and SSIM over images (batched, so a 10,000-image split fits in memory); with ``per_image``, also
+    the per-image values ``(psnr, ssim)``."""
     from productgen.metrics.quality import psnr, ssim
 
     p = torch.cat([psnr(pred[i : i + batch_size], target[i : i + batch_size], per_image=True)
                    for i in range(0, len(pred), batch_size)])  # fmt: skip
     s = torch.cat([ssim(pred[i : i + batch_size], target[i : i + batch_size], per_image=True)
                    for i in range(0, len(pred), batch_size)])  # fmt: skip
+    if per_image:
+        return (float(p.mean()), float(s.mean())), (p, s)
     return float(p.mean()), float(s.mean())
 
 
@@ -78,13 +78,17 @@ def evaluate_translation(
     device: str = "cpu",
     seed: int = 0,
     show_progress: bool = False,
+    categories: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the pix2pix or CycleGAN model in ``model_dir`` on ``split`` of ``prepared``; write and return metrics.
 
     ``views_cfg``: the views that make pix2pix inputs; None uses the ones recorded at training (so a model
     trained on edges with another threshold is judged on its own kind of sketch). ``max_images``: a subset
     seeded by ``seed`` (per domain for CycleGAN). ``fid=False`` skips the feature network (fast checks).
+    ``categories``: pix2pix only, score on those categories of the split (CycleGAN's are its two domains).
     """
+    from productgen.training.tasks import for_model
+
     from productgen.data.dataset import PreparedDataset
     from productgen.metrics.extractors import resolve_device
     from productgen.models.io import read_config
@@ -94,7 +98,7 @@ def evaluate_translation(
         raise UserError(f"batch_size: {batch_size} must be at least 1")
     mcfg = read_config(Path(model_dir))
     kind = mcfg.get("model")
-    if kind not in PRIMARY:
+    if kind not in ("pix2pix", "cyclegan"):
         raise UserError(f"{model_dir}: holds a {kind!r} model; evaluate_translation takes pix2pix or cyclegan models")
     ds = PreparedDataset(prepared)
     if int(mcfg["channels"]) != ds.channels:
@@ -107,10 +111,11 @@ def evaluate_translation(
     if kind == "pix2pix":
         views = views_cfg or from_dict(ViewsConfig, mcfg.get("views") or {}, f"{model_dir}/config.json views")
         rows, labels, sets = _eval_pix2pix(predictor, ds, split, views, mcfg["source_view"], max_images, seed,
-                                           batch_size, show_progress, metrics)  # fmt: skip
+                                           batch_size, show_progress, metrics, categories)  # fmt: skip
     else:
         rows, labels, sets = _eval_cyclegan(predictor, ds, split, mcfg, max_images, seed, batch_size, show_progress,
                                             metrics)  # fmt: skip
+        metrics["per_category"] = {}  # one category is translated into another: the domains are the breakdown
     if fid:
         from productgen.metrics import compare, get_extractor
 
@@ -123,7 +128,9 @@ def evaluate_translation(
         if "fid_identity" in metrics:
             metrics["fid_gain"] = metrics["fid_identity"] - metrics["fid"]
         metrics["extractor"] = {"name": net.name, "sha": net.sha}
-    name, direction = PRIMARY[kind]
+    spec = for_model(kind)
+    assert spec is not None
+    name, direction = spec.metric, spec.direction
     metrics["primary_metric"] = {"name": name, "direction": direction}
     out.mkdir(parents=True, exist_ok=True)
     _grid(rows, labels, out / "before_after.png")
@@ -133,20 +140,29 @@ def evaluate_translation(
 
 
 def _eval_pix2pix(predictor: Any, ds: Any, split: str, views: ViewsConfig, kind: str, max_images: int | None, seed: int,
-                  batch_size: int, show_progress: bool, metrics: dict[str, Any]) -> tuple[list[torch.Tensor], list[str], dict[str, Any]]:  # fmt: skip
+                  batch_size: int, show_progress: bool, metrics: dict[str, Any],
+                  categories: list[str] | None = None) -> tuple[list[torch.Tensor], list[str], dict[str, Any]]:  # fmt: skip
     from productgen.data.views import make_view
+    from productgen.evaluators import category_mask, group_by_category
 
-    images, _ = ds.tensors(split)
+    images, labels = ds.tensors(split)
     if len(images) == 0:
         raise UserError(f"{ds.root}: the {split} split holds no images")
-    idx = _subset(len(images), max_images, seed)
+    chosen = torch.nonzero(category_mask(ds.classes, labels, categories)).flatten()
+    if len(chosen) == 0:
+        raise UserError(f"{ds.root}: the {split} split has no images of {', '.join(categories or [])}")
+    idx = chosen[_subset(len(chosen), max_images, seed)]
     clean = images[idx]
     src = torch.cat([make_view(clean[i : i + 1024], kind, views, idx[i : i + 1024]) for i in range(0, len(clean), 1024)])
     pred = _apply(predictor, src, batch_size, show_progress)
-    p, s = _quality(pred, clean, batch_size)
-    p0, s0 = _quality(src, clean, batch_size)
+    (p, s), pp = _quality(pred, clean, batch_size, per_image=True)
+    (p0, s0), pp0 = _quality(src, clean, batch_size, per_image=True)
     metrics.update({"source_view": kind, "n_images": len(clean), "psnr": p, "ssim": s, "input_psnr": p0,
-                    "input_ssim": s0})  # fmt: skip
+                    "input_ssim": s0, "gain_db": p - p0})  # fmt: skip
+    metrics["per_category"] = group_by_category(ds.classes, labels[idx], psnr=pp[0], ssim=pp[1], input_psnr=pp0[0],
+                                                gain_db=pp[0].double() - pp0[0].double())  # fmt: skip
+    if categories is not None:
+        metrics["categories"] = sorted(categories)
     return [src, pred, clean], ["input", "output", "target"], {"fid": (pred, clean)}
 
 

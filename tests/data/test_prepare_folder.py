@@ -11,10 +11,10 @@ import pytest
 
 from productgen.config import DataConfig, ValidationConfig
 from productgen.data.dataset import PreparedDataset
-from productgen.data.prepare import prepare
+from productgen.data.prepare import prepare, split_of
 from productgen.data.validate import validate
 from productgen.errors import UserError
-from tests.conftest import run_cli, tree_digest, write_bad_files, write_good_folder
+from tests.conftest import product_image, run_cli, tree_digest, write_bad_files, write_good_folder
 
 
 def _cfg(src: Path, out: Path, **kw: object) -> DataConfig:
@@ -36,9 +36,13 @@ def test_prepare_folder_writes_shards_manifest_and_preview(tmp_path: Path) -> No
     ds = PreparedDataset(out)
     x, y = ds.tensors("train")
     assert x.dtype.is_floating_point is False and x.shape[1:] == (3, 32, 32)
-    # stratified: every category is in every split at 80/10/10 of 10
-    for split, n in (("train", 8), ("val", 1), ("test", 1)):
-        assert np.bincount(ds.arrays(split)[1], minlength=3).tolist() == [n, n, n]
+    # each image's split is the content-hash bucket of its bytes; the achieved shares are recorded
+    assert all(r["split"] == split_of(r["sha256"], 0, {"train": 0.8, "val": 0.1, "test": 0.1}) for r in rows)
+    fractions = ds.meta["split_fractions"]
+    for cat in res.classes:
+        n_cat = sum(r["category"] == cat for r in rows)
+        assert fractions[cat]["n"] == n_cat
+        assert fractions[cat]["train"] == sum(r["category"] == cat and r["split"] == "train" for r in rows) / n_cat
     # white padding on a 40x30 source: the top row is background
     assert (x[:, :, 0, :] == 255).all()
 
@@ -108,14 +112,40 @@ def test_class_imbalance_bound(tmp_path: Path) -> None:
                                           max_class_imbalance=8.0)).success
 
 
+def test_splits_never_move_when_the_catalog_grows_shrinks_or_is_renamed(tmp_path: Path) -> None:
+    """Week 1: 3 x 80 images; week 2: 80 more per category, two week-1 files renamed, five deleted. No week-1 image
+    changes split (by content), so a champion is never judged on images it trained on."""
+    src = tmp_path / "shop"
+    write_good_folder(src, {"bags": 80, "shoes": 80, "shirts": 80}, size=(28, 28))
+    prepare(_cfg(src, tmp_path / "w1"), show_progress=False)
+    week1 = {r["sha256"]: r["split"] for r in csv.DictReader(open(tmp_path / "w1" / "manifest.csv"))}
+    for k, cat in enumerate(("bags", "shoes", "shirts")):
+        for i in range(80):
+            product_image(10_000 + 100 * k + i, (28, 28)).save(src / cat / f"new-{i:03d}.png")
+    (src / "bags" / "000.png").rename(src / "bags" / "renamed.png")
+    (src / "shoes" / "001.jpg").rename(src / "shoes" / "moved-001.jpg")
+    for f in sorted((src / "shirts").iterdir())[:5]:
+        f.unlink()
+    res = prepare(_cfg(src, tmp_path / "w2"), show_progress=False)
+    week2 = {r["sha256"]: r["split"] for r in csv.DictReader(open(tmp_path / "w2" / "manifest.csv"))}
+    assert sum(res.counts.values()) == 480 - 5
+    kept = set(week1) & set(week2)
+    assert len(kept) == 240 - 5
+    assert all(week1[h] == week2[h] for h in kept)
+    # and the achieved shares stay near 80/10/10 and pass validation's tolerance check
+    v = validate(tmp_path / "w2", ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1))
+    check = next(c for c in v.checks if "split shares" in c.check)
+    assert check.success, check
+
+
 def test_leakage_between_splits_is_caught(tmp_path: Path) -> None:
     src = tmp_path / "shop"
     write_good_folder(src, {"a": 10, "b": 10})
     out = tmp_path / "prep"
     prepare(_cfg(src, out), show_progress=False)
-    # Simulate a hand-edited manifest where one test image's content also sits in train.
+    # Simulate a hand-edited manifest where one held-out image's content also sits in train.
     rows = list(csv.DictReader(open(out / "manifest.csv")))
-    test_row = next(r for r in rows if r["split"] == "test")
+    test_row = next(r for r in rows if r["split"] != "train")
     train_row = next(r for r in rows if r["split"] == "train")
     train_row["sha256"] = test_row["sha256"]
     with open(out / "manifest.csv", "w", newline="") as fh:

@@ -8,18 +8,17 @@ Output folder layout (written to a staging folder and swapped in atomically)::
     shards/{split}-{k:05d}.safetensors
     preview.png       a few training images per category
 
-Source files are only ever read. The split is stratified by category and seeded, and all copies of the
-same bytes (same sha256) land in the same split, so duplicates can never leak from train into test.
+Source files are only ever read. An image's split is a pure function of the split seed and its sha256
+(:func:`split_of`), so a catalog that grows week by week never moves an image from one split to another, and
+all copies of the same bytes land in the same split, so duplicates can never leak from train into test.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,46 +81,49 @@ def _check_output(cfg: DataConfig, out: Path) -> None:
         raise UserError(f"{out}: exists and is not a prepared dataset; choose an empty or new --out folder")
 
 
-def _share(n: int, fraction: float) -> int:
-    """Images of a category for a split: rounded half up, and at least one when the split is wanted at all."""
-    if fraction <= 0 or n == 0:
-        return 0
-    return max(1, int(math.floor(n * fraction + 0.5))) if n >= 3 else int(math.floor(n * fraction + 0.5))
+def split_of(sha256: str, seed: int, fractions: dict[str, float]) -> str:
+    """The split of an image: a pure function of the split seed and the image's content.
+
+    ``sha256(seed:content)`` is read as a number in [0, 1) and cut into buckets test | val | train by the
+    configured fractions. Nothing else enters, so adding, removing or renaming other images never moves an
+    image, and copies of the same bytes always share a split (duplicates cannot leak from train into test).
+    """
+    u = int(hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()[:15], 16) / 16**15
+    if u < fractions["test"]:
+        return "test"
+    return "val" if u < fractions["test"] + fractions["val"] else "train"
+
+
+def split_targets(cfg: DataConfig) -> dict[str, float]:
+    """The share of each split :func:`split_of` aims at; with the official test split, the shares of train and
+    val among the remaining images (the official test images are not drawn)."""
+    fractions = cfg.split
+    if cfg.source == "builtin" and cfg.official_test_split:
+        val_share = fractions.val / max(fractions.train + fractions.val, 1e-12)
+        return {"train": 1.0 - val_share, "val": val_share, "test": 0.0}
+    return {"train": fractions.train, "val": fractions.val, "test": fractions.test}
 
 
 def assign_splits(rows: list[dict[str, Any]], cfg: DataConfig) -> None:
-    """Set ``row["split"]``: stratified by category, seeded, grouped by content hash (no leakage)."""
-    by_hash: dict[str, str] = {}
-    fractions = cfg.split
-    use_official = cfg.source == "builtin" and cfg.official_test_split
-    if use_official:
-        # Published Fashion-MNIST numbers use the official 10,000 test images; split only train into train/val.
-        for row in rows:
-            if row["_official"] == "test":
-                by_hash.setdefault(row["sha256"], "test")
-        val_share = fractions.val / max(fractions.train + fractions.val, 1e-12)
-        fractions_for = {"train": 1.0 - val_share, "val": val_share, "test": 0.0}
-    else:
-        fractions_for = {"train": fractions.train, "val": fractions.val, "test": fractions.test}
-    groups: dict[str, list[str]] = defaultdict(list)
-    for row in sorted(rows, key=lambda r: r["id"]):
-        h = row["sha256"]
-        if h not in by_hash:
-            groups[row["category"]].append(h)
-    for category in sorted(groups):
-        hashes = [h for h in dict.fromkeys(groups[category]) if h not in by_hash]
-        rng = np.random.default_rng([cfg.seed, zlib.crc32(category.encode("utf-8"))])
-        order = rng.permutation(len(hashes))
-        n = len(hashes)
-        n_test, n_val = (_share(n, fractions_for[s]) for s in ("test", "val"))
-        if n - n_test - n_val < 1 and n > 0:  # tiny categories: train first
-            n_val = max(0, min(n_val, n - 1))
-            n_test = max(0, min(n_test, n - 1 - n_val))
-        for rank, idx in enumerate(order):
-            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-            by_hash[hashes[idx]] = split
+    """Set ``row["split"]`` from each image's content (:func:`split_of`); the built-in dataset keeps the official
+    Fashion-MNIST test split and splits only the official training images into train / val."""
+    shares = split_targets(cfg)
+    official = cfg.source == "builtin" and cfg.official_test_split
+    official_test = {row["sha256"] for row in rows if official and row["_official"] == "test"}
     for row in rows:
-        row["split"] = by_hash[row["sha256"]]
+        h = row["sha256"]
+        row["split"] = "test" if h in official_test else split_of(h, cfg.seed, shares)
+
+
+def split_fractions(rows: list[dict[str, Any]], drawn_only: bool = False) -> dict[str, dict[str, float]]:
+    """Achieved share of each split per category, with the image count ``n`` (``data validate`` checks them
+    against :func:`split_targets`); ``drawn_only`` leaves out the official test images."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {s: 0 for s in SPLITS})
+    for row in rows:
+        if not (drawn_only and row.get("_official") == "test"):
+            counts[row["category"]][row["split"]] += 1
+    return {c: {s: n / max(1, sum(v.values())) for s, n in v.items()} | {"n": sum(v.values())}
+            for c, v in sorted(counts.items())}  # fmt: skip
 
 
 def _decode_item(item: SourceItem, cfg: DataConfig, channels: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -247,6 +249,9 @@ def prepare(cfg: DataConfig, show_progress: bool = True) -> PrepareResult:
             "ignored_files": listing.ignored[:1000],
             "n_ignored": len(listing.ignored),
             "split_seed": cfg.seed,
+            "split_method": "content-hash",
+            "split_targets": split_targets(cfg),
+            "split_fractions": split_fractions(rows, drawn_only=cfg.source == "builtin" and cfg.official_test_split),
             "shards": shard_info,
             "content_hash": content_hash,
         }

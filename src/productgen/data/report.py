@@ -52,8 +52,17 @@ def write_report(result: ValidationResult, ds: PreparedDataset, summary: dict[st
             f"| {'pass' if c.success else '**FAIL**'} | {c.table} | {_md_escape(c.check)} | {c.column or ''} | "
             f"{_md_escape(c.threshold)} | {_md_escape(c.observed)} |"
         )
-    md += ["", "## Images per category", "", "| category | images |", "|---|---|"]
-    md += [f"| {_md_escape(k)} | {v:,} |" for k, v in counts["categories"].items()]
+    fractions = ds.meta.get("split_fractions", {})
+    targets = ds.meta.get("split_targets", {})
+    target_text = ", ".join(f"{s} {t:.0%}" for s, t in targets.items()) or "-"
+    md += ["", "## Images per category", "",
+           f"Achieved split shares (content-hash split, target {target_text}"
+           + (", official test images not drawn" if targets.get("test") == 0 and counts["splits"].get("test") else "")
+           + "):", "", "| category | images | train | val | test |", "|---|---|---|---|---|"]  # fmt: skip
+    for k, v in counts["categories"].items():
+        f = fractions.get(k, {})
+        shares = " | ".join(f"{f[s]:.1%}" if s in f else "-" for s in ("train", "val", "test"))
+        md.append(f"| {_md_escape(k)} | {v:,} | {shares} |")
     if has_preview:
         md += ["", "## Preview (training split)", "", "![preview](preview.png)"]
     md += ["", f"## Quarantined files ({len(quarantine):,} entries, also in `quarantine.csv`)", ""]

@@ -15,6 +15,7 @@ only read. Great Expectations is imported here and nowhere in the core.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,21 @@ def image_statistics(ds: PreparedDataset) -> dict[str, dict[str, np.ndarray]]:
     return stats
 
 
-def _frames(ds: PreparedDataset, known_categories: list[str]) -> dict[str, Any]:
+def _split_excess(ds: PreparedDataset, category: str, tolerance: float) -> float:
+    """How far the category's achieved split shares stray beyond the tolerance (<= 0: within it).
+
+    The tolerance per split is ``max(validation.max_split_deviation, 3 sigma)`` with sigma the binomial standard
+    deviation of the share for the category's size: a content-hash split of 20 images cannot hit 10% exactly.
+    """
+    targets = ds.meta.get("split_targets")
+    achieved = ds.meta.get("split_fractions", {}).get(category)
+    if not targets or not achieved or not achieved.get("n"):
+        return 0.0
+    n = float(achieved["n"])
+    return max(abs(achieved[s] - t) - max(tolerance, 3 * math.sqrt(t * (1 - t) / n)) for s, t in targets.items())
+
+
+def _frames(ds: PreparedDataset, known_categories: list[str], split_tolerance: float = 0.05) -> dict[str, Any]:
     import pandas as pd
 
     manifest = pd.read_csv(ds.root / "manifest.csv", dtype={"id": str, "sha256": str, "category": str}, keep_default_na=False)
@@ -110,6 +125,7 @@ def _frames(ds: PreparedDataset, known_categories: list[str]) -> dict[str, Any]:
         {"category": counts.index.astype(str), "count": counts.values.astype(np.int64),
          "imbalance": counts.values / smallest}  # fmt: skip
     )
+    categories["split_excess"] = [_split_excess(ds, str(c), split_tolerance) for c in categories["category"]]
     content = images.groupby("sha256")["split"].nunique().rename("n_splits").reset_index()
     return {"files": files, "images": images, "categories": categories, "content": content, "manifest": manifest}
 
@@ -165,6 +181,9 @@ def _suites(cfg: ValidationConfig, known: list[str]) -> dict[str, list[Any]]:
         gxe.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_class_imbalance,
                                           meta=meta("class imbalance over bound",
                                                     f"largest/smallest <= {cfg.max_class_imbalance:g}")),  # fmt: skip
+        gxe.ExpectColumnValuesToBeBetween(column="split_excess", max_value=0.0,
+                                          meta=meta("split shares off data.split",
+                                                    f"within {cfg.max_split_deviation:g} (or 3 sigma) per split")),  # fmt: skip
     ]
     content = [
         gxe.ExpectColumnValuesToBeBetween(column="n_splits", max_value=1,
@@ -255,7 +274,7 @@ def validate(prepared: Path, cfg: ValidationConfig, data_cfg: DataConfig | None 
 
     ds = PreparedDataset(prepared)
     known = list(data_cfg.categories) if data_cfg and data_cfg.categories else ds.classes
-    frames = _frames(ds, known)
+    frames = _frames(ds, known, cfg.max_split_deviation)
     checks, failing = run_expectations(frames, cfg, known)
     success = all(c.success for c in checks)
     out = Path(cfg.out)

@@ -1,13 +1,13 @@
 """Image -> image models behind one interface, so the CLI commands (enhance, stylize, translate), the MLflow
 pyfunc and the evaluation all apply any trained model the same way.
 
-A model folder (safetensors + ``config.json``) names its family in ``config["model"]``; :func:`load_predictor`
-looks that name up in :data:`LOADERS` and imports the family's ``load_predictor(folder, device)`` lazily.
+A model folder (safetensors + ``config.json``) names its task in ``config["model"]``; :func:`load_predictor`
+looks that task up in the task registry (:mod:`productgen.training.tasks`, its ``predictor`` entry) and imports
+the family's ``load_predictor(folder, device)`` lazily.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,17 +35,6 @@ class Predictor(Protocol):
     def __call__(self, images: torch.Tensor, **options: Any) -> torch.Tensor: ...
 
 
-# config["model"] -> "module:function" (function(folder: Path, device) -> Predictor)
-LOADERS: dict[str, str] = {
-    "restore": "productgen.models.restore:load_predictor",
-    "vae-restore": "productgen.models.vae:load_predictor",
-    "pix2pix": "productgen.models.translate:load_predictor",
-    "cyclegan": "productgen.models.translate:load_predictor",
-    "style": "productgen.models.style:load_predictor",
-    "adain": "productgen.models.adain:load_predictor",
-}
-
-
 def load_predictor(folder: Path | str, device: str | torch.device = "cpu") -> Predictor:
     """The predictor of a model folder, or of a registered model: an MLflow URI
     (``models:/productgen-restore@champion``, ``models:/productgen-restore/3``) or a bare registered name
@@ -58,13 +47,15 @@ def load_predictor(folder: Path | str, device: str | torch.device = "cpu") -> Pr
 
         folder = resolve_model(text)
     folder = Path(folder)
-    cfg = read_config(folder)
-    kind = cfg.get("model")
-    if kind not in LOADERS:
+    from productgen.training import tasks
+
+    kind = read_config(folder).get("model")
+    spec = tasks.for_model(str(kind))
+    if spec is None or spec.predictor is None:
+        image_models = sorted(t.name for t in tasks.TASKS.values() if t.predictor)
         raise UserError(f"{folder}: holds a {kind!r} model, which does not map images to images "
-                        f"(image models: {', '.join(sorted(LOADERS))})")  # fmt: skip
-    module, func = LOADERS[kind].split(":")
-    return getattr(importlib.import_module(module), func)(folder, device)
+                        f"(image models: {', '.join(image_models)})")  # fmt: skip
+    return spec.load_predictor(folder, device)
 
 
 def compile_predictor(predictor: Predictor, mode: str = "default") -> Predictor:

@@ -1,10 +1,12 @@
-"""The registry of trainable model tasks: one name per model family variant, one builder per name.
+"""The registry of model tasks: everything that is particular to a task lives in its :class:`TaskSpec`.
 
-``productgen train <task>``, the DVC ``train`` stage, the retrain flow and the tuner all look a task up here, so
-adding a model means adding one :class:`TaskSpec`, not another training loop. A builder gets the whole
+``productgen train <task>``, ``productgen evaluate``, the DVC stages, the retrain flow, the promotion gate, the
+predictors behind ``enhance`` / ``stylize`` / ``translate`` and the tuner all look a task up here, so adding a
+model means adding one :class:`TaskSpec`, not editing a table in each of them. A builder gets the whole
 :class:`~productgen.config.Params`, the :class:`~productgen.training.engine.Engine` and what the prepared dataset
 looks like, and returns an object implementing the engine's ``Task`` protocol plus ``export(engine)``: the
-modules to save as the trained model (weights as safetensors, config as JSON).
+modules to save as the trained model (weights as safetensors, config as JSON). An evaluator scores any model
+folder of the task on a prepared dataset (see :mod:`productgen.evaluators`), with a per-category breakdown.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from productgen.errors import UserError
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from productgen.training.engine import Engine
 
 Family = Literal["generation", "restoration", "translation", "style"]
+Direction = Literal["lower", "higher"]
+Bound = Literal["min", "max"]
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,39 @@ class TaskSpec:
     section: str  # the params.yaml section holding this model's settings (logged to MLflow, hashed for --resume)
     builder: str  # "module:function" with signature (params, engine, info) -> Task; imported lazily
     summary: str
+    metric: str  # the primary metric the promotion gate compares (a key of the evaluator's metrics)
+    direction: Direction  # which way the primary metric is better
+    evaluator: str  # "module:function" (params, task, model_dir, prepared, out, categories, show_progress) -> metrics
+    # The absolute bar a model must clear even with no champion to beat: (metrics key, "min" or "max"); the value
+    # is registry.<key>_<min|max> in params.yaml (null there switches it off).
+    absolute: tuple[str, Bound]
+    predictor: str | None = None  # "module:function" (folder, device) -> Predictor for image -> image models
+    conditional: bool = False  # generates per category: can only be scored on categories it was trained on
+    quick_profile: str | None = None  # the CPU profile of its DVC stages (dvc.yaml train-model / evaluate-model)
 
     def build(self, params: Params, engine: Engine, info: DatasetInfo) -> Any:
-        module, func = self.builder.split(":")
-        fn: Callable[..., Any] = getattr(importlib.import_module(module), func)
-        return fn(params, engine, info)
+        return _resolve(self.builder)(params, engine, info)
+
+    def evaluate(self, params: Params, model_dir: Path, prepared: Path, out: Path,
+                 categories: list[str] | None = None, show_progress: bool = True) -> dict[str, Any]:  # fmt: skip
+        """Score the model in ``model_dir`` on ``prepared`` (the ``evaluate.split`` split; only ``categories``
+        when given); the metrics hold ``self.metric`` and ``per_category``."""
+        return _resolve(self.evaluator)(params, self.name, model_dir, prepared, out, categories, show_progress)
+
+    def load_predictor(self, folder: Path, device: Any) -> Any:
+        if self.predictor is None:
+            raise UserError(f"{folder}: a {self.name} model generates images; it does not map images to images")
+        return _resolve(self.predictor)(folder, device)
+
+    def better(self, a: float, b: float) -> float:
+        """How much ``a`` is better than ``b`` on the primary metric (negative: worse)."""
+        return (b - a) if self.direction == "lower" else (a - b)
+
+
+def _resolve(ref: str) -> Callable[..., Any]:
+    module, func = ref.split(":")
+    fn: Callable[..., Any] = getattr(importlib.import_module(module), func)
+    return fn
 
 
 TASKS: dict[str, TaskSpec] = {}
@@ -62,19 +95,52 @@ def get(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-register(TaskSpec("gan", "generation", "gan", "productgen.training.gan_task:build",
-                  "the class-conditional GAN (new product images per category)"))  # fmt: skip
+def names() -> list[str]:
+    """Every task name, in registration order (CLI choices, the flow's parameter check)."""
+    return list(TASKS)
+
+
+def for_model(kind: str) -> TaskSpec | None:
+    """The task whose models carry ``config["model"] == kind`` (each task exports its own name there)."""
+    return TASKS.get(kind)
+
+
+_E = "productgen.evaluators"
+_GAN, _VAE = "productgen.training.gan_task", "productgen.training.vae_task"
+_TR, _ST = "productgen.training.translate_task", "productgen.training.style_task"
+register(TaskSpec("gan", "generation", "gan", f"{_GAN}:build",
+                  "the class-conditional GAN (new product images per category)",
+                  "fid", "lower", f"{_E}:generation", ("fid", "max"), conditional=True))  # fmt: skip
 register(TaskSpec("restore", "restoration", "restore", "productgen.training.restore_task:build",
-                  "the U-Net restorer (denoise, deblur, JPEG artefacts, 2x/4x super-resolution)"))  # fmt: skip
-register(TaskSpec("vae", "generation", "vae", "productgen.training.vae_task:build_vae",
-                  "the conditional VAE (new product images per category, blurrier than the GAN)"))  # fmt: skip
-register(TaskSpec("vae-restore", "restoration", "vae", "productgen.training.vae_task:build_restore",
-                  "the VAE restorer (degraded -> clean through a latent bottleneck; the U-Net's comparison)"))  # fmt: skip
-register(TaskSpec("pix2pix", "translation", "translate", "productgen.training.translate_task:build_pix2pix",
-                  "pix2pix, paired image-to-image translation (default: edges -> product, sketch to product)"))  # fmt: skip
-register(TaskSpec("cyclegan", "translation", "translate", "productgen.training.translate_task:build_cyclegan",
-                  "CycleGAN, unpaired translation between two categories or two image folders"))  # fmt: skip
-register(TaskSpec("style", "style", "style", "productgen.training.style_task:build_style",
-                  "a fast per-style transfer network (Johnson et al.) for style.style_image"))  # fmt: skip
-register(TaskSpec("adain", "style", "style", "productgen.training.style_task:build_adain",
-                  "an arbitrary-style AdaIN decoder (Huang & Belongie) over style.adain_styles"))  # fmt: skip
+                  "the U-Net restorer (denoise, deblur, JPEG artefacts, 2x/4x super-resolution)",
+                  "psnr", "higher", f"{_E}:restoration", ("gain_db", "min"),
+                  predictor="productgen.models.restore:load_predictor",
+                  quick_profile="flows/profiles/quick-cpu-restore.yaml"))  # fmt: skip
+register(TaskSpec("vae", "generation", "vae", f"{_VAE}:build_vae",
+                  "the conditional VAE (new product images per category, blurrier than the GAN)",
+                  "fid", "lower", f"{_E}:generation", ("fid", "max"), conditional=True,
+                  quick_profile="flows/profiles/quick-cpu.yaml"))  # fmt: skip
+register(TaskSpec("vae-restore", "restoration", "vae", f"{_VAE}:build_restore",
+                  "the VAE restorer (degraded -> clean through a latent bottleneck; the U-Net's comparison)",
+                  "psnr", "higher", f"{_E}:restoration", ("gain_db", "min"),
+                  predictor="productgen.models.vae:load_predictor"))  # fmt: skip
+register(TaskSpec("pix2pix", "translation", "translate", f"{_TR}:build_pix2pix",
+                  "pix2pix, paired image-to-image translation (default: edges -> product, sketch to product)",
+                  "psnr", "higher", f"{_E}:translation", ("gain_db", "min"),
+                  predictor="productgen.models.translate:load_predictor",
+                  quick_profile="flows/profiles/quick-cpu-translate.yaml"))  # fmt: skip
+register(TaskSpec("cyclegan", "translation", "translate", f"{_TR}:build_cyclegan",
+                  "CycleGAN, unpaired translation between two categories or two image folders",
+                  "fid", "lower", f"{_E}:translation", ("fid_gain", "min"),
+                  predictor="productgen.models.translate:load_predictor",
+                  quick_profile="flows/profiles/quick-cpu-translate.yaml"))  # fmt: skip
+register(TaskSpec("style", "style", "style", f"{_ST}:build_style",
+                  "a fast per-style transfer network (Johnson et al.) for style.style_image",
+                  "style_score", "lower", f"{_E}:style", ("style_score", "max"),
+                  predictor="productgen.models.style:load_predictor",
+                  quick_profile="flows/profiles/quick-cpu-style.yaml"))  # fmt: skip
+register(TaskSpec("adain", "style", "style", f"{_ST}:build_adain",
+                  "an arbitrary-style AdaIN decoder (Huang & Belongie) over style.adain_styles",
+                  "style_score", "lower", f"{_E}:style", ("style_score", "max"),
+                  predictor="productgen.models.adain:load_predictor",
+                  quick_profile="flows/profiles/quick-cpu-style.yaml"))  # fmt: skip

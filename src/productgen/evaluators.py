@@ -1,0 +1,101 @@
+"""One evaluator per task family, behind one signature, so the CLI, the DVC stages, the retrain flow and the
+promotion gate score any model folder of a task the same way (the task registry names each task's evaluator).
+
+Signature: ``(params, task, model_dir, prepared, out, categories, show_progress) -> metrics``. ``categories``
+restricts the evaluation set to those categories of the ``evaluate.split`` split (the gate scores a champion
+that never saw this week's new categories on the ones it knows, and the challenger on the same ones). Every
+evaluator returns ``per_category``: ``{category: {metric: value, ..., "n": images}}`` (empty where a task has no
+meaningful per-category figure: CycleGAN translates one category into another, style transfer is judged
+against one style image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from productgen.config import Params
+
+
+def _device(name: str) -> str:
+    from productgen.training.device import pick_device
+
+    return str(pick_device(name))
+
+
+def generation(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
+               show_progress: bool) -> dict[str, Any]:  # fmt: skip
+    """FID / KID against the held-out split (Lucic et al.'s protocol), per-category FID (KID for small ones)."""
+    from productgen.evaluate import evaluate
+
+    cfg = dataclasses.replace(p.evaluate, model=str(model_dir), out=str(out))
+    return evaluate(cfg, prepared, show_progress=show_progress, categories=categories)
+
+
+def restoration(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
+                show_progress: bool) -> dict[str, Any]:  # fmt: skip
+    """PSNR / SSIM against the clean images, next to the degraded input (the baseline), overall and per category."""
+    from productgen.restoration import evaluate_restoration
+
+    e = p.evaluate
+    return evaluate_restoration(model_dir, prepared, split=e.split, views_cfg=p.views, out=out, max_images=e.max_real,
+                                batch_size=e.batch_size, device=_device(e.device), show_progress=show_progress,
+                                categories=categories)  # fmt: skip
+
+
+def translation(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
+                show_progress: bool) -> dict[str, Any]:  # fmt: skip
+    """pix2pix: PSNR / SSIM / FID against the paired ground truth (per category); CycleGAN: FID against the
+    target domain next to the identity baseline."""
+    from productgen.translation import evaluate_translation
+
+    e = p.evaluate
+    return evaluate_translation(model_dir, prepared, split=e.split, views_cfg=p.views, out=out, max_images=e.max_real,
+                                extractor=e.extractor, batch_size=e.batch_size, device=_device(e.device), seed=e.seed,
+                                show_progress=show_progress, categories=categories)  # fmt: skip
+
+
+def style(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
+          show_progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Style distance to ``style.style_image`` and content preservation on a seeded sample of the split."""
+    import torch
+
+    from productgen.data.dataset import PreparedDataset
+    from productgen.models.predict import load_predictor
+    from productgen.styles import style_report
+
+    e = p.evaluate
+    images, labels = PreparedDataset(prepared).tensors(e.split)
+    images = images[category_mask(PreparedDataset(prepared, verify=False).classes, labels, categories)]
+    n = min(len(images), e.max_real or 64)
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(e.seed))[:n].sort().values
+    device = _device(e.device)
+    m = style_report(load_predictor(model_dir, device), images[pick], p.style.style_image, out, device=device)
+    return {**m, "per_category": {}}
+
+
+def category_mask(classes: list[str], labels: Any, categories: list[str] | None) -> Any:
+    """Boolean mask of the images whose category is in ``categories`` (all of them when None)."""
+    import torch
+
+    if categories is None:
+        return torch.ones(len(labels), dtype=torch.bool)
+    from productgen.errors import UserError
+
+    unknown = sorted(set(categories) - set(classes))
+    if unknown:
+        raise UserError(f"categories: {', '.join(unknown)} not in the dataset (it has {', '.join(classes)})")
+    wanted = torch.tensor([classes.index(c) for c in categories], dtype=labels.dtype)
+    return torch.isin(labels, wanted)
+
+
+def group_by_category(classes: list[str], labels: Any, **per_image: Any) -> dict[str, dict[str, float]]:
+    """Mean of each per-image tensor per category, with the image count ``n``."""
+    out: dict[str, dict[str, float]] = {}
+    for c, name in enumerate(classes):
+        sel = labels == c
+        n = int(sel.sum())
+        if n:
+            out[name] = {k: float(v[sel].double().mean()) for k, v in per_image.items()} | {"n": n}
+    return out
