@@ -34,11 +34,14 @@ def enhance_command(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a before/after grid PNG here.")] = None,
     max_side: Annotated[Optional[int], typer.Option("--max-side", help="Shrink larger inputs to this side first.")] = None,
+    memory_mb: Annotated[float, typer.Option("--memory-mb", help="Working memory for one forward pass (MB); larger "
+                                             "photos run in overlapping tiles that fit it.")] = 2048,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Enhance every image in a folder with a trained restoration model; inputs are never modified.
 
     Unreadable files are skipped and listed; outputs keep each input's relative path and name (as .png).
+    Photos too large for --memory-mb in one pass are processed in tiles (same result as one pass).
 
     Examples:
 
@@ -60,11 +63,15 @@ def enhance_command(
         raise UserError(f"--task {task} needs a model trained on {TASK_VIEWS[task]}, but {model} was trained on "
                         f"{view}; pass a matching --model or --task")  # fmt: skip
     report = apply_to_folder(predictor, in_dir, out_dir, batch_size=batch_size, max_side=max_side, device=device,
-                             show_progress=not quiet)  # fmt: skip
+                             show_progress=not quiet, memory_mb=memory_mb)  # fmt: skip
     typer.echo(f"{len(report.written)} written to {out_dir}, {len(report.failed)} failed "
                f"({predictor.config.get('model')} model, {view})")  # fmt: skip
     for path, reason in report.failed:
         typer.echo(f"  failed: {path}: {reason}")
+    for path, reason in report.skipped:
+        typer.echo(f"  skipped: {path}: {reason}")
+    if report.tiled:
+        typer.echo(f"  {len(report.tiled)} large image(s) processed in tiles (--memory-mb {memory_mb:g})")
     if grid is not None:
         if before_after_grid(report.pairs, grid) is not None:
             typer.echo(f"before/after grid: {grid}")

@@ -46,6 +46,8 @@ def stylize_command(
                            "after a compile of tens of seconds per image size (for large folders).")  # fmt: skip
     ] = False,
     grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a before/after grid PNG here.")] = None,
+    memory_mb: Annotated[float, typer.Option("--memory-mb", help="Working memory for one forward pass (MB); batches "
+                                             "shrink to fit it, larger images run in tiles.")] = 2048,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Stylise every product photo in a folder; unreadable files are reported and skipped, inputs are never touched.
@@ -105,8 +107,8 @@ def stylize_command(
             raise UserError(f"--preserve-product: only style-transfer models mask the product; {model} holds a {kind!r} model")
         options["preserve_product"] = preserve_product
     report = apply_to_folder(predictor, in_dir, out_dir, batch_size=batch_size, max_side=size, device=dev,
-                             show_progress=not quiet, **options)  # fmt: skip
-    for path, reason in report.failed:
+                             show_progress=not quiet, memory_mb=memory_mb, **options)  # fmt: skip
+    for path, reason in report.failed + report.skipped:
         typer.echo(f"skipped {path}: {reason}", err=True)
     typer.echo(f"{len(report.written)} images stylised -> {out_dir}" + (f"; {len(report.failed)} skipped" if report.failed else ""))
     if grid is not None:

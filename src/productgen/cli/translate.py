@@ -23,6 +23,8 @@ def translate_command(
         Optional[int], typer.Option("--size", help="Downscale inputs so the longer side is at most N px "
                                     "(models work best near their training resolution).")  # fmt: skip
     ] = None,
+    memory_mb: Annotated[float, typer.Option("--memory-mb", help="Working memory for one forward pass (MB); larger "
+                                             "images run in overlapping tiles that fit it.")] = 2048,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Translate every image of a folder with a trained pix2pix or CycleGAN model.
@@ -46,8 +48,8 @@ def translate_command(
         raise UserError(f"--direction ba: {model} holds a {predictor.config.get('model')} model, which translates one "
                         "way only; use --direction ab")  # fmt: skip
     report = apply_to_folder(predictor, in_dir, out, batch_size=batch_size, max_side=size, device=dev,
-                             show_progress=not quiet, direction=direction)  # fmt: skip
-    for path, reason in report.failed:
+                             show_progress=not quiet, memory_mb=memory_mb, direction=direction)  # fmt: skip
+    for path, reason in report.failed + report.skipped:
         typer.echo(f"skipped {path}: {reason}", err=True)
     if grid is not None and before_after_grid(report.pairs, grid) is not None:
         typer.echo(f"before/after grid: {grid}")

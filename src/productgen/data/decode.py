@@ -16,6 +16,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 WHITE = 255
+# Declared pixels per byte of file above which a large image is refused as a decompression bomb. The pixel
+# count of a file is right (a 7000x7000 PNG declares 49,000,000 pixels, under a 50 MP data.max_pixels), but a
+# 47 KB file cannot hold a photo of that size: camera photos and product shots take well under 50 pixels per
+# byte (JPEG about 1-10, PNG on white about 5-50), while a flat 7000x7000 PNG takes 300-3500. Images below
+# RATIO_MIN_PIXELS are exempt (small flat graphics are harmless).
+MAX_PIXELS_PER_BYTE = 250
+RATIO_MIN_PIXELS = 4_000_000
 
 
 class Rejected(Exception):
@@ -73,6 +80,11 @@ def decode(data: bytes, target_mode: str, max_pixels: int) -> Decoded:
                 raise Rejected(
                     f"declares {width}x{height} pixels, over the data.max_pixels limit of {max_pixels:,} "
                     "(possible decompression bomb)"
+                )
+            if width * height > RATIO_MIN_PIXELS and width * height > MAX_PIXELS_PER_BYTE * len(data):
+                raise Rejected(
+                    f"declares {width}x{height} pixels in only {len(data):,} bytes ({width * height // len(data):,} "
+                    f"pixels per byte; photos take under {MAX_PIXELS_PER_BYTE}): possible decompression bomb"
                 )
             if width < 1 or height < 1:
                 raise Rejected(f"declares an empty size {width}x{height}")
