@@ -4,19 +4,36 @@ Default store: an embedded SQLite file (``mlflow.db``) with artifacts in ``mlart
 works offline with no server; ``MLFLOW_TRACKING_URI`` selects a tracking server instead. Every run carries
 its lineage as tags: the prepared dataset's content hash, the DVC hashes of the raw data and of the prepared
 output, and the git commit (with a flag when the work tree has uncommitted changes).
+
+Tracking never holds training hostage (docs/reliability.md):
+
+- At start, a tracking server is probed (``/health``, a few seconds): when nothing answers, :func:`run` stops in
+  one line *before any work* (no half-tracked run, no lineage gap in the registry; ``--no-track`` is the explicit
+  way to train without it), instead of MLflow's minutes of retries and a 156-line traceback.
+- While a run is open, MLflow's HTTP retries are bounded (:data:`BOUNDED_HTTP`, unless set by the user), so no
+  single call can hang for minutes.
+- Per-step metrics go through :class:`RunLogger`: a bounded queue drained by a background thread, so a server
+  that dies mid-run never blocks the training loop; failed batches are retried with backoff (a bounded number
+  of times), and what could not be logged is counted and reported at the end (every value is in
+  ``metrics.jsonl`` anyway).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from productgen.errors import UserError
 
 DEFAULT_DB = "mlflow.db"
 PIP_REQUIREMENTS = ["torch", "numpy", "pillow", "safetensors", "pandas", "mlflow", "productgen"]
@@ -34,20 +51,120 @@ def _artifact_root(uri: str) -> str | None:
     return None  # a server decides (``--artifacts-destination``)
 
 
+class TrackingUnavailable(UserError):
+    """The tracking store cannot be used at the start of a run: nothing was done (exit status 2)."""
+
+
+class TrackingIncomplete(UserError):
+    """The run's work is done and on disk, but the tracking server lost part of it (exit status 1)."""
+
+    exit_code = 1
+
+
+# MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) let one call to a dead server take ~4 minutes.
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}  # fmt: skip
+PROBE_TIMEOUT_S = 4.0
+PROBE_ATTEMPTS = 2
+
+
+def display_uri(uri: str) -> str:
+    """``uri`` without any user:password part (never printed)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def server_problem(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the tracking server at ``uri`` cannot be reached (None when it answers, or for a non-HTTP store).
+
+    Any HTTP answer counts as reachable (a 401 of a server with auth too: MLflow then says what is wrong); only
+    no answer at all (refused, unknown host, timed out) is a problem.
+    """
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return None
+    url = display_uri(uri).rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as err:
+        reason = err.reason
+        if isinstance(reason, ssl.SSLError):
+            return None  # it answered; TLS settings are MLflow's to judge (MLFLOW_TRACKING_INSECURE_TLS ...)
+        return reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+    except (socket.timeout, TimeoutError):
+        return f"no answer within {timeout:.0f} s"
+    except (OSError, ValueError) as err:
+        return str(err) or type(err).__name__
+
+
+def check_server(uri: str) -> None:
+    """Raise :class:`TrackingUnavailable` (one line, within ~10 s) when a tracking server does not answer."""
+    problem = None
+    for attempt in range(PROBE_ATTEMPTS):
+        problem = server_problem(uri)
+        if problem is None:
+            return
+        if attempt + 1 < PROBE_ATTEMPTS:
+            time.sleep(1.0)
+    raise TrackingUnavailable(f"MLflow tracking server {display_uri(uri)} does not answer ({problem}); nothing was "
+                              "done: start it, point MLFLOW_TRACKING_URI at one that runs, or pass --no-track "
+                              "to train without tracking")  # fmt: skip
+
+
+@contextmanager
+def bounded_http() -> Iterator[None]:
+    """MLflow's HTTP retries bounded (:data:`BOUNDED_HTTP`) for the block; values the user set are kept."""
+    added = {k: v for k, v in BOUNDED_HTTP.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
 def configure(experiment: str) -> str:
-    """Point MLflow at the store and make sure ``experiment`` exists; return the experiment id."""
+    """Point MLflow at the store and make sure ``experiment`` exists; return the experiment id.
+
+    A tracking server that does not answer is a one-line :class:`TrackingUnavailable` within seconds.
+    """
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = tracking_uri()
+    check_server(uri)
     mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        exp_id = found.experiment_id
-    else:
-        root = _artifact_root(uri)
-        exp_id = mlflow.create_experiment(experiment, artifact_location=f"{root}/{experiment}" if root else None)
-    mlflow.set_experiment(experiment_id=exp_id)
+    try:
+        with bounded_http():
+            found = mlflow.get_experiment_by_name(experiment)
+            if found is not None:
+                exp_id = found.experiment_id
+            else:
+                root = _artifact_root(uri)
+                exp_id = mlflow.create_experiment(experiment, artifact_location=f"{root}/{experiment}" if root else None)
+            mlflow.set_experiment(experiment_id=exp_id)
+    except UserError:
+        raise
+    except Exception as err:  # MlflowException, requests errors: the store answered but cannot be used
+        raise TrackingUnavailable(f"MLflow tracking store {display_uri(uri)}: {_first_line(err)}; nothing was done "
+                                  "(fix the store, or pass --no-track)") from None  # fmt: skip
     return exp_id
 
 
@@ -102,27 +219,163 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 
 
 class RunLogger:
-    """Thin helper around the active run; ``log_step`` is the engine's ``on_log`` callback."""
+    """The run's per-step metrics, logged from a background thread; ``log_step`` is the engine's ``on_log``.
 
-    def __init__(self, run_id: str) -> None:
+    ``log_step`` only appends to a bounded queue (``max_pending`` values; the oldest are dropped and counted
+    when it is full), so the training loop never waits for the server. The thread sends batches of up to 1000
+    values; a failed batch is retried with backoff, ``attempts`` times at most, then dropped and counted.
+    :meth:`close` waits a bounded time for the queue to drain and returns what could not be logged.
+    """
+
+    BATCH = 1000
+
+    def __init__(self, run_id: str, max_pending: int = 100_000, attempts: int = 6, backoff_s: float = 0.5) -> None:
+        from mlflow import MlflowClient
+
         self.run_id = run_id
+        self.uri = tracking_uri()
+        self._client = MlflowClient(self.uri)
+        self._pending: collections.deque[Any] = collections.deque()
+        self._max, self._attempts, self._backoff = max_pending, attempts, backoff_s
+        self._cv = threading.Condition()
+        self._closing = False
+        self._in_flight = 0
+        self.lost = 0  # values dropped (queue full or retries exhausted)
+        self.failures = 0  # failed requests
+        self.down_since: int | None = None  # step of the first value the server refused while it is down
+        self.outage_steps: tuple[int, int] | None = None  # first and last step of values that failed at least once
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._work, name="productgen-mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    @property
+    def down(self) -> bool:
+        """Whether the last request failed (the server has not answered since)."""
+        return self.down_since is not None
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
-        import mlflow
+        from mlflow.entities import Metric
 
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        ts = int(time.time() * 1000)
+        with self._cv:
+            for k, v in metrics.items():
+                self._pending.append(Metric(k, float(v), ts, int(step)))
+            while len(self._pending) > self._max:
+                self._pending.popleft()
+                self.lost += 1
+            self._cv.notify()
+
+    def _work(self) -> None:
+        with bounded_http():
+            tries = 0
+            while True:
+                with self._cv:
+                    while not self._pending and not self._closing:
+                        self._cv.wait()
+                    if not self._pending:
+                        return
+                    batch = [self._pending[i] for i in range(min(self.BATCH, len(self._pending)))]
+                    self._in_flight = len(batch)
+                try:
+                    self._client.log_batch(self.run_id, metrics=batch)
+                except Exception as err:  # noqa: BLE001 - any failure of the store: retry, then count
+                    tries += 1
+                    with self._cv:
+                        self._in_flight = 0
+                        self.failures += 1
+                        self.last_error = _first_line(err)
+                        if self.down_since is None:
+                            self.down_since = batch[0].step
+                        lo, hi = self.outage_steps or (batch[0].step, batch[-1].step)
+                        self.outage_steps = (min(lo, batch[0].step), max(hi, batch[-1].step))
+                        if tries >= self._attempts:  # bounded: give this batch up
+                            for _ in batch:
+                                if self._pending:
+                                    self._pending.popleft()
+                            self.lost += len(batch)
+                            tries = 0
+                        if self._closing:
+                            return  # the run is over and the server is down: stop at once
+                        self._cv.wait(timeout=min(self._backoff * 2 ** max(tries - 1, 0), 10.0))
+                    continue
+                tries = 0
+                with self._cv:
+                    self._in_flight = 0
+                    for _ in batch:
+                        if self._pending:
+                            self._pending.popleft()
+                    self.down_since = None
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Stop the thread after the queue drained (``timeout`` at most); returns the number of values not logged."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._thread.join(timeout=timeout)
+        with self._cv:
+            left = len(self._pending)
+            self._pending.clear()
+        self.lost += left
+        return self.lost
+
+    def report(self) -> str | None:
+        """One line about values that could not be logged (None when all were)."""
+        if not self.lost and not self.failures:
+            return None
+        steps = f" (steps {self.outage_steps[0]}-{self.outage_steps[1]})" if self.outage_steps else ""
+        state = "does not answer" if self.down else "answered again"
+        return (f"MLflow server {display_uri(self.uri)} failed {self.failures} request(s){steps} and {state}: "
+                f"{self.lost} metric value(s) not logged, all of them are in metrics.jsonl"
+                f"{f' (last error: {self.last_error})' if self.last_error else ''}")  # fmt: skip
 
 
 @contextmanager
 def run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[RunLogger]:
+    """An MLflow run for the block, with a :class:`RunLogger` for its per-step metrics.
+
+    The server is checked before anything happens (:func:`configure`); inside the block MLflow's HTTP retries
+    are bounded; the metrics thread is stopped at the end (bounded wait) and the run is ended as FINISHED, or
+    FAILED when the block raised, without letting a dead server turn the block's own error into a traceback.
+    """
     import mlflow
 
     configure(experiment)
-    with mlflow.start_run(run_name=run_name, tags=tags) as active:
-        flat = flatten(params)
-        for i in range(0, len(flat), 100):  # MLflow caps one batch at 100 params
-            mlflow.log_params(dict(list(flat.items())[i : i + 100]))
-        yield RunLogger(active.info.run_id)
+    with bounded_http():
+        try:
+            active = mlflow.start_run(run_name=run_name, tags=tags)
+            flat = flatten(params)
+            for i in range(0, len(flat), 100):  # MLflow caps one batch at 100 params
+                mlflow.log_params(dict(list(flat.items())[i : i + 100]))
+        except Exception as err:  # noqa: BLE001
+            if mlflow.active_run() is not None:
+                _end_run(mlflow, "FAILED")
+            raise TrackingUnavailable(f"MLflow tracking store {display_uri(tracking_uri())}: cannot start a run "
+                                      f"({_first_line(err)}); nothing was done (or pass --no-track)") from None  # fmt: skip
+        logger = RunLogger(active.info.run_id)
+        status = "FAILED"
+        try:
+            yield logger
+            status = "FINISHED"
+        finally:
+            logger.close(timeout=2.0 if logger.down else 10.0)
+            _end_run(mlflow, status, skip_server=logger.down)
+
+
+def _end_run(mlflow: Any, status: str, skip_server: bool = False) -> None:
+    """End the active run; a server that is down (or fails) is not allowed to raise over the caller's outcome."""
+    if skip_server:  # one more request to a dead server would only wait; leave the run as it is there
+        from mlflow.environment_variables import MLFLOW_RUN_ID
+        from mlflow.tracking import fluent
+
+        stack = fluent._active_run_stack.get()
+        if stack:
+            MLFLOW_RUN_ID.unset()
+            stack.pop()  # also keeps MLflow's atexit end_run from waiting on the dead server
+        return
+    try:
+        mlflow.end_run(status=status)
+    except Exception:  # noqa: BLE001 - the run stays RUNNING on the server; the caller reports the outage
+        pass
 
 
 def log_gan_model(model_dir: Path, registered_name: str | None = None) -> str:

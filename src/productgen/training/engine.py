@@ -2,17 +2,27 @@
 
 A task owns its networks and optimizers and implements one training step; the engine does everything else
 the same way for all of them: device and precision (bf16 autocast on CUDA, channels_last, fused Adam,
-optional ``torch.compile``), GPU-resident batches, gradient all-reduce under DDP, clipping, EMA, a progress
-bar with live losses and images/s, sample grids, complete checkpoints and exact resume.
+optional ``torch.compile``), GPU-resident batches, gradient averaging under DDP
+(``torch.nn.parallel.DistributedDataParallel``: bucketed all-reduce overlapping the backward pass), clipping, EMA,
+a progress bar with live losses and images/s, sample grids, verified checkpoints and exact resume.
 
 Exact resume: everything random is drawn from RNGs whose states are in the checkpoint, and the data order is
 a pure function of (seed, step), so on CPU a run interrupted at a checkpoint and resumed ends bit-identical
-to an uninterrupted run of the same seed.
+to an uninterrupted run of the same seed. Under DDP the wrappers are rebuilt after every checkpoint (unless
+compiled), so a resumed run reduces gradients in the same bucket layout, step for step, as an uninterrupted one.
+
+Faults (docs/reliability.md): ``--resume`` verifies checkpoints and falls back to the newest intact one; a
+non-finite loss or weight stops the run with one line naming the step, before anything of that step is saved;
+temp files of an interrupted run are removed at start; a torn last line of ``metrics.jsonl`` is dropped.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,15 +39,40 @@ from productgen.config import TrainConfig
 from productgen.errors import UserError
 from productgen.training.checkpoint import (
     checkpoint_path,
+    checkpoints,
     latest_checkpoint,
-    load_state,
+    load_latest_intact,
     prune_checkpoints,
+    remove_orphans,
     save_state,
 )
 from productgen.training.data import DeviceBatches
 from productgen.training.device import Runtime
 from productgen.training.ema import EMA
 from productgen.viz import make_grid, save_png
+
+
+class TrainingDiverged(UserError):
+    """A loss or weight became NaN/inf: the run stopped before saving anything of that step (exit status 1)."""
+
+    exit_code = 1
+
+
+def warn(line: str) -> None:
+    """One line on stderr (rank 0 calls it): a fault was met and handled."""
+    print(line, file=sys.stderr, flush=True)
+
+
+class _Method(nn.Module):
+    """Calls ``module.<method>`` as its forward, so DDP can wrap a task's training entry point that is not
+    ``forward`` (the VAE restorer's ``train_forward``)."""
+
+    def __init__(self, module: nn.Module, method: str) -> None:
+        super().__init__()
+        self.inner, self.method = module, method
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, self.method)(*args, **kwargs)
 
 
 class Task(Protocol):
@@ -75,7 +110,7 @@ class Engine:
         self.generator = torch.Generator(device=rt.device).manual_seed(cfg.seed * 7919 + rt.rank)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
         self.ema: EMA | None = None
-        self._compiled: dict[str, nn.Module] = {}
+        self._fast: dict[tuple[str, str | None], Any] = {}
 
     # ---- helpers for tasks -------------------------------------------------------------------------------
     def autocast(self) -> Any:
@@ -95,13 +130,41 @@ class Engine:
                 dist.broadcast(t.data, src=0)
         return module
 
-    def fast(self, name: str, module: nn.Module) -> nn.Module:
-        """The module to call in the hot loop: compiled when ``train.compile`` is on."""
-        if not self.cfg.compile:
-            return module
-        if name not in self._compiled:
-            self._compiled[name] = torch.compile(module)  # type: ignore[assignment]
-        return self._compiled[name]
+    def fast(self, name: str, module: nn.Module, method: str | None = None) -> Any:
+        """The module to call in the hot loop: DDP-wrapped under ``torchrun``, compiled when ``train.compile`` is on.
+
+        Under DDP every forward pass whose loss trains ``module`` must go through this wrapper (that is where
+        DDP hooks the gradient all-reduce into the backward pass); ``method`` names a training entry point other
+        than ``forward``. Forward passes under ``no_grad`` or with the module frozen (``requires_grad_(False)``)
+        may use it too: they trigger no reduction. The wrapped module keeps its own parameter names, so
+        checkpoints and exported weights are the same with and without DDP.
+        """
+        key = (name, method)
+        if key in self._fast:
+            return self._fast[key]
+        trainable = any(p.requires_grad for p in module.parameters())
+        if self.rt.distributed and trainable:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            target: nn.Module = _Method(module, method) if method else module
+            cuda = self.rt.device.type == "cuda"
+            # init_sync=False: prepare_module already gave every rank rank 0's weights (and a rewrap after a
+            # checkpoint finds them in sync). broadcast_buffers=False as before DDP: running statistics stay per
+            # rank and rank 0's are exported; the in-sync check covers the parameters.
+            wrapped: Any = DDP(target, device_ids=[self.rt.device.index] if cuda else None, broadcast_buffers=False,
+                               init_sync=False)  # fmt: skip
+            fn = torch.compile(wrapped) if self.cfg.compile else wrapped
+        else:
+            fn = torch.compile(module) if self.cfg.compile else module
+            if method:
+                fn = getattr(fn, method)
+        self._fast[key] = fn
+        return fn
+
+    def rewrap(self) -> None:
+        """Drop the DDP wrappers (rebuilt at the next call of :meth:`fast`); see the module docstring."""
+        if self.rt.distributed and not self.cfg.compile:
+            self._fast.clear()
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, C, H, W]`` -> float in [-1, 1] on the device (channels_last on CUDA)."""
@@ -111,20 +174,11 @@ class Engine:
         return x
 
     def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        """zero_grad -> backward -> DDP all-reduce -> clip -> step, with the grad scaler when fp16."""
+        """zero_grad -> backward (DDP averages the gradients across ranks as they are produced) -> clip -> step,
+        with the grad scaler when fp16."""
         params = [p for g in optimizer.param_groups for p in g["params"]]
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.rt.distributed:
-            grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                flat = torch.cat([g.reshape(-1) for g in grads])
-                dist.all_reduce(flat)
-                flat /= self.rt.world_size
-                offset = 0
-                for g in grads:
-                    g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                    offset += g.numel()
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
@@ -174,11 +228,67 @@ def _resume_config(cfg: TrainConfig, task: Task) -> dict[str, Any]:
 
 
 def _trim_log(log: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (they will be logged again)."""
+    """Drop log lines written after the checkpoint we resume from (they will be logged again), and any line
+    that is not valid JSON: a power cut during an append leaves a torn last line, which used to make every
+    later ``--resume`` die of a ``JSONDecodeError``."""
     if not log.is_file():
         return
-    lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-    atomic.write_text(log, "".join(ln + "\n" for ln in lines))
+    kept: list[str] = []
+    torn: list[int] = []
+    for i, ln in enumerate(log.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not ln.strip():
+            continue
+        try:
+            row = json.loads(ln)
+            if not isinstance(row, dict):
+                raise ValueError(ln)
+        except ValueError:
+            torn.append(i)
+            continue
+        if int(row.get("step", 0)) <= step:
+            kept.append(ln)
+    if torn:
+        which = "its last line" if len(torn) == 1 else f"{len(torn)} lines ({', '.join(map(str, torn[:5]))})"
+        warn(f"warning: {log}: dropped {which}, torn by an interrupted write (line {torn[0]})")
+    atomic.write_text(log, "".join(ln + "\n" for ln in kept))
+
+
+ORPHAN = re.compile(r"^\..+\.tmp-\d+$")
+ORPHAN_DIR = re.compile(r"^\.model\.(staging|old)-\d+$")
+
+
+def remove_temp_files(out: Path) -> list[str]:
+    """Temp files and folders left by an interrupted run (killed mid-write); only ever called with the run
+    folder's lock held, so no live writer owns them."""
+    removed = [p.relative_to(out).as_posix() for p in remove_orphans(out / "checkpoints")]
+    for folder in (out, out / "samples", out / "model"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if ORPHAN.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+            elif folder == out and ORPHAN_DIR.match(p.name) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                continue
+            removed.append(p.relative_to(out).as_posix())
+    return removed
+
+
+NEVER = 2**62  # "no non-finite step seen" in the per-step divergence tracker
+
+
+def _finite_weights(task: Task) -> bool:
+    for module in task.modules.values():
+        tensors = [t.detach() for t in module.parameters()] + [b.detach() for b in module.buffers() if b.is_floating_point()]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            return False
+    return True
+
+
+def _last_good(ckpt_dir: Path) -> str:
+    found = checkpoints(ckpt_dir)
+    return f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint had been written yet"
 
 
 def fit(
@@ -206,11 +316,17 @@ def fit(
     ckpt_dir = out / "checkpoints"
     config = _resume_config(cfg, task)
     log_path = out / "metrics.jsonl"
+    if rt.is_main:
+        removed = remove_temp_files(out) if out.is_dir() else []
+        if removed:
+            warn(f"note: removed {len(removed)} temp file(s) of an interrupted run in {out} "
+                 f"({', '.join(removed[:3])}{', ...' if len(removed) > 3 else ''})")  # fmt: skip
+    if rt.distributed:
+        dist.barrier()  # rank 0 has set damaged checkpoints aside and removed temp files
     if resume:
-        latest = latest_checkpoint(ckpt_dir)
-        if latest is None:
-            raise UserError(f"{ckpt_dir}: no checkpoint to resume from; run without --resume")
-        engine.load(task, load_state(latest), config, latest)
+        latest, state = load_latest_intact(ckpt_dir, warn=warn if rt.is_main else None, set_aside=rt.is_main)
+        engine.load(task, state, config, latest)
+        del state
         if rt.is_main:
             _trim_log(log_path, engine.step)
     elif rt.is_main and (latest_checkpoint(ckpt_dir) is not None):
@@ -227,6 +343,7 @@ def fit(
     t_last, imgs_since = time.perf_counter(), 0
     ips = 0.0
     saved: list[str] = []
+    first_bad = torch.full((), NEVER, dtype=torch.long, device=rt.device)  # first step with a non-finite loss
     steps = range(engine.step, cfg.max_steps)
     bar = progress(steps, desc=task.name, unit="step", enabled=show_progress and rt.is_main, total=len(steps))
     for step in bar:
@@ -239,13 +356,32 @@ def fit(
             t = step - cfg.ema_start
             decay = 0.0 if t < 0 else min(cfg.ema_decay, (1.0 + t) / (10.0 + t))
             engine.ema.update(task.modules[task.ema_module], decay)
+        total = torch.zeros((), device=rt.device)
         for k, v in losses.items():
             sums[k] = sums.get(k, torch.zeros((), device=rt.device)) + v.detach().float()
+            total = total + v.detach().float()
         n_sum += 1
         imgs_since += batches.global_batch
         done = step + 1
         engine.step = done
-        if done % cfg.log_every == 0 or done == cfg.max_steps:
+        # No host sync per step: the first non-finite step is kept on the device and read where the loop syncs
+        # anyway (before anything of a step is logged, drawn or saved).
+        first_bad = torch.where(torch.isfinite(total) | (first_bad != NEVER), first_bad, done)
+        logs = done % cfg.log_every == 0 or done == cfg.max_steps
+        samples = rt.is_main and (done % cfg.sample_every == 0 or done == cfg.max_steps)
+        ckpt = done % cfg.checkpoint_every == 0 or done == cfg.max_steps
+        if logs or ckpt or done % cfg.sample_every == 0:
+            bad = first_bad.clone()
+            if ckpt and not _finite_weights(task):
+                bad = torch.minimum(bad, torch.full_like(bad, done))
+            if rt.distributed:
+                dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+            if int(bad.item()) != NEVER:
+                raise TrainingDiverged(
+                    f"training diverged: a loss or weight became NaN/inf at step {int(bad.item())}; nothing of that "
+                    f"step was saved, {_last_good(ckpt_dir)} and model/ was not written (lower the learning rates, "
+                    "then --resume, or start a new --out)")  # fmt: skip
+        if logs:
             if rt.distributed:
                 for v in sums.values():
                     dist.all_reduce(v)
@@ -261,16 +397,20 @@ def fit(
                     on_log(done, {**last, "images_per_second": ips})
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix({**{k: f"{v:.3f}" for k, v in last.items()}, "img/s": f"{ips:,.0f}"})
-        if rt.is_main and (done % cfg.sample_every == 0 or done == cfg.max_steps):
+        if samples:
             grid = task.sample_grid(engine, torch.Generator(device=rt.device).manual_seed(sample_gen_seed))
             save_png(make_grid(grid, ncol=8, scale=max(1, 64 // grid.shape[-2])), out / "samples" / f"step-{done:07d}.png")
-        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+        if ckpt:
             if rt.is_main:
                 path = save_state(checkpoint_path(ckpt_dir, done), engine.state(task, config))
-                prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+                problem = prune_checkpoints(ckpt_dir, cfg.keep_checkpoints, newest=path)
+                if problem is not None:
+                    warn(f"warning: {problem}: read back wrong right after writing (disk problem?); "
+                         "kept every older checkpoint")  # fmt: skip
                 saved.append(path.name)
             if rt.distributed:
                 dist.barrier()
+                engine.rewrap()
         if on_step is not None and rt.is_main:
             on_step(done, engine, task)
     if rt.distributed:
