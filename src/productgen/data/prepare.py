@@ -159,6 +159,34 @@ def _preview(images: np.ndarray, labels: np.ndarray, classes: list[str], per_cla
     return make_grid(np.concatenate(picks), ncol=per_class, scale=scale, row_labels=classes)
 
 
+def _remove_stale_staging(out: Path) -> None:
+    """Remove staging folders of ``out`` left by processes that no longer run (killed mid-prepare)."""
+    for old in out.parent.glob(f".{out.name}.staging-*"):
+        try:
+            pid = int(old.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _check_free_space(folder: Path, pixel_bytes: int) -> None:
+    """Refuse to start when the disk cannot hold the scratch pixels plus the shards (each about
+    ``pixel_bytes``) with a margin, instead of failing hours in with a full disk."""
+    need = 2 * pixel_bytes + pixel_bytes // 10 + 16 * 1024 * 1024
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise UserError(f"{folder.parent}: {free / 2**20:,.0f} MB free, but prepare needs about "
+                        f"{need / 2**20:,.0f} MB (scratch pixels + shards); free some space or choose "
+                        "another --out on a larger disk")  # fmt: skip
+
+
 def prepare(cfg: DataConfig, show_progress: bool = True) -> PrepareResult:
     """Prepare the dataset described by ``cfg`` into ``cfg.out``; see the module docstring for the layout."""
     out = Path(cfg.out)
@@ -169,38 +197,43 @@ def prepare(cfg: DataConfig, show_progress: bool = True) -> PrepareResult:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    (staging / "shards").mkdir(parents=True)
+    _remove_stale_staging(out)
     try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        (staging / "shards").mkdir(parents=True)
         candidates = [it for it in listing.items if it.problem is None]
         rejected: list[dict[str, Any]] = [
             {"id": it.id, "source_path": it.source_path, "category": it.category, "sha256": "", "reason": it.problem}
             for it in listing.items
             if it.problem is not None
         ]
-        # Spill prepared pixels to a memory-mapped scratch file: one decode per image, bounded memory.
-        pixels = np.lib.format.open_memmap(
-            staging / "_pixels.npy", mode="w+", dtype=np.uint8, shape=(max(1, len(candidates)), res, res, channels)
-        )
+        _check_free_space(staging, len(candidates) * res * res * channels)
+        # Spill prepared pixels to a scratch file with ordinary writes (one decode per image, bounded memory), and
+        # map it read-only once complete. Never write through a memory map: on a full disk a write into a sparse
+        # map is a SIGBUS that kills the process with no message and leaves the staging folder behind; a write()
+        # is an OSError (ENOSPC) that removes the staging folder and becomes one line.
+        spill_path = staging / "_pixels.u8"
         rows: list[dict[str, Any]] = []
-        for item in progress(candidates, desc="prepare", unit="img", enabled=show_progress):
-            try:
-                arr, info = _decode_item(item, cfg, channels)
-            except Rejected as err:
-                rejected.append(
-                    {"id": item.id, "source_path": item.source_path, "category": item.category,
-                     "sha256": "", "reason": str(err)}  # fmt: skip
-                )
-                continue
-            pixels[len(rows)] = arr
-            rows.append({"id": item.id, "source_path": item.source_path, "category": item.category,
-                         "_official": item.official_split, "_row": len(rows), **info})  # fmt: skip
+        with open(spill_path, "wb") as spill:
+            for item in progress(candidates, desc="prepare", unit="img", enabled=show_progress):
+                try:
+                    arr, info = _decode_item(item, cfg, channels)
+                except Rejected as err:
+                    rejected.append(
+                        {"id": item.id, "source_path": item.source_path, "category": item.category,
+                         "sha256": "", "reason": str(err)}  # fmt: skip
+                    )
+                    continue
+                spill.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+                rows.append({"id": item.id, "source_path": item.source_path, "category": item.category,
+                             "_official": item.official_split, "_row": len(rows), **info})  # fmt: skip
         if not rows:
             raise UserError(
                 f"{cfg.input}: no usable images ({len(rejected)} rejected, {len(listing.ignored)} ignored); "
                 "see the reasons with 'productgen data validate' or check the path"
             )
+        pixels = np.memmap(spill_path, dtype=np.uint8, mode="r", shape=(len(rows), res, res, channels))
         classes = list(fashion_mnist.CLASSES) if cfg.source == "builtin" else sorted({r["category"] for r in rows})
         label_of = {c: i for i, c in enumerate(classes)}
         assign_splits(rows, cfg)
@@ -231,7 +264,7 @@ def prepare(cfg: DataConfig, show_progress: bool = True) -> PrepareResult:
         if len(preview_idx):
             save_png(_preview(pixels[preview_idx], preview_labels, classes), staging / "preview.png")
         del pixels
-        (staging / "_pixels.npy").unlink()
+        spill_path.unlink()
 
         atomic.write_csv(staging / "manifest.csv", MANIFEST_COLUMNS, manifest)
         atomic.write_csv(staging / "rejected.csv", REJECTED_COLUMNS, rejected)
