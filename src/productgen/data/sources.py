@@ -41,8 +41,25 @@ class SourceListing:
     description: str
 
 
+NAME_MAX = 255  # bytes per path component on Linux/macOS file systems
+
+
 def _check_inside(root: Path, path: Path) -> str | None:
-    """Return a reason if ``path`` is a broken link, not a file, or resolves outside ``root``."""
+    """Return a reason if ``path`` is a broken link, not a file, or resolves outside ``root``.
+
+    Any error from the file system (a 300-character name is ENAMETOOLONG) is this row's problem, never the
+    whole prepare's."""
+    long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:
+        return f"file name of {len(os.fsencode(long))} bytes is over the {NAME_MAX}-byte limit: {long[:40]}..."
+    try:
+        return _check_inside_fs(root, path)
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        return f"cannot access the file ({reason})"
+
+
+def _check_inside_fs(root: Path, path: Path) -> str | None:
     if path.is_symlink() and not path.exists():
         return "broken symlink (its target does not exist)"
     if not path.exists():

@@ -41,11 +41,21 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def load_weights(module: nn.Module, path: Path) -> nn.Module:
+    """Fill ``module`` from a safetensors file; a missing, truncated or damaged file, or one that does not fit the
+    architecture in config.json, is a one-line :class:`UserError` (never a traceback)."""
     if not path.is_file():
         raise UserError(f"{path}: weights file missing")
     try:
-        module.load_state_dict(load_file(str(path)))
-    except (RuntimeError, OSError) as err:
+        tensors = load_file(str(path))
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the weights ({err.strerror or err})") from None
+    except Exception as err:  # safetensors' SafetensorError (a truncated file, a damaged header) and friends
+        first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"{path}: not a readable safetensors file (truncated or damaged: {first}); re-export the "
+                        "model with 'productgen train' or copy the file again") from None  # fmt: skip
+    try:
+        module.load_state_dict(tensors)
+    except (RuntimeError, ValueError) as err:
         raise UserError(f"{path}: weights do not fit the model in config.json ({str(err).splitlines()[0]})") from None
     return module
 

@@ -21,6 +21,8 @@ from mlflow.pyfunc import PythonModel
 
 MAX_COUNT = 64  # images per row
 MAX_TOTAL = 256  # images (and rows) per request
+MAX_SEED = 2**63 - 1  # seeds are 0..2**63-1 (torch.Generator.manual_seed); anything else is refused, not wrapped
+MAX_MESSAGE = 300  # characters of an error message: never echo a request's megabytes back
 COLUMNS = ("category", "count", "seed")
 
 
@@ -67,6 +69,8 @@ class ProductGenerator(PythonModel):
         out, total = [], 0
         for row, (category, count, seed) in enumerate(frame[list(COLUMNS)].itertuples(index=False, name=None)):
             count, seed = _integer(count, "count", row), _integer(seed, "seed", row)
+            if not 0 <= seed <= MAX_SEED:
+                raise _invalid(f"row {row}: seed must be between 0 and 2**63-1, got {seed}")
             if not 1 <= count <= MAX_COUNT:
                 raise _invalid(f"row {row}: count must be between 1 and {MAX_COUNT} images per row, got {count}")
             if category is None or (isinstance(category, float) and math.isnan(category)):
@@ -83,14 +87,21 @@ class ProductGenerator(PythonModel):
 
 
 def _invalid(message: str) -> MlflowException:
-    return MlflowException(message, INVALID_PARAMETER_VALUE)
+    """HTTP 400 with ``message`` cut to :data:`MAX_MESSAGE` characters (a 50 MB category is not echoed back)."""
+    return MlflowException(shorten(message), INVALID_PARAMETER_VALUE)
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}... ({len(text) - limit + 40:,} more characters)"
 
 
 def _integer(value: Any, name: str, row: int) -> int:
     """``value`` as an int64, refusing bools, fractions, NaN and text. (Served, MLflow has already cast the
     column to the signature's long, so a JSON ``2.5`` arrives here as ``2``.)"""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
-        raise _invalid(f"row {row}: {name} must be an integer, got {value!r}")
+        raise _invalid(f"row {row}: {name} must be an integer, got {shorten(repr(value), 80)}")
     if isinstance(value, (float, np.floating)) and not (math.isfinite(value) and float(value).is_integer()):
         raise _invalid(f"row {row}: {name} must be an integer, got {value!r}")
     if not -(2**63) <= int(value) < 2**63:

@@ -24,6 +24,7 @@ from mlflow.pyfunc import PythonModel
 MAX_ROWS = 32
 MAX_SIDE = 1024
 MAX_BYTES = 8 * 1024 * 1024
+MAX_MESSAGE = 300  # characters of an error message: never echo a request's megabytes back
 
 
 class ImageModel(PythonModel):
@@ -97,6 +98,9 @@ class ImageModel(PythonModel):
 
 
 def _invalid(message: str) -> MlflowException:
+    """HTTP 400 with ``message`` cut to :data:`MAX_MESSAGE` characters."""
+    if len(message) > MAX_MESSAGE:
+        message = f"{message[: MAX_MESSAGE - 40]}... ({len(message) - MAX_MESSAGE + 40:,} more characters)"
     return MlflowException(message, INVALID_PARAMETER_VALUE)
 
 
