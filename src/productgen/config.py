@@ -8,6 +8,7 @@ the wrong type is a :class:`~productgen.errors.UserError` naming the file and th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -505,7 +506,29 @@ def check(params: Params, where: str = "params") -> Params:
     if not 1 <= params.views.jpeg_quality <= 95:
         raise UserError(f"{where}.views.jpeg_quality: must be between 1 and 95")
     _check_tune(params.tune, f"{where}.tune")
+    _check_optimiser_numbers(params, where)
     return params
+
+
+def _check_optimiser_numbers(params: Params, where: str) -> None:
+    """Learning rates (every ``lr*`` / ``*_lr`` field of every section) must be finite and positive (``lr_min``
+    may be 0) and Adam betas in [0, 1): otherwise the optimiser raises deep inside training, with a traceback."""
+    for section in dataclasses.fields(params):
+        cfg = getattr(params, section.name)
+        if not dataclasses.is_dataclass(cfg):
+            continue
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            name = f"{where}.{section.name}.{f.name}"
+            if f.name.startswith("lr") or f.name.endswith("_lr"):
+                floor_ok = value >= 0 if f.name == "lr_min" else value > 0
+                if not (math.isfinite(value) and floor_ok):
+                    raise UserError(f"{name}: {value!r} is not a usable learning rate; give a positive number "
+                                    f"such as 1e-4{' (or 0)' if f.name == 'lr_min' else ''}")  # fmt: skip
+            elif f.name in ("beta1", "beta2") and not (math.isfinite(value) and 0.0 <= value < 1.0):
+                raise UserError(f"{name}: {value!r} must be in [0, 1) (an Adam beta)")
 
 
 def _check_tune(t: TuneConfig, where: str) -> None:
