@@ -151,7 +151,7 @@ class Engine:
             # init_sync=False: prepare_module already gave every rank rank 0's weights (and a rewrap after a
             # checkpoint finds them in sync). broadcast_buffers=False as before DDP: running statistics stay per
             # rank and rank 0's are exported; the in-sync check covers the parameters.
-            wrapped: Any = DDP(target, device_ids=[self.rt.device.index] if cuda else None, broadcast_buffers=False,
+            wrapped: Any = DDP(target, device_ids=[self.rt.device.index] if cuda else None, forward_sync_buffers=False,
                                init_sync=False)  # fmt: skip
             fn = torch.compile(wrapped) if self.cfg.compile else wrapped
         else:
@@ -186,7 +186,31 @@ class Engine:
         self.scaler.update()
 
     # ---- state ---------------------------------------------------------------------------------------------
-    def state(self, task: Task, config: dict[str, Any]) -> dict[str, Any]:
+    def _rng(self) -> dict[str, torch.Tensor]:
+        rng = {"torch": torch.get_rng_state(), "step": self.generator.get_state()}
+        if self.rt.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
+        return rng
+
+    def gather_rng(self) -> list[dict[str, torch.Tensor]] | None:
+        """Every rank's RNG states (a collective: all ranks call it), for rank 0's checkpoint.
+
+        Each rank draws its own noise and augmentations; a checkpoint holding only rank 0's states made every
+        DDP resume inexact (the other ranks continued from rank 0's generator).
+        """
+        if not self.rt.distributed:
+            return None
+        out: list[dict[str, torch.Tensor]] = [{} for _ in range(self.rt.world_size)]
+        nccl = dist.get_backend() == "nccl"
+        for key, t in self._rng().items():
+            mine = t.to(self.rt.device) if nccl else t
+            parts = [torch.empty_like(mine) for _ in range(self.rt.world_size)]
+            dist.all_gather(parts, mine)
+            for r, part in enumerate(parts):
+                out[r][key] = part.cpu()
+        return out
+
+    def state(self, task: Task, config: dict[str, Any], rng_ranks: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
         state: dict[str, Any] = {
             "step": self.step,
             "config": json.dumps(config, sort_keys=True),
@@ -199,6 +223,8 @@ class Engine:
             state["ema"] = self.ema.shadow.state_dict()
         if self.rt.device.type == "cuda":
             state["rng"]["cuda"] = torch.cuda.get_rng_state(self.rt.device)
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
         return state
 
     def load(self, task: Task, state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
@@ -214,11 +240,18 @@ class Engine:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.shadow.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["step"])
-        if "cuda" in state["rng"] and self.rt.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.rt.device)
         self.step = int(state["step"])
+        ranks = state.get("rng_ranks")
+        rng = state["rng"]
+        if self.rt.distributed and isinstance(ranks, list) and len(ranks) == self.rt.world_size:
+            rng = ranks[self.rt.rank]  # this rank's own streams: the resume is exact
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["step"])
+        if "cuda" in rng and self.rt.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.rt.device)
+        if self.rt.distributed and rng is state["rng"] and self.rt.rank > 0:
+            # another world size than the checkpoint's: distinct streams per rank (valid, though not exact)
+            self.generator.manual_seed(self.cfg.seed * 7919 + self.rt.rank + 1_000_003 * self.step)
 
 
 def _resume_config(cfg: TrainConfig, task: Task) -> dict[str, Any]:
@@ -401,8 +434,9 @@ def fit(
             grid = task.sample_grid(engine, torch.Generator(device=rt.device).manual_seed(sample_gen_seed))
             save_png(make_grid(grid, ncol=8, scale=max(1, 64 // grid.shape[-2])), out / "samples" / f"step-{done:07d}.png")
         if ckpt:
+            rng_ranks = engine.gather_rng()
             if rt.is_main:
-                path = save_state(checkpoint_path(ckpt_dir, done), engine.state(task, config))
+                path = save_state(checkpoint_path(ckpt_dir, done), engine.state(task, config, rng_ranks))
                 problem = prune_checkpoints(ckpt_dir, cfg.keep_checkpoints, newest=path)
                 if problem is not None:
                     warn(f"warning: {problem}: read back wrong right after writing (disk problem?); "

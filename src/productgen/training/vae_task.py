@@ -100,7 +100,7 @@ class VaeRestoreTask:
         clean = random_flip(images, gen)
         x, y = engine.to_input(degrade(clean, self.cfg.view, self.views_cfg, gen)), engine.to_input(clean)
         with engine.autocast():
-            logits, mu, logvar = engine.fast("net", self.modules["net"]).train_forward(y, x, gen)
+            logits, mu, logvar = engine.fast("net", self.modules["net"], "train_forward")(y, x, gen)
         rec = recon_loss(logits, y, self.cfg.recon)
         kl = kl_normal(mu.float(), logvar.float())
         loss = rec + kl_weight(self.cfg, engine.step) * kl
