@@ -16,9 +16,10 @@ def promote_version(model_task: str, version: str | None, margin: float | None, 
     from productgen import registry
     from productgen.config import load_params
 
+    cfg = load_params("params.yaml").registry
     if margin is None:
-        margin = registry.margin_for(model_task, load_params("params.yaml").registry)
-    return registry.decision_dict(registry.promote(model_task, version, margin, force, model_name))
+        margin = registry.margin_for(model_task, cfg)
+    return registry.decision_dict(registry.promote(model_task, version, margin, force, model_name, cfg=cfg))
 
 
 @flow(name="promote", log_prints=True)

@@ -171,6 +171,44 @@ class RegistryConfig:
     fid_margin: float = 0.5  # generation / cyclegan: challenger FID must be lower by more than this
     psnr_margin: float = 0.05  # restoration / pix2pix: challenger PSNR (dB) must be higher by more than this
     style_score_margin: float = 0.0  # style transfer: challenger style score must be lower by more than this
+    # Per category: the challenger may be worse than the champion in any one category by at most this much.
+    category_fid_margin: float = 10.0
+    category_kid_margin: float = 0.01  # categories too small for a per-category FID are compared on KID
+    category_psnr_margin: float = 0.2
+    # Absolute bars (null: off), applied to every challenger and to categories new this week: a model failing
+    # them is never promoted, not even as the first champion. The task registry says which applies to a task.
+    fid_max: float | None = 300.0  # gan, vae: FID at most this
+    gain_db_min: float | None = 0.5  # restore, vae-restore, pix2pix: PSNR above the degraded input, in dB
+    fid_gain_min: float | None = 0.0  # cyclegan: FID better than not translating at all
+    style_score_max: float | None = 1.0  # style, adain: 1 means no more style than the unstylised content
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """The drift report of a retrain: this week's data against the champion's training snapshot."""
+
+    enabled: bool = True
+    max_per_category: int = 200  # images per category and side fed to the feature network (seeded subset)
+    min_fid_images: int = 50  # fewer images than this on a side: KID instead of FID for that category
+    extractor: str = "tf-inception"
+    device: str = "auto"
+    # Thresholds that stop the flow before training (null: report only, the default).
+    max_fid: float | None = None
+    max_kid: float | None = None
+    max_removed_categories: int | None = None
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """The weekly loop: data snapshots, lineage, the drift report and notifications."""
+
+    snapshot: bool = True  # version the prepared dataset with DVC (add + push) before training
+    dvc_repo: str = "."  # the DVC repository (a git checkout or not) snapshots go to: the worker's checkout
+    snapshot_dir: str = "artifacts/snapshots"  # workspace copies tracked by <dir>/<model>/data.dvc, in dvc_repo
+    remote: str | None = None  # DVC remote to push snapshots to (null: the repository's default remote)
+    git_tag: bool = True  # in a git checkout: tag productgen/<model>/v<N> with the code and the data pointer
+    notify_url: str | None = None  # webhook POSTed (JSON) on promotion and on failure; env PRODUCTGEN_NOTIFY_URL wins
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
 
 @dataclass(frozen=True)
@@ -404,6 +442,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     vae: VaeConfig = field(default_factory=VaeConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)

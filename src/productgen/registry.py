@@ -1,10 +1,11 @@
-"""The model registry: one registered model per task, aliases ``champion`` and ``challenger``, and a promotion
-gate that compares the challenger with the champion on the task's primary metric.
+"""The model registry: one registered model per task, aliases ``champion`` and ``challenger``, and promotion
+through the gate (:mod:`productgen.gate`).
 
-Why a gate: a scheduled retraining must never replace a good model with a worse one. A challenger becomes
-champion only if it beats the champion by a configured margin, on the same evaluation set (same dataset
-content hash, split, image counts and feature network); the decision and its evidence are stored as tags on
-the model version, so the registry itself is the audit trail (``productgen registry history``).
+Why the gate's evidence is stored: a scheduled retraining must never replace a good model with a worse one, and
+whoever asks later must see why a version was or was not promoted. The retrain flow scores the challenger and
+the champion on this week's evaluation set in one run and hands the verdict here; the decision, both scores, the
+set's id and the lineage of the version (data md5, code commit, params hash) are tags on the model version, so
+the registry itself is the audit trail (``productgen registry history`` / ``lineage``).
 
 Why a lock: two promotions racing (two flows finishing together) must leave exactly one champion and a
 history where each promotion names the champion it really replaced. The read-compare-write is done under an
@@ -27,23 +28,21 @@ from typing import Any
 from productgen.errors import UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-# task -> (primary metric, "lower" or "higher" is better): what the promotion gate compares.
-PRIMARY_METRIC = {
-    "gan": ("fid", "lower"),  # generation: FID against the held-out split
-    "vae": ("fid", "lower"),
-    "restore": ("psnr", "higher"),  # restoration: PSNR against the clean test images
-    "vae-restore": ("psnr", "higher"),
-    "pix2pix": ("psnr", "higher"),  # paired translation: PSNR against the paired ground truth
-    "cyclegan": ("fid", "lower"),  # unpaired translation: FID against the target domain
-    "style": ("style_score", "lower"),
-    "adain": ("style_score", "lower"),
-}
+LINEAGE_PREFIX = "lineage."
+GATE_TAG = "gate.verdict"
+
+
+def primary_metric(task: str) -> tuple[str, str]:
+    """``(metric, "lower" | "higher")``: what the gate compares for ``task`` (its task-registry entry)."""
+    from productgen.training.tasks import get
+
+    spec = get(task)
+    return spec.metric, spec.direction
 
 
 def margin_for(task: str, cfg: Any) -> float:
     """The configured margin (``registry.<metric>_margin``) a challenger must beat the champion by."""
-    model_name(task)  # a one-line error for an unknown task
-    metric, _ = PRIMARY_METRIC[task]
+    metric, _ = primary_metric(task)
     return float(getattr(cfg, f"{metric}_margin", 0.0))
 
 
@@ -60,8 +59,7 @@ class Decision:
 
 
 def model_name(task: str, prefix: str = "productgen") -> str:
-    if task not in PRIMARY_METRIC:
-        raise UserError(f"unknown task {task!r} (choose from {', '.join(PRIMARY_METRIC)})")
+    primary_metric(task)  # a one-line error for an unknown task
     return f"{prefix}-{task}"
 
 
@@ -77,11 +75,13 @@ def registered_name(task: str, name: str | None = None) -> str:
 
 
 def eval_set_id(metrics: dict[str, Any], content_hash: str, split: str) -> str:
-    """What makes two evaluations comparable: the same data, split, sizes and feature network."""
+    """What makes two evaluations comparable: the same data, split, categories, sizes and feature network."""
     ext = metrics.get("extractor", {}).get("sha", "?") if isinstance(metrics.get("extractor"), dict) else "-"
-    size = metrics.get("n_real", metrics.get("images"))
+    size = metrics.get("n_real", metrics.get("images", metrics.get("n_images")))
     other = metrics.get("n_fake", metrics.get("view", metrics.get("style", "")))
-    return f"{content_hash[:16]}:{split}:{size}:{other}:{str(ext)[:12]}"
+    cats = metrics.get("categories")
+    subset = ":" + hashlib.sha256(json.dumps(sorted(cats)).encode()).hexdigest()[:8] if cats else ""
+    return f"{content_hash[:16]}:{split}:{size}:{other}:{str(ext)[:12]}{subset}"
 
 
 def _client() -> Any:
@@ -171,70 +171,87 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
 
 
 def register_challenger(task: str, model_uri: str, metrics: dict[str, Any], content_hash: str, split: str,
-                        run_id: str | None = None, name: str | None = None) -> str:  # fmt: skip
-    """Register ``model_uri`` as a new version with its evaluation as tags, and point ``challenger`` at it."""
+                        run_id: str | None = None, name: str | None = None,
+                        lineage: dict[str, str] | None = None) -> str:  # fmt: skip
+    """Register ``model_uri`` as a new version with its evaluation and lineage as tags; point ``challenger`` at it."""
     import mlflow
 
     client = _client()
     name = registered_name(task, name)
-    metric, _ = PRIMARY_METRIC[task]
+    metric, _ = primary_metric(task)
     if metric not in metrics:
         raise UserError(f"evaluation has no {metric!r}; evaluate the model before registering it")
     mv = mlflow.register_model(model_uri, name, tags={"task": task})
     version = str(mv.version)
-    tags = {f"eval.{k}": str(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    tags = {f"eval.{k}": str(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tags |= {"eval.set": eval_set_id(metrics, content_hash, split), "eval.primary_metric": metric}
+    if metrics.get("per_category"):
+        tags["eval.per_category"] = json.dumps(metrics["per_category"])[:4900]
     if run_id:
         tags["eval.run_id"] = run_id
+    tags |= {f"{LINEAGE_PREFIX}{k}": str(v)[:4900] for k, v in (lineage or {}).items()}
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     client.set_registered_model_alias(name, CHALLENGER, version)
     return version
 
 
-def _metric(client: Any, name: str, version: str, metric: str) -> tuple[float | None, str | None]:
+def stored_scored(client: Any, name: str, version: str) -> Any:
+    """A version's stored evaluation as the gate's :class:`~productgen.gate.Scored` (history: valid evidence
+    only against another version scored on the very same set)."""
+    from productgen.gate import Scored
+
     tags = client.get_model_version(name, version).tags
-    value = tags.get(f"eval.{metric}")
-    return (float(value) if value is not None else None), tags.get("eval.set")
+    metrics: dict[str, Any] = {}
+    for k, v in tags.items():
+        if k.startswith("eval.") and k not in ("eval.set", "eval.per_category", "eval.primary_metric", "eval.run_id"):
+            with contextlib.suppress(ValueError):
+                metrics[k[len("eval.") :]] = float(v)
+    with contextlib.suppress(ValueError, TypeError):
+        metrics["per_category"] = json.loads(tags.get("eval.per_category") or "{}")
+    trained_on = None
+    with contextlib.suppress(ValueError, TypeError):
+        trained_on = json.loads(tags[f"{LINEAGE_PREFIX}categories"]) if f"{LINEAGE_PREFIX}categories" in tags else None
+    return Scored(version, metrics, tags.get("eval.set", "?"), trained_on)
 
 
-def promote(task: str, version: str | None = None, margin: float = 0.0, force: bool = False,
-            name: str | None = None) -> Decision:  # fmt: skip
-    """Make ``version`` (default: the challenger) champion if it beats the champion by ``margin``."""
+def promote(task: str, version: str | None = None, margin: float | None = None, force: bool = False,
+            name: str | None = None, verdict: Any = None, cfg: Any = None) -> Decision:  # fmt: skip
+    """Make ``version`` (default: the challenger) champion if the gate lets it through.
+
+    ``verdict``: the gate's decision from scoring the version and the champion in the same run (the retrain flow,
+    ``registry promote --rescore``); it counts only if the champion it was scored against is still champion.
+    Without one, the version's stored verdict against the current champion is used, else both versions' stored
+    evaluations when they were scored on the very same set; anything else is refused with what to run.
+    ``cfg``: the ``registry:`` settings (margins, per-category margins, absolute bars; default: built-in).
+    """
+    from productgen import gate
+    from productgen.config import RegistryConfig
+
+    cfg = cfg or RegistryConfig()
     client = _client()
     name = registered_name(task, name)
-    metric, better = PRIMARY_METRIC[task]
     with promotion_lock():
         version = version or alias_version(client, name, CHALLENGER)
         if version is None:
             raise UserError(f"{name}: no challenger to promote; register one (or pass --version)")
-        other = client.get_model_version(name, version).tags.get("task")
+        mv = _version_or_error(client, name, version)
+        other = mv.tags.get("task")
         if other not in (None, task):
             raise UserError(f"{name} v{version} is a {other} model, not {task}; name the task it was registered for")
-        value, eval_set = _metric(client, name, version, metric)
         before = alias_version(client, name, CHAMPION)
-        evidence: dict[str, Any] = {"metric": metric, "better": better, "margin": margin,
-                                    "challenger": {"version": version, metric: value, "eval_set": eval_set}}  # fmt: skip
         if before == version:
-            promoted, reason = False, f"version {version} is already champion"
+            v = gate.Verdict(False, f"version {version} is already champion", {})
         elif force:
-            promoted, reason = True, "forced by the user"
-        elif value is None:
-            promoted, reason = False, f"version {version} has no {metric} evaluation"
-        elif before is None:
-            promoted, reason = True, "no champion yet"
+            v = gate.Verdict(True, "forced by the user", {})
+        elif verdict is not None:
+            scored_against = (verdict.evidence.get("champion") or {}).get("version")
+            v = verdict if scored_against == before else gate.Verdict(
+                False, f"scored against champion {scored_against}, but the champion is now {before}; score again "
+                f"(productgen registry promote {task} --version {version} --rescore)", verdict.evidence)  # fmt: skip
         else:
-            champ_value, champ_set = _metric(client, name, before, metric)
-            evidence["champion"] = {"version": before, metric: champ_value, "eval_set": champ_set}
-            if champ_value is None or champ_set != eval_set:
-                promoted, reason = False, (f"champion {before} was evaluated on another set ({champ_set}) than "
-                                           f"{version} ({eval_set}); re-evaluate both on the same set")  # fmt: skip
-            else:
-                gain = (champ_value - value) if better == "lower" else (value - champ_value)
-                evidence["gain"] = gain
-                promoted = gain > margin
-                reason = (f"{metric} {value:.4g} vs champion {champ_value:.4g}: "
-                          f"{'better' if gain > 0 else 'not better'} by {abs(gain):.4g} (margin {margin:g})")  # fmt: skip
+            v = _stored_verdict(client, task, name, version, before, margin, cfg)
+        promoted = v.promote
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
@@ -243,12 +260,79 @@ def promote(task: str, version: str | None = None, margin: float = 0.0, force: b
         after = alias_version(client, name, CHAMPION)
         if promoted and after != version:
             raise RuntimeError(f"{name}: champion alias is {after} right after setting it to {version}")
-        record = {"time": stamp, "promoted": promoted, "reason": reason, "champion_before": before,
-                  "champion_after": after, "evidence": evidence}  # fmt: skip
+        record = {"time": stamp, "promoted": promoted, "reason": v.reason, "champion_before": before,
+                  "champion_after": after, "evidence": v.evidence}  # fmt: skip
         client.set_model_version_tag(name, version, "promotion.decision", "promoted" if promoted else "rejected")
         client.set_model_version_tag(name, version, "promotion.record", json.dumps(record)[:4900])
         _append_history(client, name, {"action": "promote", "version": version, **record})
-    return Decision(task, name, version, promoted, reason, before, after, evidence)
+    return Decision(task, name, version, promoted, v.reason, before, after, v.evidence)
+
+
+def _stored_verdict(client: Any, task: str, name: str, version: str, champion: str | None, margin: float | None,
+                    cfg: Any) -> Any:  # fmt: skip
+    """The gate on stored evidence: the verdict the retrain flow recorded against this very champion, or both
+    versions' stored evaluations when they were scored on the same set (same data, split, sizes, network)."""
+    from productgen import gate
+
+    tags = client.get_model_version(name, version).tags
+    if GATE_TAG in tags:
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            stored = json.loads(tags[GATE_TAG])
+            if (stored.get("evidence", {}).get("champion") or {}).get("version") == champion:
+                return gate.Verdict(bool(stored["promote"]), stored["reason"], stored.get("evidence", {}))
+    challenger = stored_scored(client, name, version)
+    champ = stored_scored(client, name, champion) if champion is not None else None
+    v = gate.decide(task, challenger, champ, cfg, margin)
+    if champ is not None and champ.eval_set != challenger.eval_set:
+        return gate.Verdict(False, f"{v.reason}; score both on this week's data "
+                            f"(productgen registry promote {task} --version {version} --rescore)", v.evidence)  # fmt: skip
+    return v
+
+
+def resolve_version(task: str, version: str | None = None, name: str | None = None) -> str:
+    """``version`` checked to exist, or the challenger's version."""
+    client = _client()
+    model = registered_name(task, name)
+    version = version or alias_version(client, model, CHALLENGER)
+    if version is None:
+        raise UserError(f"{model}: no challenger; pass --version")
+    _version_or_error(client, model, version)
+    return version
+
+
+def tag_version(task: str, version: str, key: str, value: str, name: str | None = None) -> None:
+    _client().set_model_version_tag(registered_name(task, name), version, key, value[:4900])
+
+
+def record_verdict(task: str, version: str, verdict: Any, name: str | None = None) -> None:
+    """Store the gate's verdict (both scores, the set, per category) on the version, for a later promote."""
+    client = _client()
+    payload = {"promote": verdict.promote, "reason": verdict.reason, "evidence": verdict.evidence}
+    client.set_model_version_tag(registered_name(task, name), version, GATE_TAG, json.dumps(payload)[:4900])
+
+
+def _version_or_error(client: Any, name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException:
+        raise UserError(f"{name}: no version {version!r}; list them with 'productgen registry history' "
+                        "or 'productgen registry lineage'") from None
+
+
+def lineage_of(task: str, version: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """The lineage tags of a version (default: the champion), without the prefix, plus version and alias info."""
+    client = _client()
+    name = registered_name(task, name)
+    if version is None:
+        version = alias_version(client, name, CHAMPION)
+        if version is None:
+            raise UserError(f"{name}: no champion yet; pass --version N (or train one with flows/retrain.py --task {task})")
+    mv = _version_or_error(client, name, version)
+    tags = mv.tags
+    out: dict[str, Any] = {k[len(LINEAGE_PREFIX) :]: v for k, v in tags.items() if k.startswith(LINEAGE_PREFIX)}
+    return {"model": name, "version": str(version), "run_id": mv.run_id, "eval_set": tags.get("eval.set"), **out}
 
 
 def rollback(task: str, to_version: str | None = None, name: str | None = None) -> Decision:
@@ -263,7 +347,7 @@ def rollback(task: str, to_version: str | None = None, name: str | None = None) 
             if not previous:
                 raise UserError(f"{name}: no earlier champion to roll back to; pass --to VERSION")
             to_version = previous[-1]
-        client.get_model_version(name, to_version)  # raises if missing
+        _version_or_error(client, name, to_version)
         client.set_registered_model_alias(name, CHAMPION, to_version)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         record = {"time": stamp, "promoted": True, "reason": "rollback", "champion_before": current,

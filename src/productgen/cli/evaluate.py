@@ -15,8 +15,8 @@ from productgen.cli.data import Params, Profile, _load
 def evaluate_cmd(
     params: Params = None,
     profile: Profile = None,
-    task: Annotated[str, typer.Option("--task", "-t", help="Model task: gan, vae, restore, vae-restore, pix2pix, "
-                                      "cyclegan, style, adain (decides the protocol).")] = "gan",
+    task: Annotated[str, typer.Option("--task", "-t", help="Model task (the task registry's): gan, vae, restore, "
+                                      "vae-restore, pix2pix, cyclegan, style, adain (decides the protocol).")] = "gan",
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model folder (default: evaluate.model).")] = None,
     prepared: Annotated[Optional[Path], typer.Option(help="Prepared dataset (default: data.out).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder (default: evaluate.out).")] = None,
@@ -52,10 +52,11 @@ def evaluate_cmd(
 
     p = for_task(p, task)
     m = evaluate_model(p, prepared, track=track, show_progress=not quiet, task=task)
-    if task not in ("gan", "vae"):
-        from productgen.registry import PRIMARY_METRIC
+    from productgen.training.tasks import get
 
-        metric, better = PRIMARY_METRIC[task]
+    spec = get(task)
+    if spec.family != "generation":
+        metric, better = spec.metric, spec.direction
         shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float))
         typer.echo(f"{metric} {m[metric]:.4g} ({better} is better); {shown}")
         typer.echo(f"report: {Path(p.evaluate.out) / 'report.md'}; metrics: {Path(p.evaluate.out) / 'metrics.json'}")

@@ -1,19 +1,23 @@
-"""``productgen registry promote|rollback|history <task>``: the champion / challenger aliases in MLflow."""
+"""``productgen registry promote|rollback|history|lineage <task>``: the champion / challenger aliases in MLflow,
+the promotion gate, and the data and code each version was made from."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from productgen.cli.common import user_errors
+from productgen.errors import UserError
 from productgen.cli.data import Params, _load
 
 registry_app = typer.Typer(help="Promote, roll back and inspect registered models (aliases champion/challenger).",
                            no_args_is_help=True)  # fmt: skip
 
-Task = Annotated[str, typer.Argument(help="Model task: gan, vae, restore, vae-restore, pix2pix, cyclegan, style, adain.")]
+Task = Annotated[str, typer.Argument(help="Model task (the task registry's): gan, vae, restore, vae-restore, "
+                                     "pix2pix, cyclegan, style, adain.")]
 Name = Annotated[Optional[str], typer.Option(
     "--name", help="Registered model (default productgen-TASK), e.g. productgen-restore-sr2 for a second restorer.")]
 
@@ -26,19 +30,83 @@ def promote(
     version: Annotated[Optional[str], typer.Option(help="Version to promote (default: the challenger).")] = None,
     margin: Annotated[Optional[float], typer.Option(help="Required gain on the primary metric.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Promote without comparing (recorded as forced).")] = False,
+    rescore: Annotated[bool, typer.Option("--rescore", help="Score the version and the champion again on the "
+                                          "current data (data.out) before deciding.")] = False,
     name: Name = None,
 ) -> None:
-    """Make the challenger champion if it beats the champion on the same evaluation set.
+    """Make the challenger champion if the gate lets it through: better than the champion on the same evaluation
+    set by the margin, no category worse by more than its margin, the task's absolute bar cleared.
 
-    Example: productgen registry promote gan
+    Without --rescore the gate uses the verdict the retrain flow recorded against the current champion (or both
+    versions' evaluations on the very same set); with it, both are scored now on data.out's evaluate.split.
+
+    Examples: productgen registry promote gan ; productgen registry promote restore --version 3 --rescore
     """
-    from productgen.registry import margin_for
-    from productgen.registry import promote as do_promote
+    from productgen import registry
 
     p = _load(params, {})
-    d = do_promote(task, version, margin_for(task, p.registry) if margin is None else margin, force, name)
-    verdict = "PROMOTED" if d.promoted else "kept champion"
-    typer.echo(f"{d.model} v{d.version}: {verdict} ({d.reason}); champion is now v{d.champion_after}")
+    m = registry.margin_for(task, p.registry) if margin is None else margin
+    verdict = None
+    if rescore and not force:
+        from productgen import gate
+        from productgen.rescore import score_pair
+        from productgen.tracking import model_dir_from_uri
+
+        model = registry.registered_name(task, name)
+        version = registry.resolve_version(task, version, name)
+        out = Path(p.evaluate.out.replace("{task}", task)) / f"rescore-v{version}"
+        challenger, champion = score_pair(p, task, model_dir_from_uri(f"models:/{model}/{version}"), None, version,
+                                          Path(p.data.out), out, name)  # fmt: skip
+        verdict = gate.decide(task, challenger, champion, p.registry, m)
+        registry.record_verdict(task, version, verdict, name)
+    d = registry.promote(task, version, m, force, name, verdict=verdict, cfg=p.registry)
+    verdict_text = "PROMOTED" if d.promoted else "kept champion"
+    typer.echo(f"{d.model} v{d.version}: {verdict_text} ({d.reason}); champion is now v{d.champion_after}")
+
+
+@registry_app.command("lineage")
+@user_errors
+def lineage(
+    task: Task,
+    version: Annotated[Optional[str], typer.Option(help="Version (default: the champion).")] = None,
+    restore: Annotated[Optional[Path], typer.Option("--restore", help="Bring that version's training data back "
+                                                    "into this new folder (inside the DVC repository).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the lineage as JSON.")] = False,
+    name: Name = None,
+) -> None:
+    """What a version was trained on and with: the DVC md5 of its data, the code's commit, the params hash, the
+    manifest hash; and the commands that restore that data (from the DVC cache or remote).
+
+    Examples: productgen registry lineage restore ; productgen registry lineage restore --version 1 --restore week1
+    """
+    from productgen import lineage as lin
+    from productgen import registry
+
+    info = registry.lineage_of(task, version, name)
+    md5 = str(info.get("data_md5", ""))
+    if restore is not None:
+        if not md5.endswith(".dir"):
+            raise UserError(f"{info['model']} v{info['version']}: no DVC snapshot recorded (data_md5 {md5 or '-'}); "
+                            "only versions trained by the retrain flow with retrain.snapshot: true can be restored")
+        remote = info.get("dvc_remote")
+        out = lin.restore_snapshot(md5, restore, None if remote in (None, "(default)") else remote,
+                                   Path(info["dvc_repo"]) if info.get("dvc_repo") and Path(info["dvc_repo"]).is_dir() else None)  # fmt: skip
+        typer.echo(f"restored the training data of {info['model']} v{info['version']} ({md5}) into {out}")
+        return
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"{info['model']} v{info['version']}")
+    for key in ("data_md5", "content_hash", "manifest_sha256", "categories", "git_commit", "git_dirty", "params_hash",
+                "key", "dvc_repo", "dvc_pointer", "dvc_remote", "git_tag", "eval_set", "run_id"):
+        if info.get(key) not in (None, ""):
+            typer.echo(f"  {key:<16} {info[key]}")
+    if md5.endswith(".dir"):
+        remote = info.get("dvc_remote")
+        typer.echo("restore that data (in the DVC repository):")
+        for cmd in lin.restore_commands(md5, f"restored-v{info['version']}", None if remote in (None, "(default)") else remote,
+                                        info.get("git_tag"), info.get("dvc_pointer")):  # fmt: skip
+            typer.echo(f"  {cmd.replace('TASK', task).replace('--version N', '--version ' + info['version'])}")
 
 
 @registry_app.command("rollback")

@@ -1,0 +1,162 @@
+"""The promotion gate: a decision on a challenger and the champion scored on the same set, in the same run.
+
+Why a pure function over two fresh evaluations: a weekly retrain on a catalog that changes can only be judged
+fairly by scoring the production model again on this week's evaluation set, with this week's code (TFX's
+Evaluator with a baseline model; MLflow's ``validate_evaluation_results``). Metrics stored by earlier weeks are
+history, not evidence. The rules, in order:
+
+1. The challenger must clear its task's absolute bar (``registry.<key>_<min|max>``: a restorer must beat the
+   degraded input by ``gain_db_min`` dB, a generator's FID must stay under ``fid_max``, ...), even when there is
+   no champion yet.
+2. It must beat the champion on the task's primary metric by more than the margin (``registry.<metric>_margin``).
+3. No category may get worse than the champion's by more than ``registry.category_<metric>_margin`` (fairness
+   across product categories): the decision names the categories that did. Categories new this week (absent from
+   the champion's training data) are judged by the absolute bar alone; categories that disappeared are named.
+
+:func:`decide` takes plain metrics dicts (what the task's evaluator returns), so the retrain flow, ``productgen
+registry promote`` and the web page's promote button all decide the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from productgen.config import RegistryConfig
+from productgen.training.tasks import TaskSpec, get
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model's evaluation for the gate: its metrics on ``eval_set``, and the categories it was trained on."""
+
+    version: str | None
+    metrics: dict[str, Any]
+    eval_set: str
+    trained_on: list[str] | None = None  # None: unknown (then every category counts as known)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def margin_for(spec: TaskSpec, cfg: RegistryConfig) -> float:
+    return float(getattr(cfg, f"{spec.metric}_margin", 0.0))
+
+
+def category_margin(key: str, cfg: RegistryConfig) -> float:
+    return float(getattr(cfg, f"category_{key}_margin", 0.0))
+
+
+def absolute_bar(spec: TaskSpec, cfg: RegistryConfig) -> tuple[str, str, float] | None:
+    """``(metrics key, "min" | "max", value)`` of the task's absolute bar, or None when it is switched off."""
+    key, bound = spec.absolute
+    value = getattr(cfg, f"{key}_{bound}", None)
+    return None if value is None else (key, bound, float(value))
+
+
+def _passes(value: float | None, bound: str, limit: float) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    return value >= limit if bound == "min" else value <= limit
+
+
+def _category_key(spec: TaskSpec, a: dict[str, Any], b: dict[str, Any] | None = None) -> str | None:
+    """The per-category figure compared: the primary metric, or KID for categories too small for FID."""
+    for key in (spec.metric, "kid"):
+        if key in a and (b is None or key in b):
+            return key
+    return None
+
+
+def decide(task: str, challenger: Scored, champion: Scored | None, cfg: RegistryConfig,
+           margin: float | None = None) -> Verdict:  # fmt: skip
+    """Promote ``challenger`` over ``champion`` (None: there is none yet)? See the module docstring."""
+    spec = get(task)
+    metric = spec.metric
+    margin = margin_for(spec, cfg) if margin is None else margin
+    value = challenger.metrics.get(metric)
+    per_cat: dict[str, dict[str, Any]] = challenger.metrics.get("per_category") or {}
+    evidence: dict[str, Any] = {
+        "metric": metric, "better": spec.direction, "margin": margin, "eval_set": challenger.eval_set,
+        "challenger": {"version": challenger.version, metric: value, "per_category": _primary(spec, per_cat)},
+    }  # fmt: skip
+    if value is None or not math.isfinite(float(value)):
+        return Verdict(False, f"challenger has no finite {metric} evaluation", evidence)
+    bar = absolute_bar(spec, cfg)
+    if bar is not None:
+        key, bound, limit = bar
+        got = challenger.metrics.get(key)
+        evidence["absolute"] = {"key": key, "bound": bound, "limit": limit, "value": got}
+        if not _passes(got, bound, limit):
+            return Verdict(False, f"{key} {_fmt(got)} fails the absolute bar ({bound} {limit:g}; registry.{key}_{bound})",
+                           evidence)  # fmt: skip
+    if champion is None:
+        new = sorted(per_cat)
+        failing = _failing_new(spec, cfg, per_cat, new)
+        evidence["categories"] = {"new": new, "new_failing": failing, "worse": [], "removed": []}
+        if failing:
+            return Verdict(False, f"no champion yet, but categories fail the absolute bar: {', '.join(failing)}", evidence)
+        passed = f", {bar[0]} {_fmt(challenger.metrics.get(bar[0]))} clears {bar[1]} {bar[2]:g}" if bar else ""
+        return Verdict(True, f"no champion yet{passed}", evidence)
+
+    champ_value = champion.metrics.get(metric)
+    champ_cat: dict[str, dict[str, Any]] = champion.metrics.get("per_category") or {}
+    evidence["champion"] = {"version": champion.version, metric: champ_value, "eval_set": champion.eval_set,
+                            "per_category": _primary(spec, champ_cat)}  # fmt: skip
+    if champion.eval_set != challenger.eval_set or champ_value is None:
+        return Verdict(False, f"champion {champion.version} was scored on another set ({champion.eval_set}) than the "
+                       f"challenger ({challenger.eval_set}); score both in the same run", evidence)  # fmt: skip
+    gain = spec.better(float(value), float(champ_value))
+    evidence["gain"] = gain
+    known = set(champion.trained_on) if champion.trained_on is not None else set(per_cat) | set(champ_cat)
+    new = sorted(set(per_cat) - known)
+    removed = sorted(known - set(per_cat)) if champion.trained_on is not None else []
+    worse: list[str] = []
+    for cat in sorted(set(per_cat) & set(champ_cat) - set(new)):
+        key = _category_key(spec, per_cat[cat], champ_cat[cat])
+        if key is None:
+            continue
+        delta = spec.better(float(per_cat[cat][key]), float(champ_cat[cat][key])) if key == metric else (
+            float(champ_cat[cat][key]) - float(per_cat[cat][key]))  # KID: lower is better  # fmt: skip
+        if delta < -category_margin(key, cfg):
+            worse.append(f"{cat} ({key} {_fmt(per_cat[cat][key])} vs {_fmt(champ_cat[cat][key])})")
+    failing = _failing_new(spec, cfg, per_cat, new)
+    evidence["categories"] = {"new": new, "new_failing": failing, "worse": worse, "removed": removed}
+    notes = "".join([f"; new categories judged by the absolute bar: {', '.join(new)}" if new else "",
+                     f"; categories no longer in the data: {', '.join(removed)}" if removed else ""])  # fmt: skip
+    head = (f"{metric} {_fmt(value)} vs champion {_fmt(champ_value)}: "
+            f"{'better' if gain > 0 else 'not better'} by {abs(gain):.4g} (margin {margin:g})")  # fmt: skip
+    if gain <= margin:
+        return Verdict(False, head + notes, evidence)
+    if worse:
+        return Verdict(False, f"{head}, but worse in {', '.join(worse)} (registry.category_*_margin){notes}", evidence)
+    if failing:
+        return Verdict(False, f"{head}, but new categories fail the absolute bar: {', '.join(failing)}{notes}", evidence)
+    return Verdict(True, head + notes, evidence)
+
+
+def _failing_new(spec: TaskSpec, cfg: RegistryConfig, per_cat: dict[str, dict[str, Any]], new: list[str]) -> list[str]:
+    """New categories whose own figure fails the task's absolute bar (where the breakdown has that figure)."""
+    bar = absolute_bar(spec, cfg)
+    if bar is None:
+        return []
+    key, bound, limit = bar
+    return [c for c in new if key in per_cat.get(c, {}) and not _passes(per_cat[c][key], bound, limit)]
+
+
+def _primary(spec: TaskSpec, per_cat: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for cat, vals in per_cat.items():
+        key = _category_key(spec, vals)
+        if key is not None:
+            out[cat] = {key: vals[key], "n": vals.get("n")}
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
