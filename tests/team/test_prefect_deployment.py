@@ -37,6 +37,8 @@ train: {{out: {root}/train, batch_size: 8, max_steps: 2, log_every: 1, sample_ev
          device: cpu}}
 gan: {{z_dim: 16, g_channels: 16, d_channels: 16, max_channels: 32, embed_dim: 16}}
 evaluate: {{out: {root}/eval, split: train, max_real: 12, num_fake: 12, device: cpu}}
+registry: {{fid_max: null}}
+retrain: {{dvc_repo: {root}/repo, drift: {{enabled: false}}}}
 """
 
 
@@ -60,6 +62,14 @@ def scheduled_run(stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp("retrain")
     write_good_folder(root / "shop", {"bags": 12, "shoes": 12, "shirts": 12}, size=(28, 28))
     (root / "params.yaml").write_text(PARAMS.format(root=root))
+    # The data snapshots go to a DVC repository (not a git checkout: md5 only) whose default remote is the S3 bucket.
+    dvc = str(BIN / "dvc")
+    (root / "repo").mkdir()
+    for args in (("init", "-q", "--no-scm"), ("remote", "add", "-d", "team", "s3://dvc/retrain"),
+                 ("remote", "modify", "team", "endpointurl", stack.s3.endpoint),
+                 ("remote", "modify", "--local", "team", "access_key_id", stack.s3.access_key),
+                 ("remote", "modify", "--local", "team", "secret_access_key", stack.s3.secret_key)):  # fmt: skip
+        subprocess.run([dvc, *args], cwd=root / "repo", check=True, capture_output=True)
     env = stack.client_env(PRODUCTGEN_DIR=str(ROOT), PREFECT_WORKER_QUERY_SECONDS="2",
                            PREFECT_WORKER_PREFETCH_SECONDS="60",
                            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")  # fmt: skip
@@ -128,6 +138,11 @@ def test_champion_is_in_the_mlflow_server_with_its_artifacts_in_s3(
     client = MlflowClient(tracking_uri=on_team_servers.mlflow.url)
     champion = client.get_model_version_by_alias("productgen-gan", "champion")
     assert float(champion.tags["eval.fid"]) > 0 and champion.tags["promotion.decision"] == "promoted"
+    # the data it trained on is a DVC snapshot in the S3 remote, identified by its md5 (no git checkout: no tag)
+    md5 = champion.tags["lineage.data_md5"]
+    assert md5.endswith(".dir") and "lineage.git_tag" not in champion.tags
+    dvc_keys = on_team_servers.s3.keys("dvc", "retrain/")
+    assert any(k.endswith(md5.removesuffix(".dir")[2:] + ".dir") for k in dvc_keys), dvc_keys[:20]
     model = client.get_logged_model(champion.source.split("/")[-1]) if champion.source.startswith("models:/m-") else None
     location = model.artifact_location if model else champion.source
     assert location.startswith("mlflow-artifacts:/"), location  # proxied by the server, stored in S3
@@ -143,9 +158,10 @@ def test_champion_is_in_the_mlflow_server_with_its_artifacts_in_s3(
 
 
 RACE = """
-import sys
+import dataclasses, sys
 from productgen import registry
-registry.PRIMARY_METRIC["teamrace"] = ("fid", "lower")
+from productgen.training import tasks
+tasks.register(dataclasses.replace(tasks.get("gan"), name="teamrace"))
 d = registry.promote("teamrace", version=sys.argv[1], margin=0.5)
 print(d.promoted, d.champion_before, d.champion_after)
 """
@@ -159,7 +175,11 @@ def test_two_racing_promotions_against_the_server_leave_one_champion(
 
     from productgen import registry
 
-    monkeypatch.setitem(registry.PRIMARY_METRIC, "teamrace", ("fid", "lower"))
+    import dataclasses
+
+    from productgen.training import tasks
+
+    monkeypatch.setitem(tasks.TASKS, "teamrace", dataclasses.replace(tasks.get("gan"), name="teamrace"))
     uri = MlflowClient(tracking_uri=on_team_servers.mlflow.url).get_model_version_by_alias("productgen-gan",
                                                                                           "champion").source  # fmt: skip
     ev = {"n_real": 100, "n_fake": 100, "extractor": {"sha": "a16e4d89c0ec"}}
