@@ -17,6 +17,7 @@ from productgen.cli.stylize import stylize_cmd
 from productgen.cli.train import generate_cmd, train_app
 from productgen.cli.translate import translate_cmd
 from productgen.cli.tune import tune_app
+from productgen.cli.web import web_app
 
 app = typer.Typer(
     name="productgen",
@@ -30,6 +31,7 @@ app.add_typer(metrics_app, name="metrics")
 app.add_typer(train_app, name="train")
 app.add_typer(tune_app, name="tune")
 app.add_typer(registry_app, name="registry")
+app.add_typer(web_app, name="web")
 app.command("generate")(generate_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("enhance")(enhance_command)
