@@ -34,6 +34,7 @@ from productgen.data.decode import Rejected, decode, normalise_mode, resize_pad
 from productgen.data.shards import write_shard
 from productgen.data.sources import SourceItem, SourceListing, list_source
 from productgen.errors import UserError
+from productgen.locks import locks_folder
 from productgen.progress import progress
 from productgen.viz import make_grid, save_png
 
@@ -187,6 +188,7 @@ def _check_free_space(folder: Path, pixel_bytes: int) -> None:
                         "another --out on a larger disk")  # fmt: skip
 
 
+@locks_folder(lambda cfg, *_, **__: cfg.out, "the prepared dataset")  # one writer per output folder
 def prepare(cfg: DataConfig, show_progress: bool = True) -> PrepareResult:
     """Prepare the dataset described by ``cfg`` into ``cfg.out``; see the module docstring for the layout."""
     out = Path(cfg.out)
