@@ -17,7 +17,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test setup data lint clean-artifacts help
+.PHONY: run test setup data browser lint clean-artifacts help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -57,10 +57,21 @@ run: data  ## Data stages (dvc repro validate + push), then the retrain flow: va
 	@echo "MLflow UI:          $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)"
 	@echo "Prefect UI:         $(BIN)/prefect server start   (then http://127.0.0.1:4200)"
 	@echo "Registry:           $(BIN)/productgen registry history gan"
+	@echo "Web page:           $(BIN)/productgen web   (then http://127.0.0.1:8000; sign-in for promote/rollback: $(BIN)/productgen web add-user NAME)"
 
-test: setup  ## Run the test suite (offline, CPU); installs the built-in dataset where it can
+test: setup  ## Run the test suite (offline, CPU); installs the built-in dataset and chromium where it can
 	@$(MAKE) --no-print-directory data || echo "note: built-in dataset unavailable; tests that need it will be skipped"
+	@$(MAKE) --no-print-directory browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+browser:  ## Debian's chromium for the web page's browser tests (apt-get when root; never `playwright install`)
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium for the browser tests (Debian package, about 440 MB)"; \
+	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1) || \
+	    echo "note: chromium could not be installed; the browser tests (tests/web) will be skipped"; \
+	else echo "note: chromium not installed (apt-get install chromium as root); the browser tests (tests/web) will be skipped"; fi
 
 clean-artifacts:  ## Remove pipeline outputs (artifacts/); never touches data/ or the DVC cache
 	rm -rf artifacts/prepared artifacts/validation

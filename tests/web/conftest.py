@@ -158,7 +158,9 @@ def _train_and_register(store: Store, task: str, metrics: dict[str, Any]) -> tup
                                    "train.checkpoint_every": 1000, "train.sample_every": 2})  # fmt: skip
     result = train(p, task, show_progress=False, track=True)
     version = registry.register_challenger(task, result.model_uri, {**EVAL, **metrics}, CONTENT_HASH, "test")
-    decision = registry.promote(task, version, 0.0, cfg=p.registry)
+    from productgen.web.app import _gate_settings
+
+    decision = registry.promote(task, version, 0.0, **_gate_settings(registry.promote, p))
     assert decision.promoted, decision.reason
     return version, str(result.model_uri)
 

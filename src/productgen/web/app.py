@@ -299,8 +299,8 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
             uploads, bad = uploads_of(form, "photos", "photos")
             decoded, bad2 = await state.gate.run(work.decode_uploads, uploads, int(champ.model.channels),
                                                  state.params.data.max_pixels, None, web.max_side)  # fmt: skip
-            items = await state.gate.run(work.image_items, champ.model, decoded) if decoded else []
-            result = state.results.add(s.sid, "enhance", label, items, bad + bad2)
+            items, bad3 = await state.gate.run(work.image_items, champ.model, decoded) if decoded else ([], [])
+            result = state.results.add(s.sid, "enhance", label, items, bad + bad2 + bad3)
             return await run_in_threadpool(lambda: enhance_page(
                 request, 200 if items else 400, result=result, chosen=wanted))  # fmt: skip
 
@@ -350,10 +350,10 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
                 label += f", style {style_up.name if style_up else style}, alpha {alpha:g}"
             decoded, bad2 = await state.gate.run(work.decode_uploads, uploads, int(champ.model.channels),
                                                  state.params.data.max_pixels, web.restyle_size)  # fmt: skip
-            items = await state.gate.run(work.image_items, champ.model, decoded, **options) if decoded else []
+            items, bad3 = await state.gate.run(work.image_items, champ.model, decoded, **options) if decoded else ([], [])
             if options["preserve_product"]:
                 label += ", product preserved"
-            result = state.results.add(s.sid, "restyle", label, items, bad + bad2)
+            result = state.results.add(s.sid, "restyle", label, items, bad + bad2 + bad3)
             return await run_in_threadpool(lambda: restyle_page(
                 request, 200 if items else 400, result=result, chosen={"model": champ.name, "style": form.get("style"),
                 "preserve_product": options["preserve_product"], "alpha": options.get("alpha", 1.0)}))  # fmt: skip
@@ -382,9 +382,10 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
                 edged = await state.gate.run(work.edges_of, [d.array for d in decoded],
                                              state.params.views.edge_threshold)  # fmt: skip
                 decoded = [work.Decoded(d.name, e) for d, e in zip(decoded, edged, strict=True)]
-            items = await state.gate.run(work.image_items, champ.model, decoded, direction="ab") if decoded else []
+            items, bad3 = (await state.gate.run(work.image_items, champ.model, decoded, direction="ab") if decoded
+                           else ([], []))  # fmt: skip
             label = champ.label + (" (edges drawn from the photo first)" if from_photo else "")
-            result = state.results.add(s.sid, "sketch", label, items, bad + bad2)
+            result = state.results.add(s.sid, "sketch", label, items, bad + bad2 + bad3)
             return await run_in_threadpool(lambda: sketch_page(
                 request, 200 if items else 400, result=result, chosen={"edges": from_photo}))  # fmt: skip
 
@@ -452,8 +453,9 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         def change() -> str:
             if action == "promote":
                 version = form.get("version") or None
+                # exactly what `productgen registry promote TASK --name NAME` runs: the same margin and gate settings
                 d = registry.promote(task, version, registry.margin_for(task, state.params.registry), False,
-                                     registered)  # fmt: skip
+                                     registered, **_gate_settings(registry.promote, state.params))  # fmt: skip
                 verdict = "promoted" if d.promoted else "not promoted"
                 return f"{d.model} v{d.version}: {verdict} ({d.reason}); champion is now v{d.champion_after}"
             d = registry.rollback(task, form.get("version") or None, registered)
@@ -570,6 +572,13 @@ class CsrfFailed(Exception):
 
 # Checked against when the user does not exist, so a wrong name costs as long as a wrong password.
 _DUMMY = auth.hash_password("not-a-user-" + secrets.token_hex(8))
+
+
+def _gate_settings(promote: Callable[..., Any], params: Params) -> dict[str, Any]:
+    """The ``registry:`` settings for the gate, for a ``registry.promote`` that takes them (``cfg``)."""
+    import inspect
+
+    return {"cfg": params.registry} if "cfg" in inspect.signature(promote).parameters else {}
 
 
 def _header_safe(name: str) -> str:

@@ -104,31 +104,53 @@ def generate_items(champion: Any, category: str, count: int, seed: int) -> list[
             for i, img in enumerate(images)]  # fmt: skip
 
 
-def apply_model(predictor: Any, arrays: list[np.ndarray], batch_size: int = 8, **options: Any) -> list[np.ndarray]:
-    """Run an image -> image predictor over arrays of any sizes (equal sizes batched together), in input order."""
+def apply_model(predictor: Any, arrays: list[np.ndarray], batch_size: int = 8,
+                **options: Any) -> list[np.ndarray | str]:  # fmt: skip
+    """Run an image -> image predictor over arrays of any sizes, in input order, the way ``apply_to_folder``
+    does: equal sizes batched as far as the memory budget allows, an image too large for one pass in tiles
+    (:func:`productgen.apply.predict_image`); an image that cannot be processed becomes its one-line reason."""
     import torch
 
     from productgen import apply
 
-    out: list[np.ndarray | None] = [None] * len(arrays)
+    budget = apply.DEFAULT_MEMORY_MB * 1024 * 1024
+    out: list[np.ndarray | str | None] = [None] * len(arrays)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, a in enumerate(arrays):
         groups.setdefault(a.shape, []).append(i)
     with torch.inference_mode():
-        for indices in groups.values():
-            for k in range(0, len(indices), batch_size):
-                chunk = indices[k : k + batch_size]
-                results = apply.run_batch(predictor, [arrays[i] for i in chunk], "cpu", **options)
+        for shape, indices in groups.items():
+            per_image = shape[0] * shape[1] * apply.bytes_per_pixel(predictor, **options)
+            fit = max(1, min(batch_size, int(budget // per_image)))
+            for k in range(0, len(indices), fit):
+                chunk = indices[k : k + fit]
+                try:
+                    if per_image <= budget:
+                        results = apply.run_batch(predictor, [arrays[i] for i in chunk], "cpu", **options)
+                    else:
+                        results = [apply.predict_image(predictor, arrays[chunk[0]], "cpu", **options)]
+                except apply.TileError as err:
+                    results = [str(err)] * len(chunk)
+                except (MemoryError, RuntimeError) as err:
+                    if not apply._is_out_of_memory(err):
+                        raise
+                    results = [f"out of memory at {shape[1]}x{shape[0]} px; send a smaller image"] * len(chunk)
                 for i, r in zip(chunk, results, strict=True):
                     out[i] = r
-    return [o for o in out if o is not None]
+    return [o if o is not None else "not processed" for o in out]
 
 
-def image_items(predictor: Any, decoded: list[Decoded], **options: Any) -> list[Item]:
-    """Apply ``predictor`` and pair every output with its (decoded) input for the before/after view."""
+def image_items(predictor: Any, decoded: list[Decoded], **options: Any) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Apply ``predictor``; every output paired with its (decoded) input for the before/after view, and the
+    images that could not be processed with their reasons."""
     outputs = apply_model(predictor, [d.array for d in decoded], **options)
-    return [Item(output_name(d.name), png_bytes(o), png_bytes(d.array), o.shape[1], o.shape[0])
-            for d, o in zip(decoded, outputs, strict=True)]  # fmt: skip
+    items, failed = [], []
+    for d, o in zip(decoded, outputs, strict=True):
+        if isinstance(o, str):
+            failed.append((d.name, o))
+        else:
+            items.append(Item(output_name(d.name), png_bytes(o), png_bytes(d.array), o.shape[1], o.shape[0]))
+    return items, failed
 
 
 def edges_of(arrays: list[np.ndarray], threshold: float) -> list[np.ndarray]:
