@@ -331,6 +331,7 @@ def start_mlflow(root: Path, pg: Postgres, s3: S3, bucket: str) -> Server:
     env = base_env(**s3.env(), MLFLOW_BACKEND_STORE_URI=pg.url("mlflow"), MLFLOW_AUTH_DATABASE_URI=pg.url("mlflow_auth"),
                    MLFLOW_ARTIFACTS_DESTINATION=f"s3://{bucket}/artifacts", MLFLOW_AUTH_ADMIN_USERNAME="admin",
                    MLFLOW_AUTH_ADMIN_PASSWORD=secrets.token_hex(12), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+                   MLFLOW_WORKER_USERNAME="productgen-worker", MLFLOW_WORKER_PASSWORD=secrets.token_hex(12),
                    MLFLOW_AUTH_CONFIG_PATH=str(root / "mlflow-basic-auth.ini"), MLFLOW_HOST="127.0.0.1",
                    MLFLOW_PORT=str(port), MLFLOW_WORKERS="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # fmt: skip
     server = start("mlflow", ["sh", str(ROOT / "infra" / "mlflow" / "start.sh")], env, root / "logs" / "mlflow.log")

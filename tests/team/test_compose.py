@@ -111,7 +111,8 @@ def test_every_service_has_image_ports_environment_volumes_and_health_check(comp
 def test_servers_are_wired_to_postgres_s3_and_auth(compose: dict[str, Any]) -> None:
     s = compose["services"]
     ml = _env(s["mlflow"])
-    assert ml["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg://productgen:change-me-postgres@postgres:5432/mlflow"
+    # each service its own PostgreSQL role, scoped to its databases (never the superuser POSTGRES_USER)
+    assert ml["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg://mlflow:change-me-mlflow-db@postgres:5432/mlflow"
     assert ml["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
     assert ml["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://mlflow/artifacts"
     assert ml["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000" and ml["AWS_ACCESS_KEY_ID"] == "productgen"
@@ -119,15 +120,18 @@ def test_servers_are_wired_to_postgres_s3_and_auth(compose: dict[str, Any]) -> N
     assert "mlflow:5000" in ml["MLFLOW_ALLOWED_HOSTS"]  # other containers call it by its service name
     assert s["mlflow"]["command"] == ["sh", "/app/infra/mlflow/start.sh"]  # the script tests/team runs
     pf = _env(s["prefect-server"])
-    assert pf["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://productgen:")
+    assert pf["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://prefect:")
     assert pf["PREFECT_API_DATABASE_CONNECTION_URL"].endswith("@postgres:5432/prefect")
     assert pf["PREFECT_SERVER_API_AUTH_STRING"] == "admin:change-me-prefect"
-    assert s["prefect-server"]["command"][:3] == ["prefect", "server", "start"]
+    assert s["prefect-server"]["command"] == ["sh", "/app/infra/prefect/start.sh"]  # refuses placeholders
     for worker, pool in (("prefect-worker", "productgen"), ("gpu-worker", "productgen-gpu")):
         w = _env(s[worker])
         assert s[worker]["command"] == ["sh", "/app/infra/worker.sh", pool]
         assert w["PREFECT_API_URL"] == "http://prefect-server:4200/api" and w["PREFECT_API_AUTH_STRING"]
         assert w["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and w["MLFLOW_TRACKING_PASSWORD"]
+        assert w["MLFLOW_TRACKING_USERNAME"] == ml["MLFLOW_WORKER_USERNAME"] != ml["MLFLOW_AUTH_ADMIN_USERNAME"]
+        assert w["MLFLOW_TRACKING_PASSWORD"] != ml["MLFLOW_AUTH_ADMIN_PASSWORD"]  # workers are not the admin
+        assert w["PRODUCTGEN_PROMOTION_LOCK_URL"].startswith("postgresql+psycopg://optuna:")
         assert w["AWS_ENDPOINT_URL_S3"] == "http://minio:9000" and w["PRODUCTGEN_DIR"] == "/app"
         assert w["DO_NOT_TRACK"] == "true"
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
@@ -185,7 +189,7 @@ def test_env_file_documents_every_variable_and_no_secret_is_committed(compose: d
 
 
 def test_scripts_the_services_run_exist_and_are_posix_shell() -> None:
-    for script in ("mlflow/start.sh", "worker.sh", "minio/init.sh", "postgres/init-databases.sh"):
+    for script in ("mlflow/start.sh", "prefect/start.sh", "worker.sh", "minio/init.sh", "postgres/init-databases.sh"):
         path = INFRA / script
         assert path.read_text().startswith("#!/bin/sh"), script
         check = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
