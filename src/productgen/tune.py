@@ -323,6 +323,7 @@ def tune(
 
     from productgen.data.dataset import PreparedDataset
     from productgen.train import train
+    from productgen.training.engine import TrainingDiverged
 
     if task not in TASKS:
         raise UserError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
@@ -403,6 +404,8 @@ def tune(
                 state = "complete"
             except optuna.TrialPruned as err:
                 state, pruned = "pruned", err
+            except TrainingDiverged as err:  # a diverging trial (NaN loss) ends alone, as pruned; the study goes on
+                state, pruned = "diverged", optuna.TrialPruned(str(err))
             finally:
                 shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # a trial is never resumed
                 if track:
