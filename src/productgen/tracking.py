@@ -137,7 +137,15 @@ def bounded_http() -> Iterator[None]:
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    """A short reason: MLflow's connection errors are a few hundred characters of urllib3 repr."""
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    for needle, short in (("Connection refused", "connection refused"), ("NewConnectionError", "connection refused"),
+                          ("Read timed out", "timed out"), ("ConnectTimeout", "timed out"),
+                          ("Name or service not known", "unknown host"), ("RemoteDisconnected", "connection dropped"),
+                          ("Connection aborted", "connection dropped"), ("Connection reset", "connection dropped")):  # fmt: skip
+        if needle in text:
+            return short
+    return text[:200]
 
 
 def configure(experiment: str) -> str:
@@ -239,6 +247,7 @@ class RunLogger:
         self._max, self._attempts, self._backoff = max_pending, attempts, backoff_s
         self._cv = threading.Condition()
         self._closing = False
+        self._closed = threading.Event()  # backoff sleeps end early only when the run closes
         self._in_flight = 0
         self.lost = 0  # values dropped (queue full or retries exhausted)
         self.failures = 0  # failed requests
@@ -296,7 +305,7 @@ class RunLogger:
                             tries = 0
                         if self._closing:
                             return  # the run is over and the server is down: stop at once
-                        self._cv.wait(timeout=min(self._backoff * 2 ** max(tries - 1, 0), 10.0))
+                    self._closed.wait(timeout=min(self._backoff * 2 ** max(tries - 1, 0), 10.0))
                     continue
                 tries = 0
                 with self._cv:
@@ -311,6 +320,7 @@ class RunLogger:
         with self._cv:
             self._closing = True
             self._cv.notify_all()
+        self._closed.set()
         self._thread.join(timeout=timeout)
         with self._cv:
             left = len(self._pending)
