@@ -172,6 +172,24 @@ def test_resume_skips_a_damaged_newest_checkpoint(kind: str, base_run: Path, var
     assert all(verify(p) is None for _, p in checkpoints(run / "checkpoints"))
 
 
+def test_pruning_never_deletes_the_last_verified_checkpoint(base_run: Path, tmp_path: Path) -> None:
+    """The probe's run resumed from a damaged checkpoint and pruning then deleted the last intact one. A new
+    checkpoint is read back and verified before anything older goes; one that reads back wrong (a failing disk)
+    prunes nothing."""
+    from productgen.training.checkpoint import prune_checkpoints
+
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(base_run / "checkpoints", folder)
+    newest = folder / "ckpt-00000006.safetensors"
+    _damage(newest, "tensor-bytes")
+    problem = prune_checkpoints(folder, keep=1, newest=newest)
+    assert problem is not None and "checksum mismatch" in problem
+    assert [s for s, _ in checkpoints(folder)] == [2, 4, 6]  # nothing pruned: ckpt-4 is the last verified
+    shutil.copy2(base_run / "checkpoints" / newest.name, newest)
+    assert prune_checkpoints(folder, keep=1, newest=newest) is None
+    assert [s for s, _ in checkpoints(folder)] == [6]
+
+
 def test_no_intact_checkpoint_refuses_in_one_line(base_run: Path, variants: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(base_run, run)

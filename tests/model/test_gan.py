@@ -85,6 +85,10 @@ def test_ddp_two_gloo_processes(params: Path, tmp_path: Path) -> None:
     assert '"world_size": 2' in (run / "train_config.json").read_text()
     state = load_state(run / "checkpoints" / "ckpt-00000004.safetensors")
     assert state["step"] == 4
+    # each rank's own RNG streams are in the checkpoint (rank 0's alone made every DDP resume inexact)
+    ranks = state["rng_ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["step"], ranks[1]["step"])
+    assert torch.equal(ranks[0]["step"], state["rng"]["step"])
 
 
 @pytest.mark.parametrize("resolution", [28, 32, 64, 128])
