@@ -112,19 +112,29 @@ def read_image_bytes(data: bytes, channels: int, max_pixels: int = 50_000_000, m
     if max_side is not None and max(im.size) > max_side:
         scale = max_side / max(im.size)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns about read-only arrays)
+    del im, decoded
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+PNG_FAST_PIXELS = 4_000_000  # outputs larger than this are compressed at zlib level 1: 3-4x faster, ~10% larger
 
 
 def write_png(array: np.ndarray, path: Path) -> None:
     """Write ``array`` as ``path`` atomically; on failure (disk full, read-only) no partial file is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format="PNG")
+    level = 1 if array.shape[0] * array.shape[1] > PNG_FAST_PIXELS else 6
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format="PNG", compress_level=level)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_bytes(buf.getbuffer())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None or str(err.filename) == str(tmp):  # name the output, not the temp file
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -393,8 +403,13 @@ def predict_image(predictor: Any, image: np.ndarray, device: torch.device | str 
     align = math.lcm(_ALIGN, max(1, int(predictor.multiple)))
     if tile % align or margin % align or tile < blend:
         raise ValueError(f"tile and margin must be multiples of {align}, and tile at least blend")
-    x = _pad_to_multiple(torch.from_numpy(image).permute(2, 0, 1)[None].contiguous(), max(1, int(predictor.multiple)))
-    hp, wp = x.shape[-2:]
+    m = max(1, int(predictor.multiple))
+    if h % m or w % m:  # the same padding as run_batch, on the HWC array (no CHW copy of the whole image)
+        padded = _pad_to_multiple(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None], m)
+        xp = padded[0].permute(1, 2, 0).numpy()
+    else:
+        xp = image
+    hp, wp = xp.shape[:2]
     rows, cols = _intervals(hp, tile, blend), _intervals(wp, tile, blend)
     gn = _GlobalNorms(predictor) if exact else None
 
@@ -405,7 +420,8 @@ def predict_image(predictor: Any, image: np.ndarray, device: torch.device | str 
             gn.calls = 0
             gn.core = ((r[0] - ty0) * s, (r[1] - ty0) * s, (q[0] - tx0) * s, (q[1] - tx0) * s)
         try:
-            out = predictor(x[..., ty0:ty1, tx0:tx1].to(device), **options).cpu()
+            piece = torch.from_numpy(np.ascontiguousarray(xp[ty0:ty1, tx0:tx1])).permute(2, 0, 1)[None].contiguous()
+            out = predictor(piece.to(device), **options).cpu()
         except _StopForward:
             return None
         return out[0].permute(1, 2, 0).numpy(), ty0, tx0

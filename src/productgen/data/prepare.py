@@ -292,8 +292,15 @@ def prepare(cfg: DataConfig, show_progress: bool = True) -> PrepareResult:
         }
         atomic.write_json(staging / "dataset.json", meta)
         atomic.replace_dir(staging, out)
-    except BaseException:
+    except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if err.filename is None:  # a buffered write's ENOSPC names no file: name the output folder
+            raise OSError(err.errno, err.strerror, str(out)) from None
+        raise
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if "No space left" in str(err):  # safetensors' writer reports ENOSPC as its own exception type
+            raise OSError(28, "No space left on device", str(out)) from None
         raise
     return PrepareResult(
         out=out,
