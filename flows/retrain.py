@@ -146,7 +146,7 @@ def drift_report(rp: RetrainParams, data: dict[str, Any], champion: dict[str, An
         old = root / p.retrain.snapshot_dir / ".restored" / champion["data_md5"].removesuffix(".dir")[:16]
         if not (old / "dataset.json").is_file():
             old.parent.mkdir(parents=True, exist_ok=True)
-            (old.parent / ".gitignore").write_text("/*/\n")  # restored folders, not their (temporary) pointers
+            (old.parent / ".gitignore").write_text("*\n")  # a cache of restored snapshots, never committed
             lineage.restore_snapshot(champion["data_md5"], old, p.retrain.remote, root)
         label = f"training data of champion v{champion['version']}"
     r = report(Path(data["prepared"]), old, p.retrain.drift, Path(out), old_label=label)

@@ -112,8 +112,9 @@ def pointer_text(md5: str, path: str) -> str:
 def restore_snapshot(md5: str, out: Path, remote: str | None = None, repo: Path | None = None) -> Path:
     """Bring the dataset with DVC md5 ``md5`` back into ``out`` (from the local cache, else the remote).
 
-    ``out`` must not exist yet (nothing of the user's is overwritten) and must lie inside the DVC repository;
-    the temporary pointer is removed afterwards, the data stays.
+    ``out`` must not exist yet (nothing of the user's is overwritten) and must lie inside the DVC repository. The
+    temporary pointer sits at the repository's top (a pointer in a git-ignored folder is refused by DVC) and is
+    removed afterwards; the data stays.
     """
     root = dvc_root(repo)
     out = out.resolve()
@@ -122,20 +123,13 @@ def restore_snapshot(md5: str, out: Path, remote: str | None = None, repo: Path 
     if not out.is_relative_to(root):
         raise UserError(f"{out}: must be inside the DVC repository {root} (DVC restores workspace paths)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    pointer = out.with_name(f"{out.name}.dvc")
-    pointer.write_text(pointer_text(md5, out.name))
+    pointer = root / f".productgen-restore-{os.getpid()}.dvc"
+    pointer.write_text(pointer_text(md5, out.relative_to(root).as_posix()))
     try:
-        args = ["pull", pointer.relative_to(root).as_posix()] + (["-r", remote] if remote else [])
+        args = ["pull", pointer.name] + (["-r", remote] if remote else [])
         _check(_dvc(*args, cwd=root), f"dvc pull of data {md5}")
     finally:
         pointer.unlink(missing_ok=True)
-        gitignore = out.parent / ".gitignore"
-        if gitignore.is_file():  # dvc may have listed the folder; leave the user's other entries alone
-            lines = [ln for ln in gitignore.read_text().splitlines() if ln.strip() != f"/{out.name}"]
-            if lines:
-                gitignore.write_text("\n".join(lines) + "\n")
-            else:
-                gitignore.unlink()
     return out
 
 

@@ -196,6 +196,33 @@ def export(
     typer.echo(f"{len(files)} {view} images ({split} split) -> {files[0].parent}")
 
 
+@data_app.command("catalog")
+@user_errors
+def catalog(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Catalog folder: OUT/<category>/<split>-NNNNN.png.")],
+    params: Params = None,
+    prepared: Annotated[Optional[Path], typer.Option("--prepared", help="Prepared dataset folder.")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "train",
+    categories: Annotated[Optional[str], typer.Option(help="Comma-separated categories (default: all).")] = None,
+    per_category: Annotated[int, typer.Option("--per-category", help="Images per category.", min=1)] = 80,
+    skip: Annotated[int, typer.Option("--skip", help="Leave out each category's first SKIP images.", min=0)] = 0,
+) -> None:
+    """Write a catalog folder (one subfolder per category) from the prepared images: a shop catalog that grows.
+
+    Examples (the weekly loop in docs/retrain.md):
+
+      productgen data catalog --categories sneaker,bag,trouser --per-category 80 --out shop
+
+      productgen data catalog --categories sneaker,bag,trouser --per-category 80 --skip 80 --out shop   # week 2
+    """
+    from productgen.data.export import export_catalog
+
+    p = _load(params, {})
+    cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    files = export_catalog(prepared or Path(p.data.out), split, cats, per_category, skip, out)
+    typer.echo(f"{len(files)} images ({split} split) -> {out}/<category>/")
+
+
 @data_app.command("info")
 @user_errors
 def info(

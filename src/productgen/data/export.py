@@ -53,3 +53,35 @@ def export_view(
         if with_clean and kind != "clean":  # the view is the originals already
             write_png(images[i].permute(1, 2, 0).numpy(), out / "clean" / name)
     return written
+
+
+def export_catalog(prepared: Path, split: str, categories: list[str] | None, per_category: int, skip: int,
+                   out: Path) -> list[Path]:  # fmt: skip
+    """Write a catalog folder (``out/<category>/<split>-NNNNN.png``, what ``data.source: folder`` reads) of the
+    ``per_category`` images after the first ``skip`` of each category in ``split``.
+
+    Why: the weekly loop needs a catalog that grows; exporting the next ``per_category`` images into the same
+    folder each week gives a new user one from the built-in dataset. Files already there are never overwritten.
+    """
+    if per_category < 1 or skip < 0:
+        raise UserError("--per-category must be at least 1 and --skip at least 0")
+    ds = PreparedDataset(prepared)
+    images, labels = ds.tensors(split)
+    wanted = categories or ds.classes
+    unknown = sorted(set(wanted) - set(ds.classes))
+    if unknown:
+        raise UserError(f"--categories: {', '.join(unknown)} not in {prepared} (it has {', '.join(ds.classes)})")
+    out = out.resolve()
+    written: list[Path] = []
+    for cat in wanted:
+        idx = torch.nonzero(labels == ds.classes.index(cat)).flatten()[skip : skip + per_category]
+        if len(idx) == 0:
+            raise UserError(f"{prepared}: the {split} split has no {cat!r} images after the first {skip}")
+        folder = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", cat)
+        for i in idx.tolist():
+            path = folder / f"{split}-{i:05d}.png"
+            if path.exists():
+                raise UserError(f"{path}: exists; exports never overwrite (use another --skip or --out)")
+            write_png(images[i].permute(1, 2, 0).numpy(), path)
+            written.append(path)
+    return written
