@@ -23,11 +23,15 @@ WEEKLY = "0 3 * * 1"  # Mondays 03:00 UTC
 
 
 def deployments() -> list:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    # One retrain per deployment (task) at a time: a second run waits for the first (as prefect.yaml).
+    one = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     return [
         retrain.to_deployment(name="weekly-retrain", cron=WEEKLY, parameters={"params": RetrainParams().model_dump()},
-                              tags=["productgen", "scheduled"]),  # fmt: skip
+                              tags=["productgen", "scheduled"], concurrency_limit=one),  # fmt: skip
         retrain.to_deployment(name="quick-retrain", parameters={"params": RetrainParams(profile="quick-cpu").model_dump()},
-                              tags=["productgen", "on-demand"]),  # fmt: skip
+                              tags=["productgen", "on-demand"], concurrency_limit=one),  # fmt: skip
         promote_flow.to_deployment(name="promote", tags=["productgen", "on-demand"]),
     ]
 

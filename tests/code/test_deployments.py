@@ -39,6 +39,12 @@ def test_prefect_yaml_entrypoints_are_flows_and_schedules_are_cron() -> None:
     served = {d.name: d for d in serve.deployments()}  # type: ignore[attr-defined]
     assert set(served) == names
     assert [s.schedule.cron for s in served["weekly-retrain"].schedules] == ["0 3 * * 1"]
+    # one retrain per task at a time, and a second one waits (it is not cancelled), in both declarations
+    for name in ("weekly-retrain", "quick-retrain"):
+        yaml_limit = next(d for d in doc["deployments"] if d["name"] == name)["concurrency_limit"]
+        assert yaml_limit == {"limit": 1, "collision_strategy": "ENQUEUE"}
+        assert served[name].concurrency_limit == 1
+        assert served[name].concurrency_options.collision_strategy.value == "ENQUEUE"
     from retrain import RetrainParams  # type: ignore[import-not-found]
 
     RetrainParams(**weekly["parameters"]["params"])  # the YAML parameters validate against the flow's model

@@ -101,9 +101,11 @@ def scheduled_run(stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory
     finally:
         w.stop()
     final = [stack.prefect.api("GET", f"/flow_runs/{r['id']}") for r in runs]
+    deployment = stack.prefect.api("GET", "/deployments/name/retrain/weekly-retrain")
     # No more scheduled runs (the server keeps running for the other tests): deleting the deployment drops them.
     _prefect(env, "deployment", "delete", "retrain/weekly-retrain")
-    return {"root": root, "scheduled": runs, "final": final, "worker_log": log.read_text(errors="replace")}  # fmt: skip
+    return {"root": root, "scheduled": runs, "final": final, "worker_log": log.read_text(errors="replace"),
+            "deployment": deployment}  # fmt: skip
 
 
 def _finished(scheduled_run: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +121,8 @@ def test_cron_deployment_run_is_picked_up_by_a_worker_and_completes(scheduled_ru
     run = _finished(scheduled_run)
     assert run["state_name"] == "Completed", scheduled_run["worker_log"][-6000:]
     assert run["auto_scheduled"] and "auto-scheduled" in run["tags"]  # created by the cron schedule, not the test
+    assert scheduled_run["deployment"]["concurrency_limit"] == 1  # one retrain of the task at a time (prefect.yaml)
+    assert scheduled_run["deployment"]["concurrency_options"]["collision_strategy"] == "ENQUEUE"  # a second one waits
     start = datetime.fromisoformat(run["expected_start_time"].replace("Z", "+00:00"))
     assert start.second == 0 and start.microsecond == 0  # a cron slot: a minute boundary
     assert run["parameters"]["params"]["params_file"] == str(scheduled_run["root"] / "params.yaml")
