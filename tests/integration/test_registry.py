@@ -106,6 +106,12 @@ def test_registry_cli_and_champion_loads_in_a_fresh_process(model_uri: str, monk
     assert h.returncode == 0 and json.loads(h.stdout)[-1]["version"] == v
     bad = run_cli("registry", "promote", "shoes")
     assert bad.returncode == 2 and "unknown task 'shoes'" in bad.stderr
+    missing = run_cli("registry", "promote", "gan", "--version", "99")  # a reliability probe found a traceback
+    assert missing.returncode == 2 and "no version '99'" in missing.stderr and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    for args in (("rollback", "gan", "--to", "99"), ("lineage", "gan", "--version", "99")):
+        p = run_cli("registry", *args)
+        assert p.returncode == 2 and "no version '99'" in p.stderr and "Traceback" not in p.stderr, p.stderr
     code = ("import mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/productgen-gan@champion'); "
             "print(len(m.predict(pd.DataFrame({'category': ['bags'], 'count': [2], 'seed': [1]}))))")  # fmt: skip
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
