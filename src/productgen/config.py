@@ -413,7 +413,7 @@ class WebConfig:
     max_side: int = 2048  # enhance: inputs with a longer side above this are refused (resize them first)
     restyle_size: int = 512  # restyle: longer inputs are shrunk to this side first (like stylize --size)
     sketch_size: int = 256  # sketch to product: longer inputs are shrunk to this side first
-    workers: int = 1  # model requests computed at the same time (each uses all of torch's threads)
+    workers: int = 2  # model requests computed at the same time, each on cpu_count / workers torch threads
     max_pending: int = 16  # model requests admitted at once (computing + waiting); more get 503 + Retry-After
     retry_after: int = 2  # seconds a 503 asks the client to wait
     alias_check_seconds: float = 2.0  # how often the champion aliases are re-read (a moved alias reloads)

@@ -97,6 +97,11 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         stop = threading.Event()
+        import torch
+
+        # web.workers requests compute side by side; each gets its share of the cores (small convolutions on an
+        # oversubscribed CPU run several times slower with more threads than cores)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // web.workers))
         if warm:
             threading.Thread(target=state.champions.keep_warm, args=(stop,), name="productgen-web-warm",
                              daemon=True).start()  # fmt: skip
@@ -461,7 +466,18 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
             d = registry.rollback(task, form.get("version") or None, registered)
             return f"{d.model}: champion v{d.champion_before} -> v{d.champion_after} (rollback)"
 
-        message = await run_in_threadpool(registry_change, s, change)
+        def guarded() -> str:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return str(registry_change(s, change))
+            except MlflowException as err:  # the team server's permissions: a message, not a server error
+                if err.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "403" in str(err):
+                    raise UserError(f"the tracking server refused to let {s.user} {action} {registered} "
+                                    f"({str(err).splitlines()[0][:200]}); ask an MLflow admin for EDIT on it") from None
+                raise
+
+        message = await run_in_threadpool(guarded)
         log.info("%s by %s: %s", action, s.user, message)
         await run_in_threadpool(state.champions.index, True)  # the pages follow at once, not after the TTL
         s.flash = message
