@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ SERVICES = {  # service -> (container port published, or None; what its health c
     "prefect-server": ("4200", "/api/health"),
     "prefect-worker": (None, "/health"),
     "gpu-worker": (None, "/health"),
+    "web": ("8000", "/health"),
 }
 
 
@@ -94,6 +96,7 @@ def test_every_service_has_image_ports_environment_volumes_and_health_check(comp
     assert images["postgres"].startswith("postgres:") and images["minio"].startswith("minio/minio:RELEASE.")
     assert images["mlflow"] == images["prefect-server"] == images["prefect-worker"] == "productgen:0.1.0"
     assert images["gpu-worker"] == "productgen-gpu:0.1.0"
+    assert images["web"] == images["mlflow"]  # the page runs from the productgen image
     for n, s in services.items():  # pinned images, never :latest
         assert ":" in s["image"] and not s["image"].endswith(":latest"), n
     declared = set(compose["volumes"])
@@ -194,3 +197,27 @@ def test_scripts_the_services_run_exist_and_are_posix_shell() -> None:
         assert path.read_text().startswith("#!/bin/sh"), script
         check = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
         assert check.returncode == 0, (script, check.stderr)
+
+
+def test_web_page_service_serves_the_team_registry_with_its_users(compose: dict[str, Any]) -> None:
+    """The `web` service: the team registry's champions, sign-in with the MLflow server's own users (promote and
+    rollback run as the signed-in user), the promotion lock of every other client, and a CLI that takes it all."""
+    s = compose["services"]
+    web, ml = s["web"], _env(s["mlflow"])
+    cmd = web["command"]
+    assert cmd[:2] == ["productgen", "web"] and cmd[cmd.index("--auth") + 1] == "mlflow"
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0" and cmd[cmd.index("--port") + 1] == "8000"
+    assert cmd[cmd.index("--cache-dir") + 1].startswith("/home/productgen/.cache")  # on the web-cache volume
+    assert "web-cache:/home/productgen/.cache" in web["volumes"]
+    env = _env(web)
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert env["MLFLOW_TRACKING_USERNAME"] != ml["MLFLOW_AUTH_ADMIN_USERNAME"]  # it reads; users sign in to change
+    assert env["PRODUCTGEN_PROMOTION_LOCK_URL"] == _env(s["prefect-worker"])["PRODUCTGEN_PROMOTION_LOCK_URL"]
+    assert not {k for k in env if k.startswith(("AWS_", "PREFECT_API"))}  # no S3 keys, no Prefect credential
+    assert web["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "8000/health" in " ".join(web["healthcheck"]["test"])
+    assert web["build"]["dockerfile"] == "infra/Dockerfile"
+    helptext = subprocess.run([str(Path(sys.executable).parent / "productgen"), "web", "--help"], capture_output=True, text=True,
+                              env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}, timeout=60).stdout  # fmt: skip
+    for option in ("--host", "--port", "--auth", "--cache-dir", "--log-level"):
+        assert option in helptext, option
