@@ -232,7 +232,8 @@ def test_non_finite_loss_stops_naming_the_step(variants: dict[str, Path], tmp_pa
     state = load_state(run / "checkpoints" / "ckpt-00000001.safetensors")
     assert all(torch.isfinite(t).all() for t in state["modules"]["G"].values())
     assert not (run / "model").exists()
-    assert "NaN" not in (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else True
+    log = run / "metrics.jsonl"
+    assert not log.exists() or "NaN" not in log.read_text()  # nothing of the diverged step was logged
 
 
 def test_a_valid_checkpoint_with_nan_weights_never_exports(base_run: Path, variants: dict[str, Path],
@@ -297,7 +298,8 @@ def test_kill_inside_a_checkpoint_write_second_writer_and_kill_at_a_random_step(
     assert (run.parent / ".run.lock").exists()  # stale lock file of the killed process: must not block
 
     b = spawn(*train_args(p, run, 12, "--no-track", "--resume"))
-    target = random.Random().randint(int(tmp.name[6:14]) + 1, 11)  # a random later step
+    caught = int(tmp.name[6:14])  # in practice step 3 or 4: the temp file is caught at its first or second write
+    target = random.Random().randint(caught + 1, max(caught + 1, 10))  # a random later step
     deadline = time.monotonic() + 120
     while b.poll() is None and time.monotonic() < deadline:
         if (run / "checkpoints" / f"ckpt-{target:08d}.safetensors").exists():
@@ -407,7 +409,7 @@ def test_tracking_server_killed_mid_run_never_blocks_and_weights_are_written(
 ) -> None:
     server, uri = _start_mlflow_server(tmp_path)
     run = tmp_path / "run"
-    steps = 40
+    steps = 25
     try:
         proc = spawn(*train_args(variants["tracked"], run, steps), env=_env(MLFLOW_TRACKING_URI=uri))
         log = run / "metrics.jsonl"

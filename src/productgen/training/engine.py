@@ -151,8 +151,15 @@ class Engine:
             # init_sync=False: prepare_module already gave every rank rank 0's weights (and a rewrap after a
             # checkpoint finds them in sync). broadcast_buffers=False as before DDP: running statistics stay per
             # rank and rank 0's are exported; the in-sync check covers the parameters.
-            wrapped: Any = DDP(target, device_ids=[self.rt.device.index] if cuda else None, forward_sync_buffers=False,
-                               init_sync=False)  # fmt: skip
+            import inspect
+
+            kw: dict[str, Any] = {"init_sync": False}
+            # forward_sync_buffers replaced broadcast_buffers in recent PyTorch (the GPU machines run older ones)
+            if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+                kw["forward_sync_buffers"] = False
+            else:
+                kw["broadcast_buffers"] = False
+            wrapped: Any = DDP(target, device_ids=[self.rt.device.index] if cuda else None, **kw)
             fn = torch.compile(wrapped) if self.cfg.compile else wrapped
         else:
             fn = torch.compile(module) if self.cfg.compile else module
@@ -355,7 +362,7 @@ def fit(
             warn(f"note: removed {len(removed)} temp file(s) of an interrupted run in {out} "
                  f"({', '.join(removed[:3])}{', ...' if len(removed) > 3 else ''})")  # fmt: skip
     if rt.distributed:
-        dist.barrier()  # rank 0 has set damaged checkpoints aside and removed temp files
+        dist.barrier()  # rank 0 has removed the temp files before any rank reads the folder
     if resume:
         latest, state = load_latest_intact(ckpt_dir, warn=warn if rt.is_main else None, set_aside=rt.is_main)
         engine.load(task, state, config, latest)
@@ -411,7 +418,8 @@ def fit(
                 dist.all_reduce(bad, op=dist.ReduceOp.MIN)
             if int(bad.item()) != NEVER:
                 raise TrainingDiverged(
-                    f"training diverged: a loss or weight became NaN/inf at step {int(bad.item())}; nothing of that "
+                    f"training diverged: a loss or a weight (parameter or running statistic) became NaN/inf at step "
+                    f"{int(bad.item())}; nothing of that "
                     f"step was saved, {_last_good(ckpt_dir)} and model/ was not written (lower the learning rates, "
                     "then --resume, or start a new --out)")  # fmt: skip
         if logs:
