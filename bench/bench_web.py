@@ -1,7 +1,7 @@
 """Latency of the web page against plain ``mlflow models serve`` for the same work, measured in one run.
 
     .venv/bin/python bench/bench_web.py                       # tiny champions at the built-in resolution
-    .venv/bin/python bench/bench_web.py --store sqlite:///mlflow.db   # the champions `make run` registered
+    .venv/bin/python bench/bench_web.py --store sqlite:///mlflow.db   # a store with both champions (below)
 
 Both servers serve the same registered champions (``models:/productgen-gan@champion``,
 ``models:/productgen-restore@champion``) from the same store, each as one process on this machine:
@@ -16,7 +16,8 @@ Both servers serve the same registered champions (``models:/productgen-gan@champ
 Each case runs under 1 user (sequential requests) and 8 concurrent users (each a thread with its own
 connection); p50 / p95 are over every request of the case, after warm-up requests. The champions are the
 quick-CPU profile architectures (``flows/profiles/quick-cpu.yaml``'s GAN, the default U-Net restorer) trained
-for a few steps on a synthetic 28 px catalog unless ``--store`` names a store that has them: latency does not
+for a few steps on a synthetic 28 px catalog unless ``--store`` names a store that has them (``make run`` registers
+the GAN; ``python flows/retrain.py --task restore --profile quick-cpu-restore`` the restorer): latency does not
 depend on how well they are trained. Targets (issue 12): Generate 64 p50 < 1 s, Enhance 16 p50 < 2 s, page
 < 100 ms.
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import io
 import json
 import os
 import re
@@ -85,7 +85,7 @@ def process(cmd: list[str], ready_url: str, env: dict[str, str], log: Path, time
 
 def make_champions(root: Path, uri: str) -> None:
     """Quick-profile GAN and U-Net restorer on a synthetic 28 px grayscale catalog, registered as champions."""
-    from productgen import registry, tracking
+    from productgen import registry
     from productgen.config import DataConfig, load_params
     from productgen.data.prepare import prepare
     from productgen.train import train
@@ -104,7 +104,6 @@ def make_champions(root: Path, uri: str) -> None:
         result = train(p, task, show_progress=False, track=True)
         version = registry.register_challenger(task, result.model_uri, metrics, "b" * 64, "test")
         registry.promote(task, version, 0.0, force=True)
-    del tracking
 
 
 def png_b64(data: bytes) -> str:
@@ -157,7 +156,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import httpx
-    from PIL import Image
 
     from tests.conftest import encode, product_image
 
@@ -246,7 +244,6 @@ def main() -> None:
         args.json.write_text(json.dumps(rows, indent=2))
     if args.store is None:
         shutil.rmtree(work, ignore_errors=True)
-    del Image
 
 
 if __name__ == "__main__":

@@ -241,7 +241,6 @@ def test_page_follows_a_champion_moved_elsewhere(page: Any, server: str, store: 
         target = "2" if current == "1" else "1"
         registry.promote("gan", target, 0.0, force=True)
     try:
-        page.wait_for_function("() => true")
         for _ in range(40):
             page.goto("/generate")
             if f"v{target}" in page.inner_text("#model-label"):
