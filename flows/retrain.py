@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -138,17 +139,24 @@ def drift_report(rp: RetrainParams, data: dict[str, Any], champion: dict[str, An
     from productgen.drift import drift_report as report
     from productgen.drift import one_line
 
+    from productgen.errors import UserError
+
     p = _params(rp)
-    old = None
+    old: Path | None = None
     label = "champion's training data"
     if champion and str(champion.get("data_md5", "")).endswith(".dir") and p.retrain.snapshot:
         root = lineage.dvc_root(Path(p.retrain.dvc_repo))
         old = root / p.retrain.snapshot_dir / ".restored" / champion["data_md5"].removesuffix(".dir")[:16]
+        label = f"training data of champion v{champion['version']}"
         if not (old / "dataset.json").is_file():
             old.parent.mkdir(parents=True, exist_ok=True)
             (old.parent / ".gitignore").write_text("*\n")  # a cache of restored snapshots, never committed
-            lineage.restore_snapshot(champion["data_md5"], old, p.retrain.remote, root)
-        label = f"training data of champion v{champion['version']}"
+            shutil.rmtree(old, ignore_errors=True)  # a restore that stopped half-way
+            try:
+                lineage.restore_snapshot(champion["data_md5"], old, p.retrain.remote, root)
+            except UserError as err:  # the report informs; a missing old snapshot must not stop the week
+                get_run_logger().warning("drift: no comparison with v%s's data (%s)", champion["version"], err)
+                label, old = f"{label} (not restorable: {str(err)[:200]})", None
     r = report(Path(data["prepared"]), old, p.retrain.drift, Path(out), old_label=label)
     create_markdown_artifact(key=f"{rp.task}-drift", description=one_line(r),
                              markdown=(Path(out) / "drift.md").read_text(encoding="utf-8")[:20000])  # fmt: skip

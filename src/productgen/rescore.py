@@ -62,8 +62,12 @@ def score_pair(p: Params, task: str, challenger_dir: Path, challenger_metrics: d
     champ_dir = model_dir_from_uri(f"models:/{model}/{champion}")
     trained_on = champion_categories(MlflowClient().get_model_version(model, champion).tags, champ_dir)
     subset = None
-    if spec.conditional and trained_on is not None and not set(ds.classes) <= set(trained_on):
-        subset = [c for c in ds.classes if c in trained_on]
+    if spec.conditional and trained_on is not None and list(trained_on) != ds.classes:
+        subset = [c for c in ds.classes if c in trained_on]  # categories new or gone this week: the shared ones
+        if not subset:
+            from productgen.errors import UserError
+
+            raise UserError(f"{model} v{champion}: shares no category with {prepared}; promote by hand (--force)")
     champ_metrics = spec.evaluate(p, champ_dir, prepared, out / f"champion-v{champion}", subset, show_progress)
     if subset is not None:
         # The overall comparison on the shared categories; the new ones keep the challenger's full breakdown.

@@ -51,3 +51,29 @@ def test_evaluate_refuses_a_model_of_another_dataset(params: Path, tmp_path: Pat
     (run_dir / "model" / "config.json").write_text(json.dumps(cfg))
     p = run_cli("evaluate", "--params", str(params), "--model", str(run_dir / "model"), "--no-track", "-q")
     assert p.returncode == 2 and "trained on other categories" in p.stderr
+
+
+def test_a_champion_that_never_saw_a_category_is_scored_on_the_ones_it_knows(params: Path, tmp_path: Path) -> None:
+    """The gate's path for a class-conditional champion from before a category appeared: its label indices are
+    its own (here it knows only two of the three categories, in another order), the set is the shared ones."""
+    import dataclasses
+
+    from productgen.config import load_params
+    from productgen.evaluate import evaluate
+
+    run_dir = tmp_path / "run"
+    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run_dir), "-q",
+                   "--no-track").returncode == 0  # fmt: skip
+    cfg = json.loads((run_dir / "model" / "config.json").read_text())
+    assert cfg["classes"] == ["bags", "shirts", "shoes"]
+    cfg["classes"] = ["shoes", "bags", "hats"]  # hats: gone from the data; shirts: new in the data
+    (run_dir / "model" / "config.json").write_text(json.dumps(cfg))
+    p = load_params(params)
+    e = dataclasses.replace(p.evaluate, model=str(run_dir / "model"), out=str(tmp_path / "eval"), split="train",
+                            device="cpu", kid=False)  # fmt: skip
+    m = evaluate(e, Path(p.data.out), show_progress=False, categories=["bags", "shoes"])
+    assert m["categories"] == ["bags", "shoes"] and set(m["per_category"]) == {"bags", "shoes"}
+    n_train = sum(v["n"] for v in m["per_category"].values())
+    assert m["n_real"] == m["n_fake"] == n_train and m["fid"] > 0
+    with pytest.raises(Exception, match="trained on other categories"):
+        evaluate(e, Path(p.data.out), show_progress=False, categories=["bags", "shirts"])
