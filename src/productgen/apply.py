@@ -369,7 +369,8 @@ def plan_tile(predictor: Any, height: int, width: int, memory_mb: float, bpp: fl
     align = math.lcm(_ALIGN, max(1, int(predictor.multiple)))
     side = int(math.sqrt(budget / bpp))  # the tile with its margins
     core = (side - 2 * margin) // align * align
-    smallest = max(align, math.ceil(TILE_BLEND / align) * align)
+    # below 2 x margin the margins would cost over 4x the work of the cores: ask for more memory instead
+    smallest = max(align, math.ceil(max(TILE_BLEND, 2 * margin) / align) * align)
     if core < smallest:
         need = (smallest + 2 * margin) ** 2 * bpp / _MB
         raise TileError(f"{width}x{height} px does not fit a memory budget of {memory_mb:g} MB even in tiles "

@@ -175,10 +175,10 @@ def test_memory_budget_tiles_a_folder_and_matches_one_pass(tmp_path: Path) -> No
     pred = load_predictor(restore_model(tmp_path / "model", norm="group", width=4))
     src = tmp_path / "in"
     src.mkdir()
-    big, small = structured_image(300, 260, 1), structured_image(40, 50, 2)
+    big, small = structured_image(400, 360, 1), structured_image(40, 50, 2)
     Image.fromarray(big).save(src / "big.png")
     Image.fromarray(small).save(src / "small.png")
-    budget = bytes_per_pixel(pred) * 200 * 200 / 2**20  # a 300x260 image does not fit, 40x50 does
+    budget = bytes_per_pixel(pred) * 320 * 320 / 2**20  # a 400x360 image does not fit (tiles of 192), 40x50 does
     report = apply_to_folder(pred, src, tmp_path / "out", memory_mb=budget, show_progress=False)
     assert [p.name for p in report.tiled] == ["big.png"] and len(report.written) == 2 and not report.failed
     with torch.inference_mode():
