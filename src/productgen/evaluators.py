@@ -5,8 +5,8 @@ Signature: ``(params, task, model_dir, prepared, out, categories, show_progress)
 restricts the evaluation set to those categories of the ``evaluate.split`` split (the gate scores a champion
 that never saw this week's new categories on the ones it knows, and the challenger on the same ones). Every
 evaluator returns ``per_category``: ``{category: {metric: value, ..., "n": images}}`` (empty where a task has no
-meaningful per-category figure: CycleGAN translates one category into another, style transfer is judged
-against one style image).
+meaningful per-category figure: CycleGAN translates one category into another, so its two domains are the
+breakdown).
 """
 
 from __future__ import annotations
@@ -66,13 +66,16 @@ def style(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, cate
     from productgen.styles import style_report
 
     e = p.evaluate
-    images, labels = PreparedDataset(prepared).tensors(e.split)
-    images = images[category_mask(PreparedDataset(prepared, verify=False).classes, labels, categories)]
+    ds = PreparedDataset(prepared)
+    images, labels = ds.tensors(e.split)
+    keep = category_mask(ds.classes, labels, categories)
+    images, labels = images[keep], labels[keep]
     n = min(len(images), e.max_real or 64)
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(e.seed))[:n].sort().values
     device = _device(e.device)
-    m = style_report(load_predictor(model_dir, device), images[pick], p.style.style_image, out, device=device)
-    return {**m, "per_category": {}}
+    m = style_report(load_predictor(model_dir, device), images[pick], p.style.style_image, out, device=device,
+                     labels=labels[pick], classes=ds.classes)  # fmt: skip
+    return {**m, "categories": sorted(categories)} if categories is not None else m
 
 
 def category_mask(classes: list[str], labels: Any, categories: list[str] | None) -> Any:

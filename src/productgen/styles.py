@@ -281,6 +281,7 @@ def _report_grid(content: np.ndarray, stylised: np.ndarray, style: np.ndarray, p
 
 def style_report(predictor: Any, content: torch.Tensor, style: str | np.ndarray | torch.Tensor, out: Path,
                  device: str | torch.device = "cpu", encoder: Any = None, ssim_floor: float = SSIM_FLOOR,
+                 labels: torch.Tensor | None = None, classes: list[str] | None = None,
                  **options: Any) -> dict[str, Any]:  # fmt: skip
     """Stylise uint8 ``content`` ``[N, C, H, W]`` with ``predictor`` and measure it against ``style``.
 
@@ -319,8 +320,17 @@ def style_report(predictor: Any, content: torch.Tensor, style: str | np.ndarray 
     enc = encoder if encoder is not None else load_encoder("efficientnet-lite0", device=device)
     style_f = resize_short(torch.from_numpy(style_arr.copy()).permute(2, 0, 1)[None].float() / 255.0, max(content_f.shape[-2:]))
     metrics = style_metrics(stylised.to(device), content_f.to(device), style_f.to(device), enc, ssim_floor=ssim_floor)
+    per_category: dict[str, dict[str, float]] = {}
+    if labels is not None and classes is not None:  # the same figures per category (``labels`` index ``classes``)
+        for c, name in enumerate(classes):
+            sel = (labels == c).cpu()
+            if int(sel.sum()):
+                m = style_metrics(stylised[sel].to(device), content_f[sel].to(device), style_f.to(device), enc,
+                                  ssim_floor=ssim_floor)  # fmt: skip
+                per_category[name] = {"style_score": m["style_score"], "content_ssim": m["content_ssim"],
+                                      "style_distance_rel": m["style_distance_rel"], "n": int(sel.sum())}  # fmt: skip
     metrics = {**metrics, "images": len(content), "model": predictor.config.get("model"),
-               "primary_metric": "style_score", "direction": "lower"}  # fmt: skip
+               "primary_metric": "style_score", "direction": "lower", "per_category": per_category}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "metrics.json", metrics)
     k = min(8, len(content))

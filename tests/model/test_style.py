@@ -206,10 +206,16 @@ def test_style_report_numbers(params: Path, tmp_path: Path) -> None:
     from productgen.styles import content_batch, load_style, to_uint8
 
     root = load_params(params).data.out
-    content = to_uint8(content_batch(PreparedDataset(root).tensors("train")[0][:6], 64, invert=False))
+    ds = PreparedDataset(root)
+    images, labels = ds.tensors("train")
+    content = to_uint8(content_batch(images[:6], 64, invert=False))
     style = load_style("brick", max_side=None)[:128, :128]
-    same = style_report(_Identity(), content, style, tmp_path / "id")
+    same = style_report(_Identity(), content, style, tmp_path / "id", labels=labels[:6], classes=ds.classes)
     assert same["content_ssim"] > 0.999 and same["content_loss"] < 1e-6
+    # per category, the same figures on each category's images (what the promotion gate checks one by one)
+    cats = same["per_category"]
+    assert sum(v["n"] for v in cats.values()) == 6 and set(cats) <= set(ds.classes)
+    assert all(v["content_ssim"] > 0.999 and v["style_score"] == pytest.approx(1.0, abs=1e-3) for v in cats.values())
     assert same["style_distance_rel"] == pytest.approx(1.0, abs=1e-4) and same["style_score"] == pytest.approx(1.0, abs=1e-3)
     pasted = style_report(_PasteStyle(style), content, style, tmp_path / "paste")
     assert pasted["style_distance_rel"] < 0.5  # much closer to the style ...
