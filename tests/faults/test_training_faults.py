@@ -379,7 +379,7 @@ def test_metrics_logger_never_blocks_on_a_dead_server(monkeypatch: pytest.Monkey
     assert report is not None and "200 metric value(s) not logged" in report and "does not answer" in report
 
 
-def _start_mlflow_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _launch_mlflow_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     log = open(root / "mlflow-server.log", "wb")  # noqa: SIM115 - closed with the process
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -388,7 +388,10 @@ def _start_mlflow_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art")],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], uri: str, root: Path) -> None:
     deadline = time.monotonic() + 90
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while time.monotonic() < deadline:
@@ -397,17 +400,30 @@ def _start_mlflow_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         try:
             with opener.open(f"{uri}/health", timeout=2) as r:
                 if r.status == 200:
-                    return proc, uri
+                    return
         except OSError:
             time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     raise AssertionError("mlflow server did not become healthy in 90 s")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """A real ``mlflow server`` (one worker, no job execution, SQLite store, loopback), launched when this module
+    starts so that its ~8 s start-up overlaps the other tests; the test that kills it waits for it to be healthy."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    proc, uri = _launch_mlflow_server(root)
+    yield proc, uri, root
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_tracking_server_killed_mid_run_never_blocks_and_weights_are_written(
-    variants: dict[str, Path], tmp_path: Path
+    variants: dict[str, Path], tmp_path: Path, mlflow_server: tuple[subprocess.Popen[bytes], str, Path]
 ) -> None:
-    server, uri = _start_mlflow_server(tmp_path)
+    server, uri, root = mlflow_server
+    _wait_healthy(server, uri, root)
     run = tmp_path / "run"
     steps = 25
     try:
