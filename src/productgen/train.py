@@ -105,6 +105,8 @@ def train(
     main = int(os.environ.get("RANK", "0")) == 0
     with contextlib.ExitStack() as stack:
         if main:  # one writer per run folder, before anything is read or written (other ranks follow rank 0)
+            if out.exists() and not out.is_dir():
+                raise UserError(f"{out}: is a file, not a run folder; choose another --out (train.out)")
             stack.enter_context(folder_lock(out, "the training run"))
             if track:  # an unreachable server: one line now, before the dataset is even loaded
                 from productgen import tracking
