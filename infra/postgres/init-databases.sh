@@ -29,7 +29,7 @@ scoped() {
     echo "creating role $role"
     # psql variables quote the identifier (:"v") and the literal (:'v'): passwords never reach the shell's parser
     psql_admin -v role="$role" -v password="$password" <<'SQL'
-CREATE ROLE :"role" LOGIN PASSWORD :'password' NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+CREATE ROLE :"role" LOGIN PASSWORD :'password' NOSUPERUSER NOCREATEDB NOCREATEROLE;
 SQL
     for db in "$@"; do
         echo "creating database $db (owner $role)"
@@ -44,3 +44,5 @@ SQL
 scoped "${MLFLOW_DB_USER:-mlflow}" "$MLFLOW_DB_PASSWORD" "${MLFLOW_DB:-mlflow}" "${MLFLOW_AUTH_DB:-mlflow_auth}"
 scoped "${PREFECT_DB_USER:-prefect}" "$PREFECT_DB_PASSWORD" "${PREFECT_DB:-prefect}"
 scoped "${OPTUNA_DB_USER:-optuna}" "$OPTUNA_DB_PASSWORD" "${OPTUNA_DB:-optuna}"
+# the maintenance database too: the service roles reach their own databases and nothing else
+psql_admin -c 'REVOKE CONNECT ON DATABASE postgres FROM PUBLIC'
