@@ -283,7 +283,8 @@ class RunLogger:
                         self._cv.wait()
                     if not self._pending:
                         return
-                    batch = [self._pending[i] for i in range(min(self.BATCH, len(self._pending)))]
+                    # taken out of the queue while in flight, so an overflow only ever drops values not yet sent
+                    batch = [self._pending.popleft() for _ in range(min(self.BATCH, len(self._pending)))]
                     self._in_flight = len(batch)
                 try:
                     self._client.log_batch(self.run_id, metrics=batch)
@@ -298,11 +299,13 @@ class RunLogger:
                         lo, hi = self.outage_steps or (batch[0].step, batch[-1].step)
                         self.outage_steps = (min(lo, batch[0].step), max(hi, batch[-1].step))
                         if tries >= self._attempts:  # bounded: give this batch up
-                            for _ in batch:
-                                if self._pending:
-                                    self._pending.popleft()
                             self.lost += len(batch)
                             tries = 0
+                        else:  # back to the front, oldest first; the queue bound still holds
+                            self._pending.extendleft(reversed(batch))
+                            while len(self._pending) > self._max:
+                                self._pending.popleft()
+                                self.lost += 1
                         if self._closing:
                             return  # the run is over and the server is down: stop at once
                     self._closed.wait(timeout=min(self._backoff * 2 ** max(tries - 1, 0), 10.0))
@@ -310,9 +313,6 @@ class RunLogger:
                 tries = 0
                 with self._cv:
                     self._in_flight = 0
-                    for _ in batch:
-                        if self._pending:
-                            self._pending.popleft()
                     self.down_since = None
 
     def close(self, timeout: float = 10.0) -> int:
@@ -323,8 +323,9 @@ class RunLogger:
         self._closed.set()
         self._thread.join(timeout=timeout)
         with self._cv:
-            left = len(self._pending)
+            left = len(self._pending) + (self._in_flight if self._thread.is_alive() else 0)
             self._pending.clear()
+            self._in_flight = 0
         self.lost += left
         return self.lost
 
