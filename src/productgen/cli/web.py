@@ -32,6 +32,10 @@ def serve(
     params: Params = None,
     users_file: Annotated[Optional[Path], typer.Option("--users-file", help="Users who may promote / roll back "
                                                        "(default web.users_file).")] = None,  # fmt: skip
+    auth: Annotated[Optional[str], typer.Option(help="Who may promote / roll back: users-file (hashed passwords) or "
+                                                "mlflow (the tracking server's users; default web.auth).")] = None,  # fmt: skip
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where champion weights are downloaded "
+                                                      "(default: a temporary folder).")] = None,  # fmt: skip
     log_level: Annotated[str, typer.Option(help="uvicorn log level: warning, info, debug.")] = "info",
 ) -> None:
     """Serve the page over the registry's champions ($MLFLOW_TRACKING_URI, default ./mlflow.db).
@@ -46,14 +50,18 @@ def serve(
     """
     if ctx.invoked_subcommand is not None:
         return
-    p = _load(params, {"web.host": host, "web.port": port, "web.users_file": str(users_file) if users_file else None})
+    p = _load(params, {"web.host": host, "web.port": port, "web.auth": auth,
+                       "web.users_file": str(users_file) if users_file else None})  # fmt: skip
     import uvicorn
 
     from productgen.tracking import tracking_uri
     from productgen.web.app import create_app
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    app = create_app(p)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the server log
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(p, cache_dir=cache_dir)
     shown = "127.0.0.1" if p.web.host in ("0.0.0.0", "::") else p.web.host
     typer.echo(f"productgen web: http://{shown}:{p.web.port}  (models from {tracking_uri()}; Ctrl-C stops)")
     # One process: the model cache, sessions and the concurrency gate live in it (web.workers threads compute).

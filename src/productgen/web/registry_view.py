@@ -35,6 +35,31 @@ class ModelView:
     error: str | None = None
 
 
+def show(value: str) -> str:
+    """A tag value for people: numbers to 4 significant digits, per-category JSON as ``name value`` pairs."""
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        return value if value.isdigit() else f"{number:.4g}"
+    if value.startswith("{"):
+        try:
+            data = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        parts = []
+        for k, v in data.items():
+            if isinstance(v, dict):
+                metric = next(((mk, mv) for mk, mv in v.items() if isinstance(mv, (int, float)) and mk != "n"), None)
+                v = f"{metric[0]} {metric[1]:.4g}" if metric else json.dumps(v)
+            elif isinstance(v, float):
+                v = f"{v:.4g}"
+            parts.append(f"{k}: {v}")
+        return " · ".join(parts)
+    return value
+
+
 def _fmt_time(ms: Any) -> str:
     import time
 
@@ -51,7 +76,7 @@ def version_view(c: Any, name: str, version: str) -> VersionView:
     for key in sorted(tags):
         for p in PREFIXES:
             if key.startswith(p) and key not in ("promotion.record",):
-                groups[p].append((key[len(p) :], tags[key]))
+                groups[p].append((key[len(p) :], show(tags[key])))
     record = None
     if "promotion.record" in tags:
         try:
@@ -62,7 +87,7 @@ def version_view(c: Any, name: str, version: str) -> VersionView:
     if mv.run_id:
         try:
             run_tags = c.get_run(mv.run_id).data.tags
-            run_lineage = sorted((k, v) for k, v in run_tags.items() if k.startswith(RUN_LINEAGE))
+            run_lineage = sorted((k, show(v)) for k, v in run_tags.items() if k.startswith(RUN_LINEAGE))
         except Exception:  # the run may be deleted; the version's own tags still show
             run_lineage = []
     return VersionView(str(mv.version), list(mv.aliases or []), _fmt_time(mv.creation_timestamp), mv.run_id,
