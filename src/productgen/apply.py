@@ -431,7 +431,10 @@ def predict_image(predictor: Any, image: np.ndarray, device: torch.device | str 
         if gn is not None and gn.norms:
             with gn:
                 gn.start_pass(None)
-                run_tile(rows[0], cols[0])  # counts the norm calls of one forward
+                gn.calls = 0  # count the norm calls of one forward, on a small corner (the count is size-free)
+                corner = xp[: min(hp, 2 * align), : min(wp, 2 * align)]
+                predictor(torch.from_numpy(np.ascontiguousarray(corner)).permute(2, 0, 1)[None].contiguous().to(device),
+                          **options)  # fmt: skip
                 n_calls = gn.calls
                 for k in range(n_calls):
                     gn.start_pass(k)
