@@ -265,9 +265,11 @@ def _wait_for_temp(proc: subprocess.Popen[str], folder: Path, deadline: float, m
         try:
             names = os.listdir(folder)
         except FileNotFoundError:
+            time.sleep(0.05)  # still importing: leave the CPU to it
             continue
         tmp = next((n for n in names if n.startswith(".ckpt-") and ".tmp-" in n and int(n[6:14]) >= min_step), None)
         if tmp is None:
+            time.sleep(0.0002)  # a write (with its fsync) stays visible for milliseconds
             continue
         os.kill(proc.pid, signal.SIGSTOP)
         if (folder / tmp).exists():
