@@ -516,7 +516,11 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
             ok = auth.verify_password(password, stored) if stored else auth.verify_password(password, _DUMMY)
             return (name, "") if ok and stored else None
 
-        creds = await run_in_threadpool(check)
+        state.gate.enter()  # a password check costs tens of ms of CPU (scrypt): bounded like model work
+        try:
+            creds = await state.gate.run(check)
+        finally:
+            state.gate.leave()
         if creds is None:
             return render(request, "signin.html", 401, auth_mode=web.auth,
                           message="Wrong user name or password.")  # fmt: skip
