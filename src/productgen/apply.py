@@ -493,12 +493,12 @@ def _is_out_of_memory(err: BaseException) -> bool:
 def apply_to_folder(
     predictor: Any, in_dir: Path, out_dir: Path, batch_size: int = 16, max_side: int | None = None,
     device: torch.device | str = "cpu", show_progress: bool = True, keep_pairs: int = 8,
-    memory_mb: float = DEFAULT_MEMORY_MB, max_pixels: int = 50_000_000, **options: Any,
+    memory_mb: float = DEFAULT_MEMORY_MB, max_pixels: int = 50_000_000, exact_tiles: bool = True, **options: Any,
 ) -> ApplyReport:  # fmt: skip
     """Run ``predictor`` over every image under ``in_dir``; outputs ``out_dir/<relative path>/<stem>.png``.
 
     Batches are cut to fit ``memory_mb``; an image too large for one pass goes through :func:`predict_image`
-    in tiles; an image that cannot be processed even so (or runs out of memory) is reported in ``failed`` and
+    in tiles (``exact_tiles``: its ``exact``); an image that cannot be processed even so (or runs out of memory) is reported in ``failed`` and
     the folder goes on. A failed write (disk full, read-only) stops the run with the ``OSError``: every later
     write would fail too.
     """
@@ -540,7 +540,8 @@ def apply_to_folder(
                         outputs = run_batch(predictor, [a for _, a in group], device, **options)
                     else:
                         (path, arr), = group
-                        outputs = [predict_image(predictor, arr, device, memory_mb=memory_mb, **options)]
+                        outputs = [predict_image(predictor, arr, device, memory_mb=memory_mb, exact=exact_tiles,
+                                                 **options)]  # fmt: skip
                         report.tiled.append(path)
                 except TileError as err:
                     report.failed.extend((p, str(err)) for p, _ in group)
