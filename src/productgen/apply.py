@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,7 +194,7 @@ def networks(predictor: Any) -> list[nn.Module]:
     return nets
 
 
-_BPP_CACHE: dict[int, float] = {}
+_BPP_CACHE: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()  # per predictor object
 
 
 def bytes_per_pixel(predictor: Any, **options: Any) -> float:
@@ -203,9 +204,10 @@ def bytes_per_pixel(predictor: Any, **options: Any) -> float:
     most are freed straight away; on the default restorer the real peak is a third of the sum) and counts half
     of it, plus the float copies of input and output. Models without networks (stand-ins) count 64 bytes.
     """
-    key = id(predictor)
-    if key in _BPP_CACHE:
-        return _BPP_CACHE[key]
+    try:
+        return _BPP_CACHE[predictor]
+    except (KeyError, TypeError):
+        pass
     nets = networks(predictor)
     c, s = int(predictor.channels), int(predictor.scale)
     side = max(64, int(predictor.multiple) * 2)
@@ -226,7 +228,10 @@ def bytes_per_pixel(predictor: Any, **options: Any) -> float:
             h.remove()
     io_bytes = 4 * c * (1 + 2 * s * s)  # float input, float + uint8 output
     bpp = 0.5 * total[0] / (side * side) + io_bytes if nets else 64.0
-    _BPP_CACHE[key] = bpp
+    try:
+        _BPP_CACHE[predictor] = bpp
+    except TypeError:  # not weak-referenceable: measure again next time
+        pass
     return bpp
 
 
