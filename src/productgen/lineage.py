@@ -87,8 +87,13 @@ def snapshot_dataset(prepared: Path, model: str, snapshot_dir: str, remote: str 
     os.replace(staging, dest)
     shutil.rmtree(old, ignore_errors=True)
     rel = dest.relative_to(root).as_posix()
-    _check(_dvc("add", rel, cwd=root), f"dvc add {rel}")
     pointer = dest.with_name("data.dvc")
+    staged_before = _staged(root)
+    _check(_dvc("add", rel, cwd=root), f"dvc add {rel}")
+    # With core.autostage DVC `git add`s the pointer and its .gitignore: the user's index is not ours to change.
+    added = sorted(_staged(root) - staged_before)
+    if added:
+        _git("reset", "-q", "--", *added, cwd=root)
     md5 = pointer_md5(pointer)
     args = ["push", pointer.relative_to(root).as_posix()] + (["-r", remote] if remote else [])
     push = _dvc(*args, cwd=root)
@@ -154,9 +159,16 @@ def _git(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str | None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _staged(root: Path) -> set[str]:
+    """Paths staged in the git index of ``root`` (empty outside a git checkout)."""
+    out = _git("diff", "--cached", "--name-only", "--relative", cwd=root)
+    return set(out.splitlines()) if out else set()
+
+
 def code_version(package_dir: Path | None = None) -> dict[str, str]:
-    """The code's git commit, whether its tree is dirty, and a hash of the uncommitted diff (so a dirty tree
-    still gives a key that changes with the code)."""
+    """The code's git commit, whether the code is dirty (the package and ``flows/``: data pointers, lock files and
+    params changing in the checkout are not code), and a hash of its uncommitted diff (so a dirty tree still gives
+    a key that changes with the code)."""
     import productgen
 
     where = package_dir or Path(productgen.__file__).resolve().parent
@@ -164,8 +176,10 @@ def code_version(package_dir: Path | None = None) -> dict[str, str]:
     if commit is None:
         return {"git_commit": f"unknown (productgen {getattr(productgen, '__version__', '?')}, not a git checkout)",
                 "git_dirty": "unknown", "code_diff_sha": ""}  # fmt: skip
-    status = _git("status", "--porcelain", "--untracked-files=no", cwd=where) or ""
-    diff = (_git("diff", "HEAD", cwd=where) or "") if status else ""
+    top = Path(_git("rev-parse", "--show-toplevel", cwd=where) or where)
+    paths = [str(where)] + [str(top / "flows")] * (top / "flows").is_dir()
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *paths, cwd=where) or ""
+    diff = (_git("diff", "HEAD", "--", *paths, cwd=where) or "") if status else ""
     return {"git_commit": commit, "git_dirty": str(bool(status)).lower(),
             "code_diff_sha": hashlib.sha256(diff.encode()).hexdigest()[:16] if status else ""}  # fmt: skip
 

@@ -111,6 +111,7 @@ def weeks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
                 [str(BIN / "dvc"), "remote", "add", "-d", "local", str(root / "remote")],
+                [str(BIN / "dvc"), "config", "core.autostage", "true"],  # as the project's .dvc/config
                 ["git", "add", "-A"], ["git", "commit", "-q", "-m", "project"]):  # fmt: skip
         subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
     head_before = _git(root, "rev-parse", "HEAD").strip()
