@@ -513,3 +513,15 @@ def test_infra_start_scripts_refuse_the_example_placeholders(tmp_path: Path, scr
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "example placeholder" in done.stderr and "change-me" not in done.stderr.split(" still holds")[0]
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_run_folder_metadata_keeps_no_credentials() -> None:
+    """What run folders record of a server (``mlflow.json``'s tracking URI, the tune marker's storage URL)
+    goes through these two helpers: the password never reaches the file."""
+    from productgen.tracking import display_uri
+    from productgen.tune import mask_url
+
+    secret = "s3cret-pass-123"
+    assert secret not in display_uri(f"http://productgen-worker:{secret}@mlflow:5000")
+    assert display_uri(f"http://productgen-worker:{secret}@mlflow:5000") == "http://mlflow:5000"
+    assert secret not in mask_url(f"postgresql+psycopg://optuna:{secret}@postgres:5432/optuna")
