@@ -121,7 +121,7 @@ def test_cron_deployment_run_is_picked_up_by_a_worker_and_completes(scheduled_ru
     run = _finished(scheduled_run)
     assert run["state_name"] == "Completed", scheduled_run["worker_log"][-6000:]
     assert run["auto_scheduled"] and "auto-scheduled" in run["tags"]  # created by the cron schedule, not the test
-    assert scheduled_run["deployment"]["concurrency_limit"] == 1  # one retrain of the task at a time (prefect.yaml)
+    assert scheduled_run["deployment"]["global_concurrency_limit"]["limit"] == 1  # one retrain at a time (prefect.yaml)
     assert scheduled_run["deployment"]["concurrency_options"]["collision_strategy"] == "ENQUEUE"  # a second one waits
     start = datetime.fromisoformat(run["expected_start_time"].replace("Z", "+00:00"))
     assert start.second == 0 and start.microsecond == 0  # a cron slot: a minute boundary
