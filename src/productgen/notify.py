@@ -32,7 +32,8 @@ def post(url: str | None, event: str, payload: dict[str, Any], timeout: float = 
     req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json",
                                                                          "User-Agent": "productgen"})  # fmt: skip
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (scheme checked above)
+        # A fresh opener: the proxy settings of now (urlopen's global one keeps those of its first call).
+        with urllib.request.build_opener().open(req, timeout=timeout) as resp:  # noqa: S310 (scheme checked above)
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError, ValueError) as err:
         print(f"warning: notification to {url} failed ({err}); the run itself is unaffected", file=sys.stderr)

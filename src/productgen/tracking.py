@@ -95,7 +95,8 @@ def server_problem(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         return None
     url = display_uri(uri).rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+        # A fresh opener: the proxy settings of now (urlopen's global one keeps those of its first call).
+        with urllib.request.build_opener().open(urllib.request.Request(url, method="GET"), timeout=timeout):
             return None
     except urllib.error.HTTPError:
         return None

@@ -103,9 +103,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Never through a proxy: urlopen's global opener keeps the proxy variables of the first call, and a test elsewhere
+# points them at a dead proxy (to prove it works offline); in one session that made every /health here fail.
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback)
+        with LOOPBACK.open(url, timeout=timeout) as r:  # noqa: S310 (loopback)
             return r.status, r.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
