@@ -109,7 +109,7 @@ class TrainConfig:
     max_steps: int = 2000
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere
     channels_last: bool = True
     compile: bool = False
     fused_optimizer: bool = True  # fused Adam on CUDA

@@ -267,6 +267,9 @@ def _load_tf_inception(device: torch.device, weights: Path | None) -> FeatureExt
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = tf_bilinear_resize(x.to(torch.float32), INCEPTION_SIZE)
         x = (x - 128) / 128
+        if x.device.type == "cpu":
+            # oneDNN's NHWC fp32 kernels: 1.4x on the 2-core EPYC (6.0 -> 8.4 img/s), features within 5e-6
+            x = x.contiguous(memory_format=torch.channels_last)
         return net(x)
 
     return FeatureExtractor("tf-inception", sha1, forward, device, weights=path, module=net)

@@ -1,7 +1,7 @@
 """The training loop shared by every model: the model-specific part is a :class:`Task`.
 
 A task owns its networks and optimizers and implements one training step; the engine does everything else
-the same way for all of them: device and precision (bf16 autocast on CUDA, channels_last, fused Adam,
+the same way for all of them: device and precision (bf16 autocast on CUDA and native-bf16 CPUs, channels_last, fused Adam,
 optional ``torch.compile``), GPU-resident batches, gradient averaging under DDP
 (``torch.nn.parallel.DistributedDataParallel``: bucketed all-reduce overlapping the backward pass), clipping, EMA,
 a progress bar with live losses and images/s, sample grids, verified checkpoints and exact resume.
@@ -112,6 +112,12 @@ class Engine:
         self.ema: EMA | None = None
         self._fast: dict[tuple[str, str | None], Any] = {}
 
+    @property
+    def channels_last(self) -> bool:
+        """NHWC activations: faster convolutions on CUDA and on CPU (oneDNN: 62 -> 79 img/s fp32 on the 2-core
+        EPYC, 132 with bf16); MPS gains nothing from it."""
+        return self.cfg.channels_last and self.rt.device.type in ("cuda", "cpu")
+
     # ---- helpers for tasks -------------------------------------------------------------------------------
     def autocast(self) -> Any:
         return self.rt.autocast()
@@ -123,7 +129,7 @@ class Engine:
 
     def prepare_module(self, module: nn.Module) -> nn.Module:
         module = module.to(self.rt.device)
-        if self.cfg.channels_last and self.rt.device.type == "cuda":
+        if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if self.rt.distributed:  # identical start on every rank
             for t in list(module.parameters()) + list(module.buffers()):
@@ -174,9 +180,9 @@ class Engine:
             self._fast.clear()
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, C, H, W]`` -> float in [-1, 1] on the device (channels_last on CUDA)."""
+        """uint8 ``[B, C, H, W]`` -> float in [-1, 1] on the device (channels_last on CUDA and CPU)."""
         x = images.to(self.rt.device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        if self.cfg.channels_last and self.rt.device.type == "cuda":
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
