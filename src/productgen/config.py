@@ -144,6 +144,9 @@ class GanConfig:
     d_steps: int = 1
     diffaugment: str = "translation,cutout"  # comma-separated subset of color,translation,cutout; "" disables
     spectral_norm: bool = True
+    # z and the class drive every generator BatchNorm's gain and bias (Chen et al. 2019), not only the first layer:
+    # without it a briefly trained generator draws nearly one product per category (docs/quality.md)
+    self_modulation: bool = False
 
 
 @dataclass(frozen=True)

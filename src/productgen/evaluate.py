@@ -48,6 +48,24 @@ def discriminator_accuracy(
     return {"d_acc": 0.5 * (acc_real + acc_fake), "d_acc_real": acc_real, "d_acc_fake": acc_fake}
 
 
+def diversity(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, max_n: int = 500) -> float | None:
+    """Spread of one category's generated images relative to its real ones: the mean pairwise distance of the
+    fakes' Inception features over that of the reals (1: as varied as the real photos; near 0: the generator
+    draws the same product again and again, which FID on few images hides and a catalog cannot use).
+    None when a side has fewer than 2 images. The first ``max_n`` of each side keep it cheap."""
+    a = torch.as_tensor(real[:max_n], dtype=torch.float64)
+    b = torch.as_tensor(fake[:max_n], dtype=torch.float64)
+    if len(a) < 2 or len(b) < 2:
+        return None
+
+    def spread(x: torch.Tensor) -> float:
+        d = torch.cdist(x, x)
+        return float(d.sum() / (len(x) * (len(x) - 1)))
+
+    base = spread(a)
+    return spread(b) / base if base > 0 else None
+
+
 def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
              categories: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Evaluate the model in ``cfg.model`` against ``prepared``; write and return the metrics.
@@ -121,8 +139,12 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
         metrics |= discriminator_accuracy(load_discriminator(model_dir), real, real_y, fake, fake_y)
     per_cat: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
+    ry, fy = real_y.numpy(), fake_y.numpy()
+    spread = {name: diversity(real_feats[ry == c], fake_feats[fy == c]) for c, name in enumerate(known)}
+    spread = {k: v for k, v in spread.items() if v is not None}
+    if spread:
+        metrics["diversity"] = float(np.mean(list(spread.values())))
     if cfg.per_category:
-        ry, fy = real_y.numpy(), fake_y.numpy()
         for c, name in enumerate(known):
             a, b = real_feats[ry == c], fake_feats[fy == c]
             n = min(len(a), len(b))
@@ -131,6 +153,8 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
                 breakdown[name] = {"fid": per_cat[name], "n": len(a)}
             elif n >= 2:  # too few for a covariance: KID, which is unbiased at any size
                 breakdown[name] = {"kid": kid_from_features(a, b, subset_size=n, seed=cfg.seed).mean, "n": len(a)}
+            if name in breakdown and name in spread:
+                breakdown[name]["diversity"] = spread[name]
         metrics["fid_per_category"] = per_cat
     metrics["per_category"] = breakdown
     if categories is not None:
@@ -171,6 +195,8 @@ def _report(out: Path, m: dict[str, Any], cfg: EvaluateConfig, model_dir: Path, 
     ]
     if "kid_mean" in m:
         lines.append(f"| KID x 1000 | {1000 * m['kid_mean']:.2f} +- {1000 * m['kid_std']:.2f} |")
+    if "diversity" in m:
+        lines.append(f"| diversity within a category, generated / real (1 = as varied as the photos) | {m['diversity']:.2f} |")
     if "d_acc" in m:
         lines.append(f"| discriminator accuracy, held-out real vs generated | {100 * m['d_acc']:.1f}% "
                      f"(real {100 * m['d_acc_real']:.1f}%, generated {100 * m['d_acc_fake']:.1f}%) |")

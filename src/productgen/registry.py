@@ -381,3 +381,64 @@ def history(task: str, name: str | None = None) -> list[dict[str, Any]]:
 
 def decision_dict(d: Decision) -> dict[str, Any]:
     return asdict(d)
+
+
+def ship(task: str, cfg: Any = None, name: str | None = None) -> Decision | None:
+    """Register the shipped champion of ``task`` (``champions/<task>``, :mod:`productgen.shipped`) as a new version
+    with its card's evaluation and make it champion if the task has none yet (the gate's absolute bar still
+    applies). A task that already has a champion keeps it: the shipped model becomes the challenger, to be
+    promoted by the gate like any other. None when nothing is shipped for ``task``."""
+    from productgen import gate, shipped
+    from productgen.tracking import log_trained_model
+
+    folder = shipped.shipped(task)
+    if folder is None:
+        return None
+    card = shipped.read_card(folder)
+    metrics = dict(card.get("metrics") or {})
+    if primary_metric(task)[0] not in metrics:
+        raise UserError(f"{folder / shipped.CARD}: has no metrics.{primary_metric(task)[0]}; evaluate the model and "
+                        "write its card again (docs/quality.md)")  # fmt: skip
+    client = _client()
+    model = registered_name(task, name)
+    existing = {str(v.version): v.tags for v in client.search_model_versions(f"name='{model}'")} if _exists(client, model) else {}
+    digest = card.get("weights_sha256", "")
+    for version, tags in existing.items():  # shipping twice registers nothing new
+        if digest and tags.get("shipped.weights_sha256") == digest:
+            return Decision(task, model, version, False, f"already registered as version {version}",
+                            alias_version(client, model, CHAMPION), alias_version(client, model, CHAMPION), {})  # fmt: skip
+    import mlflow
+
+    from productgen.tracking import configure
+
+    configure(f"productgen-{task}")
+    with mlflow.start_run(run_name=f"ship-{task}", tags={"productgen.shipped": str(folder)}):
+        mlflow.log_params({k: str(v)[:500] for k, v in card.items() if not isinstance(v, dict)})
+        uri = log_trained_model(folder)
+    eval_set = card.get("eval_set") or {}
+    version = register_challenger(task, uri, metrics, str(eval_set.get("content_hash", "shipped")),
+                                  str(eval_set.get("split", "test")), name=name,
+                                  lineage={"shipped": str(folder), **{k: str(v) for k, v in card.items()
+                                                                      if k in ("profile", "steps", "device", "train_time")}})  # fmt: skip
+    client.set_model_version_tag(model, version, "shipped.weights_sha256", digest)
+    if alias_version(client, model, CHAMPION) is not None:
+        return Decision(task, model, version, False, "registered as challenger: the task already has a champion",
+                        alias_version(client, model, CHAMPION), alias_version(client, model, CHAMPION), {})  # fmt: skip
+    scored = gate.Scored(version, metrics, eval_set_id(metrics, str(eval_set.get("content_hash", "shipped")),
+                                                       str(eval_set.get("split", "test"))))  # fmt: skip
+    verdict = gate.decide(task, scored, None, cfg or _registry_defaults())
+    return promote(task, version, name=name, verdict=verdict, cfg=cfg)
+
+
+def _exists(client: Any, model: str) -> bool:
+    try:
+        client.get_registered_model(model)
+    except Exception:  # noqa: BLE001 - MLflow raises RestException/MlflowException for a missing name
+        return False
+    return True
+
+
+def _registry_defaults() -> Any:
+    from productgen.config import RegistryConfig
+
+    return RegistryConfig()

@@ -101,6 +101,18 @@ def test_networks_cover_28_to_128(resolution: int) -> None:
     assert d(x, y).shape == (2,)
 
 
+def test_self_modulation_starts_as_plain_batchnorm_and_lets_z_steer_every_layer() -> None:
+    torch.manual_seed(0)
+    g = Generator(28, 1, 3, z_dim=8, base=8, cap=16, embed_dim=8, self_modulation=True)
+    norms = [m for m in g.modules() if hasattr(m, "gamma_fc")]
+    assert len(norms) == 3 and all(float(m.gamma_fc.weight.abs().sum()) == 0 for m in norms)  # gain 1, bias 0
+    x = torch.randn(4, 16, 7, 7)
+    cond = torch.randn(4, 16)
+    torch.testing.assert_close(norms[0](x, torch.zeros(4, dtype=torch.long), cond), norms[0].bn(x))
+    torch.nn.init.normal_(norms[0].gamma_fc.weight)  # once trained, z changes the gains of this layer too
+    assert not torch.allclose(norms[0](x, torch.zeros(4, dtype=torch.long), cond), norms[0].bn(x))
+
+
 def test_diffaugment_is_reproducible_from_its_generator() -> None:
     x = torch.randn(4, 3, 32, 32)
     a = diffaugment(x, "color,translation,cutout", torch.Generator().manual_seed(1))

@@ -28,8 +28,9 @@ def enhance_command(
     in_dir: Annotated[Path, typer.Option("--in", "-i", help="Folder of images (searched recursively).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder (not inside --in); PNGs, same names.")],
     task: Annotated[str, typer.Option("--task", "-t", help="denoise, deblur, jpeg, sr2 or sr4 (must match the model).")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder (config.json + safetensors) of "
-                                        "'productgen train restore' or 'train vae-restore'.")] = DEFAULT_MODEL,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model folder (config.json + safetensors) of "
+                     "'productgen train restore' or 'train vae-restore' (default: artifacts/train/restore/model, "
+                     "else the shipped champion champions/restore).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a before/after grid PNG here.")] = None,
@@ -54,9 +55,11 @@ def enhance_command(
     """
     from productgen.apply import apply_to_folder, before_after_grid
     from productgen.models.predict import load_predictor
+    from productgen.shipped import default_model
 
     if task not in TASK_VIEWS:
         raise UserError(f"--task: unknown task {task!r}; choose from {', '.join(TASK_VIEWS)}")
+    model = model or default_model("restore", DEFAULT_MODEL)
     predictor = load_predictor(model, device)
     view = getattr(predictor, "view", None)
     if view is None:

@@ -148,3 +148,34 @@ def history(
     for e in events:
         typer.echo(f"{e['time']}  {e['action']:<8} v{e['version']:<4} champion v{e['champion_before']} -> "
                    f"v{e['champion_after']}  {e['reason']}")  # fmt: skip
+
+
+@registry_app.command("ship")
+@user_errors
+def ship(
+    tasks: Annotated[Optional[list[str]], typer.Argument(help="Tasks to ship (default: every one in champions/).")] = None,
+    params: Params = None,
+    table: Annotated[bool, typer.Option("--table", help="Print the shipped champions' quality table (markdown) and "
+                                        "register nothing.")] = False,
+) -> None:
+    """Register the shipped champions (champions/<task>, committed with the code) in the MLflow store; each becomes
+    champion where its task has none yet, else challenger.
+
+    Examples: productgen registry ship ; productgen registry ship gan restore ; productgen registry ship --table
+    """
+    from productgen import shipped
+
+    if table:
+        typer.echo(shipped.table())
+        return
+    from productgen.registry import ship as do_ship
+
+    p = _load(params, {})
+    found = shipped.cards()
+    for task in tasks or list(found):
+        if task not in found:
+            raise UserError(f"{task}: no shipped champion in {shipped.root()} (shipped: {', '.join(found) or 'none'})")
+        d = do_ship(task, p.registry)
+        assert d is not None
+        state = "champion" if d.promoted else d.reason
+        typer.echo(f"{d.model} v{d.version}: {state} ({found[task].get('figure', '?')})")

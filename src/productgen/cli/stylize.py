@@ -72,7 +72,9 @@ def stylize_command(
     if style is None and model is None:
         raise UserError("pass --style STYLE (with an AdaIN model) or --model MODEL_DIR (a per-style or image model)")
     if model is None:
-        model = DEFAULT_ADAIN
+        from productgen.shipped import default_model
+
+        model = default_model("adain", DEFAULT_ADAIN)
         if not (model / "config.json").is_file():
             raise UserError(f"{model}: no AdaIN model for --style; train it with: productgen train adain "
                             "(or pass --model an AdaIN model folder)")  # fmt: skip

@@ -85,9 +85,8 @@ _register_train_commands()
 
 
 def generate_command(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder written by training.")] = Path(
-        "artifacts/train/gan/model"
-    ),
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model folder written by training "
+                     "(default: artifacts/train/gan/model, else the shipped champion champions/gan).")] = None,
     category: Annotated[
         Optional[list[str]], typer.Option("--category", "-c", help="Category name (repeatable); default: all.")
     ] = None,
@@ -102,7 +101,10 @@ def generate_command(
     Example: productgen generate --category sneaker --n 64 --seed 0 --out grid.png --folder generated/
     """
     from productgen.generate import generate, save_images
+    from productgen.shipped import default_model
     from productgen.viz import make_grid, save_png
+
+    model = model or default_model("gan", Path("artifacts/train/gan/model"))
 
     images, labels, classes = generate(model, category, n, seed, device)
     ncol = 8 if n % 8 == 0 or n > 8 else n

@@ -74,7 +74,7 @@ def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn
                         "categories (generators: gan, vae)")
     g = cfg["gan"]
     net = Generator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["z_dim"], g["g_channels"],
-                    g["max_channels"], g["embed_dim"])  # fmt: skip
+                    g["max_channels"], g["embed_dim"], g.get("self_modulation", False))  # fmt: skip
     load_weights(net, folder / "generator.safetensors")
     return net.to(device).eval(), cfg
 

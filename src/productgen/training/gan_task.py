@@ -22,7 +22,8 @@ class GanTask:
         self.cfg, self.classes = cfg, classes
         self.shape = {"resolution": resolution, "channels": channels, "num_classes": len(classes)}
         torch.manual_seed(engine.cfg.seed)  # identical initial weights for a given seed
-        g = Generator(resolution, channels, len(classes), cfg.z_dim, cfg.g_channels, cfg.max_channels, cfg.embed_dim)
+        g = Generator(resolution, channels, len(classes), cfg.z_dim, cfg.g_channels, cfg.max_channels, cfg.embed_dim,
+                      cfg.self_modulation)  # fmt: skip
         d = Discriminator(resolution, channels, len(classes), cfg.d_channels, cfg.max_channels, cfg.spectral_norm)
         self.modules = {"G": engine.prepare_module(g), "D": engine.prepare_module(d)}
         betas = (cfg.beta1, cfg.beta2)
