@@ -1,8 +1,12 @@
 """Training throughput of the engine against the plain PyTorch recipe, measured in the same run.
 
 Baseline (pytorch/examples style): fp32 eager, NCHW, a DataLoader over the dataset on the CPU, foreach Adam.
-Engine: the productgen recipe: uint8 dataset resident on the device, bf16 autocast (CUDA), channels_last,
-fused Adam (CUDA), optionally torch.compile. Same networks, batch and steps; prints images/s and the ratio.
+Engine: the productgen recipe: uint8 dataset resident on the device, bf16 autocast (CUDA, and CPUs with native
+bf16: AVX512-BF16 / AMX), channels_last (CUDA and CPU), fused Adam (CUDA), optionally torch.compile. Same
+networks, batch and steps; prints images/s and the ratio.
+
+On the 2-core AMD EPYC (avx512_bf16) at 28 px, batch 64, the default GAN: baseline 49.7 img/s, engine 90.0,
+ratio 1.81 (``--synthetic 2000 --resolution 28 --batch-size 64 --steps 30 --workers 0 --device cpu``).
 
     PYTHONPATH=src python bench/bench_train.py --prepared artifacts/prepared --steps 200 --batch-size 128
     PYTHONPATH=src python bench/bench_train.py --resolution 64 --synthetic 60000 --batch-size 1024 --compile

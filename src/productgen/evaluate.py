@@ -49,10 +49,12 @@ def discriminator_accuracy(
 
 
 def diversity(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, max_n: int = 500) -> float | None:
-    """Spread of one category's generated images relative to its real ones: the mean pairwise distance of the
-    fakes' Inception features over that of the reals (1: as varied as the real photos; near 0: the generator
-    draws the same product again and again, which FID on few images hides and a catalog cannot use).
-    None when a side has fewer than 2 images. The first ``max_n`` of each side keep it cheap."""
+    """Spread of one category's generated images relative to its real ones: the mean pairwise pixel distance of
+    the fakes over that of the reals (1: as varied as the real photos; near 0: the generator draws the same
+    product again and again, which FID on few images hides and a catalog cannot use). Pixels, not Inception
+    features: on 28 px products the features' spread stayed at 0.8 for a grid of near-copies (the quick
+    profile's), where the pixel spread read 0.57. None when a side has fewer than 2 images. The first ``max_n``
+    of each side keep it cheap."""
     a = torch.as_tensor(real[:max_n], dtype=torch.float64)
     b = torch.as_tensor(fake[:max_n], dtype=torch.float64)
     if len(a) < 2 or len(b) < 2:
@@ -140,7 +142,7 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
     per_cat: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
     ry, fy = real_y.numpy(), fake_y.numpy()
-    spread = {name: diversity(real_feats[ry == c], fake_feats[fy == c]) for c, name in enumerate(known)}
+    spread = {name: diversity(real[real_y == c].flatten(1), fake[fake_y == c].flatten(1)) for c, name in enumerate(known)}
     spread = {k: v for k, v in spread.items() if v is not None}
     if spread:
         metrics["diversity"] = float(np.mean(list(spread.values())))
