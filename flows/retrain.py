@@ -169,11 +169,12 @@ def drift_report(rp: RetrainParams, data: dict[str, Any], champion: dict[str, An
 
 @task(name="tune", cache_policy=NONE, timeout_seconds=6 * 3600)
 def tune_model(rp: RetrainParams) -> dict[str, Any]:
-    """Optuna study; its best parameters feed the final training."""
+    """Optuna study of the task (on its primary metric); its best parameters, as dotted overrides of the task's
+    params section (``{"restore.lr": ...}``), feed the final training."""
     from productgen.tune import tune  # type: ignore[import-not-found]
 
     best = tune(_params(rp), rp.task, trials=rp.tune_trials)
-    return dict(best)
+    return best.overrides()
 
 
 @task(name="train", cache_policy=NONE, timeout_seconds=12 * 3600, retries=1, retry_delay_seconds=30)
@@ -301,11 +302,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         "evaluate.out": f"{eval_dir}/{tag}",
     }
     drift = drift_report(params, data, champion, f"{eval_dir}/{tag}/drift")
-    if params.tune_trials > 0 and params.task != "gan":
-        raise ValueError(f"tune_trials: tuning is implemented for the gan task only, not {params.task!r}")
     if params.tune_trials > 0:
-        best = tune_model(params)
-        overrides |= {f"gan.{k}": v for k, v in best.items()}
+        overrides |= tune_model(params)
     trained = train_model(params, overrides, lineage_tags)
     if trained.get("run_id"):
         from mlflow import MlflowClient

@@ -146,7 +146,7 @@ class GanConfig:
     spectral_norm: bool = True
     # z and the class drive every generator BatchNorm's gain and bias (Chen et al. 2019), not only the first layer:
     # without it a briefly trained generator draws nearly one product per category (docs/quality.md)
-    self_modulation: bool = False
+    self_modulation: bool = True
 
 
 @dataclass(frozen=True)
@@ -215,25 +215,38 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True)
-class LogRange:
-    """A log-uniform search range ``[low, high]`` (learning rates)."""
+class TuneRange:
+    """A search range ``[low, high]`` of a number field: log-uniform by default (learning rates and loss weights
+    span decades), uniform with ``log: false``. On an integer field the bounds must be integers."""
 
-    low: float = 5e-5
-    high: float = 1e-3
+    low: float | None = None
+    high: float | None = None
+    log: bool = True
 
 
-@dataclass(frozen=True)
-class TuneSpace:
-    """The GAN search space of ``productgen tune gan``; a null entry keeps the ``gan:`` value fixed.
+TuneChoice = bool | int | float | str
+# One task's search space: a field of the task's params section (TaskSpec.section) -> a range, a list of
+# choices (converted to the field's type when params.yaml is read), or null (the field keeps its value).
+TuneSpace = dict[str, TuneRange | list[TuneChoice] | None]
 
-    Keys are ``gan:`` field names, so a trial's parameters are a partial ``gan:`` section as they stand.
-    """
 
-    lr_g: LogRange | None = field(default_factory=lambda: LogRange(5e-5, 1e-3))
-    lr_d: LogRange | None = field(default_factory=lambda: LogRange(5e-5, 1e-3))
-    beta1: list[float] | None = field(default_factory=lambda: [0.0, 0.5])
-    diffaugment: list[str] | None = field(default_factory=lambda: ["translation,cutout", "color,translation,cutout"])
-    d_steps: list[int] | None = field(default_factory=lambda: [1, 2])
+def _default_spaces() -> dict[str, TuneSpace]:
+    """Every registered task's search space over its own section (keys are task names; ``{low, high}`` is
+    log-uniform). Mirrored in params.yaml ``tune.space``."""
+    lr = TuneRange(5e-5, 1e-3)
+    return {
+        "gan": {"lr_g": lr, "lr_d": lr, "beta1": [0.0, 0.5],
+                "diffaugment": ["translation,cutout", "color,translation,cutout"], "d_steps": [1, 2]},
+        "restore": {"lr": TuneRange(2e-4, 3e-3), "loss": ["l1", "charbonnier", "l2"], "blocks": [1, 2]},
+        "vae": {"lr": TuneRange(2e-4, 3e-3), "beta": TuneRange(0.25, 4.0)},
+        "vae-restore": {"lr": TuneRange(2e-4, 3e-3), "beta": TuneRange(0.01, 1.0)},
+        "pix2pix": {"lr": lr, "lambda_l1": TuneRange(10.0, 300.0)},
+        "cyclegan": {"lr": lr, "lambda_cycle": TuneRange(2.0, 20.0), "lambda_identity": [0.0, 0.5]},
+        "style": {"lr": TuneRange(3e-4, 3e-3), "style_weight": TuneRange(2.0, 100.0),
+                  "content_weight": TuneRange(0.5, 5.0)},
+        "adain": {"adain_lr": TuneRange(3e-5, 1e-3), "adain_style_weight": TuneRange(0.3, 10.0),
+                  "content_weight": TuneRange(0.5, 5.0)},
+    }  # fmt: skip
 
 
 TunePruner = Literal["median", "hyperband", "none"]
@@ -246,17 +259,17 @@ class TuneConfig:
     # An SQLAlchemy URL (sqlite:///optuna.db, postgresql://user@host/db for several workers) or a file path
     # (taken as SQLite). The study is loaded if it exists, so an interrupted search resumes.
     storage: str = "sqlite:///optuna.db"
-    study: str = "productgen-gan"
-    out: str = "artifacts/tune/gan"  # trial-<n>/ run folders and best_params.yaml
+    study: str = "productgen-{task}"  # {task} becomes the task name: one study per task
+    out: str = "artifacts/tune/{task}"  # trial-<n>/ run folders and best_params.yaml
     trials: int = 20  # trials per invocation (added to those the study already has)
     timeout: float | None = None  # seconds; no new trial starts after this
     steps: int = 2000  # training steps per trial
-    eval_every: int = 500  # intermediate FID every this many steps (and at the last step)
-    eval_images: int = 1000  # real images (seeded subset of eval_split) and as many generated ones
+    eval_every: int = 500  # intermediate evaluation (the task's primary metric) every this many steps and at the last
+    eval_images: int = 1000  # images of the seeded subset of eval_split (and as many generated ones)
     eval_split: str = "val"  # never tune on the test split
     eval_batch_size: int = 50
-    device: str = "auto"  # feature network device
-    extractor: str = "tf-inception"
+    device: str = "auto"  # device of the evaluations (FID network, the task evaluators)
+    extractor: str = "tf-inception"  # the FID network of the tasks scored on FID
     seed: int = 0  # TPE sampler (offset by the trials already in the study), real subset and FID noise
     pruner: TunePruner = "median"
     pruner_startup_trials: int = 5  # median: complete trials before pruning starts
@@ -270,7 +283,14 @@ class TuneConfig:
     heartbeat_interval: int = 60
     grace_period: int = 180
     retries: int = 1
-    space: TuneSpace = field(default_factory=TuneSpace)
+    # Per task (gan, restore, ..., the task registry's names): its search space, see TuneSpace.
+    space: dict[str, TuneSpace] = field(default_factory=_default_spaces)
+
+    def study_for(self, task: str) -> str:
+        return self.study.replace("{task}", task)
+
+    def out_for(self, task: str) -> str:
+        return self.out.replace("{task}", task)
 
 
 @dataclass(frozen=True)
@@ -471,6 +491,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, arg, where)
             except UserError as err:
                 errors.append(str(err))
+        lead = f"{where}: expected "
+        if len(errors) > 1 and all(e.startswith(lead) and ", got " in e for e in errors):  # one line for the union
+            kinds = [e[len(lead) :].split(", got ")[0] for e in errors]
+            raise UserError(f"{lead}{' or '.join(kinds)}, got {value!r}")
         raise UserError(errors[0] if errors else f"{where}: unexpected value {value!r}")
     if origin is Literal:
         allowed = get_args(tp)
@@ -482,6 +506,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise UserError(f"{where}: expected a list, got {value!r}")
         (item_tp,) = get_args(tp)
         return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:  # free-form keys (tune.space.<task>.<field>), each value checked against the value type
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        _, value_tp = get_args(tp)
+        for k in value:
+            if not isinstance(k, str):
+                raise UserError(f"{where}: key {k!r} is not a name")
+        return {k: _convert(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is float:
@@ -520,6 +552,11 @@ def from_dict(cls: type[T], raw: Any, where: str = "params") -> T:
 
 def check(params: Params, where: str = "params") -> Params:
     """Cross-field checks that types alone cannot express."""
+    _check_sections(params, where)
+    return dataclasses.replace(params, tune=_check_tune(params, f"{where}.tune"))
+
+
+def _check_sections(params: Params, where: str) -> None:
     d = params.data
     if not 28 <= d.resolution <= 256:
         raise UserError(f"{where}.data.resolution: {d.resolution} is outside 28..256")
@@ -547,9 +584,9 @@ def check(params: Params, where: str = "params") -> Params:
         raise UserError(f"{where}.restore.warmup_steps / decay_steps: must be >= 0 (0 disables)")
     if not 1 <= params.views.jpeg_quality <= 95:
         raise UserError(f"{where}.views.jpeg_quality: must be between 1 and 95")
-    _check_tune(params.tune, f"{where}.tune")
+    if params.gan.d_steps < 1:
+        raise UserError(f"{where}.gan.d_steps: must be at least 1")
     _check_optimiser_numbers(params, where)
-    return params
 
 
 def _check_optimiser_numbers(params: Params, where: str) -> None:
@@ -573,8 +610,11 @@ def _check_optimiser_numbers(params: Params, where: str) -> None:
                 raise UserError(f"{name}: {value!r} must be in [0, 1) (an Adam beta)")
 
 
-def _check_tune(t: TuneConfig, where: str) -> None:
-    """The search must be runnable before the first trial starts, not fail at trial 7."""
+def _check_tune(params: Params, where: str) -> TuneConfig:
+    """The search must be runnable before the first trial starts, not fail at trial 7: every space entry names a
+    field of its task's section, and every value a trial can draw passes that section's own checks. Returns the
+    tune section with the choices converted to their fields' types."""
+    t = params.tune
     for name in ("trials", "steps", "eval_every", "eval_batch_size"):
         if getattr(t, name) < 1:
             raise UserError(f"{where}.{name}: must be at least 1")
@@ -584,23 +624,54 @@ def _check_tune(t: TuneConfig, where: str) -> None:
         raise UserError(f"{where}.timeout: must be positive (or null for no limit)")
     if t.pruner_startup_trials < 0 or t.pruner_warmup_steps < 0:
         raise UserError(f"{where}.pruner_startup_trials / pruner_warmup_steps: must be >= 0")
-    s = t.space
-    for name in ("lr_g", "lr_d"):
-        r = getattr(s, name)
-        if r is not None and not 0 < r.low <= r.high:
-            raise UserError(f"{where}.space.{name}: need 0 < low <= high (got low={r.low:g}, high={r.high:g})")
-    for name in ("beta1", "diffaugment", "d_steps"):
-        choices = getattr(s, name)
-        if choices is not None and not choices:
-            raise UserError(f"{where}.space.{name}: give at least one choice (or null to keep gan.{name})")
-    if s.beta1 is not None and any(not 0.0 <= b < 1.0 for b in s.beta1):
-        raise UserError(f"{where}.space.beta1: each choice must be in [0, 1)")
-    if s.d_steps is not None and any(d < 1 for d in s.d_steps):
-        raise UserError(f"{where}.space.d_steps: each choice must be at least 1")
-    for policy in s.diffaugment or []:
-        bad = {a for a in policy.split(",") if a} - {"color", "translation", "cutout"}
-        if bad:
-            raise UserError(f"{where}.space.diffaugment: unknown {sorted(bad)} (use color, translation, cutout)")
+    from productgen.training import tasks
+
+    spaces: dict[str, TuneSpace] = {}
+    for task, space in t.space.items():
+        if task not in tasks.TASKS:
+            raise UserError(f"{where}.space.{task}: unknown task (choose from {', '.join(tasks.names())})")
+        if space is None:
+            continue
+        section = tasks.TASKS[task].section
+        spaces[task] = {name: _check_entry(params, section, name, entry, f"{where}.space.{task}.{name}")
+                        for name, entry in space.items()}  # fmt: skip
+    return dataclasses.replace(t, space=spaces)
+
+
+def _check_entry(params: Params, section: str, name: str, entry: Any, where: str) -> Any:
+    cfg = getattr(params, section)
+    hints = get_type_hints(type(cfg))
+    if name not in hints:
+        raise UserError(f"{where}: {section}: has no field {name!r} (known: {', '.join(sorted(hints))})")
+    if entry is None:
+        return None
+    tp = hints[name]
+    if isinstance(entry, TuneRange):
+        number = [a for a in (get_args(tp) or (tp,)) if a is not type(None)]
+        if number not in ([float], [int]):
+            raise UserError(f"{where}: {section}.{name} is not a number; give a list of choices instead of a range")
+        if entry.low is None or entry.high is None:
+            raise UserError(f"{where}: give both low and high")
+        if number == [int] and (entry.low != int(entry.low) or entry.high != int(entry.high)):
+            raise UserError(f"{where}: {section}.{name} is an integer; give integer low and high")
+        if not (0 < entry.low if entry.log else True) or entry.low > entry.high:
+            raise UserError(f"{where}: need {'0 < ' if entry.log else ''}low <= high "
+                            f"(got low={entry.low:g}, high={entry.high:g})")  # fmt: skip
+        candidates: list[Any] = [entry.low, entry.high]
+        if number == [int]:
+            entry = dataclasses.replace(entry, low=int(entry.low), high=int(entry.high))
+            candidates = [entry.low, entry.high]
+    else:
+        if not entry:
+            raise UserError(f"{where}: give at least one choice (or null to keep {section}.{name})")
+        entry = candidates = [_convert(v, tp, f"{where}[{i}]") for i, v in enumerate(entry)]
+    for value in candidates:  # what a trial may draw must pass the section's checks (a range: both ends)
+        try:
+            trial = dataclasses.replace(params, **{section: dataclasses.replace(cfg, **{name: value})})
+            _check_sections(trial, "params")
+        except UserError as err:
+            raise UserError(f"{where}: {value!r} is refused by the {section}: checks ({err})") from None
+    return entry
 
 
 def _read_yaml(p: Path, what: str) -> dict[str, Any]:

@@ -1,15 +1,20 @@
-"""``productgen tune``: Optuna hyperparameter search over a model's settings (the MLOps layer: it imports Optuna
-and MLflow, and the core never imports this module).
+"""``productgen tune TASK``: Optuna hyperparameter search over a model's settings, for every task of the task
+registry (the MLOps layer: it imports Optuna and MLflow, and the core never imports this module).
 
-    <tune.out>/
+    <tune.out>/                  artifacts/tune/<task> by default
       study.json                 which study the trial folders belong to (a second study is refused here)
       trial-<n>/                 an ordinary training run folder (samples, metrics.jsonl, model/ when complete)
-      best_params.yaml           the gan: section of the best trial so far, rewritten as the study improves
+        eval/                    the last intermediate evaluation (metrics.json, report, grid; not for FID tasks)
+      best_params.yaml           the <section>: of the best trial so far, rewritten as the study improves
 
-- One study per task in RDB storage (``tune.storage``: SQLite by default, a PostgreSQL URL for several workers),
-  loaded when it exists, so an interrupted search resumes: completed trials are kept and new ones continue. The
-  settings that make trial values comparable (steps, evaluation protocol, dataset, the fixed ``train:``/``gan:``
-  keys) are stored in the study, and resuming with different ones is refused instead of mixing numbers.
+- The search space is ``tune.space.<task>``: fields of the task's params section (``TaskSpec.section``), each a
+  range or a list of choices (checked when params.yaml is read). The objective is the task's primary metric
+  (``TaskSpec.metric``), maximised or minimised as ``TaskSpec.direction`` says.
+- One study per task in RDB storage (``tune.storage``: SQLite by default, a PostgreSQL URL for several workers;
+  ``tune.study`` ``productgen-{task}``), loaded when it exists, so an interrupted search resumes: completed trials
+  are kept and new ones continue. The settings that make trial values comparable (steps, evaluation protocol,
+  dataset, the fixed ``train:`` / section keys) are stored in the study, and resuming with different ones is
+  refused instead of mixing numbers.
 - Several workers (``productgen tune`` processes on several machines) share one study in PostgreSQL: Optuna hands
   each new trial to exactly one worker; ``tune.total_trials`` stops them all once the study holds that many
   finished trials. A running trial writes a heartbeat every ``tune.heartbeat_interval`` s; a worker that dies
@@ -18,16 +23,19 @@ and MLflow, and the core never imports this module).
 - TPE sampler seeded with ``tune.seed`` (a resumed session: with a hash of it and the number of trials already in
   the study, so it does not replay the random start-up points it tried); a median or Hyperband pruner.
 - Each trial trains with the shared engine (``productgen.train.train`` -> ``engine.fit``) and, through ``fit``'s
-  ``on_step`` hook, computes the FID of the EMA generator every ``tune.eval_every`` steps against a seeded subset
-  of ``tune.eval_split``; it is reported with ``trial.report`` and the trial is pruned when the pruner says so.
-  The feature network is loaded and the real statistics computed once per process, not per trial or per step.
-  The objective is the FID at the last step (lower is better).
+  ``on_step`` hook, evaluates the model every ``tune.eval_every`` steps and at the last step on a seeded subset
+  of ``tune.eval_split`` (``tune.eval_images`` images); the value is reported with ``trial.report`` and the trial
+  is pruned when the pruner says so. The objective is the value at the last step. The evaluation is the task's
+  own evaluator (``TaskSpec.evaluate``) run on the model exported into ``trial-<n>/eval/``; the generators
+  scored on FID (gan, vae) take the same FID in memory instead, with the feature network loaded and the real
+  statistics computed once per process (and cached on disk), not per trial or per step.
 - MLflow: one parent run per ``tune`` invocation (experiment ``productgen-<task>``, lineage tags), one nested run
-  per trial (its parameters, ``fid`` per evaluated step, ``fid_final``, tag ``state`` complete / pruned / fail);
-  the best parameters of the study are logged to the parent at the end.
+  per trial (its parameters, ``<metric>`` per evaluated step, ``<metric>_final``, tag ``state`` complete / pruned
+  / fail); the best parameters of the study and ``best_<metric>`` are logged to the parent at the end.
 
-FID on a few hundred images is biased upwards (README, Metrics): it ranks trials of one study, which all use the
-same images and noise; it is not a number to compare with published FIDs.
+FID on a few hundred images is biased upwards (README, Metrics), and every figure on a subset is noisier than on
+the whole split: the values rank trials of one study, which all use the same images and noise; they are not
+numbers to compare with published ones.
 """
 
 from __future__ import annotations
@@ -49,12 +57,11 @@ from pathlib import Path
 from typing import Any
 
 from productgen import atomic
-from productgen.config import GanConfig, Params, TuneConfig, TuneSpace
+from productgen.config import Params, TuneConfig, TuneRange, TuneSpace
 from productgen.errors import UserError
 
-TASKS = ("gan",)
 SETTINGS_ATTR = "productgen.settings"
-# Training settings that change what a trial's FID means; the rest (logging, checkpoints, device) may differ.
+# Training settings that change what a trial's value means; the rest (logging, checkpoints, device) may differ.
 TRAIN_KEYS = ("batch_size", "seed", "ema_decay", "ema_start", "grad_clip", "split")
 
 
@@ -69,9 +76,9 @@ class TrialSummary:
 
 @dataclass(eq=False)
 class TuneResult(Mapping[str, Any]):
-    """What a tune session did. It also reads as the mapping of the best trial's tuned ``gan:`` values (empty
-    when no trial has completed), so ``{f"gan.{k}": v for k, v in result.items()}`` are load_params overrides
-    (the retrain flow feeds them to the final training that way)."""
+    """What a tune session did. It also reads as the mapping of the best trial's tuned values of the task's
+    section (empty when no trial has completed); :meth:`overrides` gives them as load_params overrides
+    (``{"restore.lr": ...}``), which is how the retrain flow feeds them to the final training."""
 
     study: str
     storage: str  # password masked
@@ -81,19 +88,27 @@ class TuneResult(Mapping[str, Any]):
     best_params_file: Path | None = None
     parent_run_id: str | None = None
     eval_images: int = 0
+    task: str = "gan"
+    section: str = "gan"  # the params section the tuned fields belong to (TaskSpec.section)
+    metric: str = "fid"  # the objective (TaskSpec.metric)
+    direction: str = "lower"
+    section_fields: tuple[str, ...] = ()
 
-    def _gan(self) -> dict[str, Any]:
-        names = {f.name for f in dataclasses.fields(GanConfig)}
-        return {k: v for k, v in (self.best.params if self.best else {}).items() if k in names}
+    def _tuned(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.best.params if self.best else {}).items() if k in self.section_fields}
+
+    def overrides(self) -> dict[str, Any]:
+        """The best trial's values as dotted load_params overrides."""
+        return {f"{self.section}.{k}": v for k, v in self._tuned().items()}
 
     def __getitem__(self, key: str) -> Any:
-        return self._gan()[key]
+        return self._tuned()[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._gan())
+        return iter(self._tuned())
 
     def __len__(self) -> int:
-        return len(self._gan())
+        return len(self._tuned())
 
 
 def storage_url(value: str) -> str:
@@ -106,22 +121,34 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def suggest(trial: Any, space: TuneSpace, base: GanConfig) -> GanConfig:
-    """The trial's GAN settings: ``base`` with every non-null entry of ``space`` sampled by Optuna."""
+def suggest(trial: Any, space: TuneSpace, base: Any) -> Any:
+    """The trial's section settings: ``base`` (a section dataclass) with every non-null entry of ``space`` sampled
+    by Optuna under the field's own name, so a trial's parameters are a partial section as they stand."""
     values: dict[str, Any] = {}
-    for name in ("lr_g", "lr_d"):
-        r = getattr(space, name)
-        if r is not None:
-            values[name] = trial.suggest_float(name, r.low, r.high, log=True)
-    for name in ("beta1", "diffaugment", "d_steps"):
-        choices = getattr(space, name)
-        if choices is not None:
-            values[name] = trial.suggest_categorical(name, list(choices))
+    for name, entry in space.items():
+        if entry is None:
+            continue
+        if isinstance(entry, TuneRange):
+            if isinstance(getattr(base, name), int) and isinstance(entry.low, int):
+                values[name] = trial.suggest_int(name, int(entry.low), int(entry.high), log=entry.log)
+            else:
+                values[name] = trial.suggest_float(name, float(entry.low), float(entry.high), log=entry.log)
+        else:
+            values[name] = trial.suggest_categorical(name, list(entry))
     return dataclasses.replace(base, **values)
 
 
 def tuned_keys(space: TuneSpace) -> list[str]:
-    return [f.name for f in dataclasses.fields(space) if getattr(space, f.name) is not None]
+    return [name for name, entry in space.items() if entry is not None]
+
+
+def task_space(cfg: TuneConfig, task: str) -> TuneSpace:
+    """The task's search space; a task without one is refused before the study is touched."""
+    space = {k: v for k, v in (cfg.space.get(task) or {}).items() if v is not None}
+    if not space:
+        raise UserError(f"tune.space.{task}: no search space for {task} (give fields of its params section, each "
+                        "{low: .., high: ..} or a list of choices, in params.yaml or a --profile)")  # fmt: skip
+    return space
 
 
 def make_pruner(cfg: TuneConfig) -> Any:
@@ -195,7 +222,35 @@ class FidProbe:
         return frechet_distance(r.mu, r.sigma, f.mu, f.sigma, "svd", self.real_factor, feature_factor(f))
 
 
-def _open_study(cfg: TuneConfig) -> Any:
+class EvaluatorProbe:
+    """The task's primary metric from its own evaluator (``TaskSpec.evaluate``): the model as it stands is
+    exported into ``<trial>/eval/model`` (the weights ``train`` would save, so the evaluator loads it like any
+    model folder) and scored on ``tune.eval_images`` images of ``tune.eval_split`` (``evaluate.max_real``, seeded
+    by ``tune.seed``); the report, grid and metrics.json of the last evaluation stay in ``<trial>/eval``."""
+
+    def __init__(self, spec: Any, ds: Any, cfg: TuneConfig, n: int) -> None:
+        self.spec, self.ds, self.cfg, self.n = spec, ds, cfg, n
+
+    def params(self, p: Params) -> Params:
+        c = self.cfg
+        e = dataclasses.replace(p.evaluate, split=c.eval_split, max_real=c.eval_images, num_fake=c.eval_images,
+                                seed=c.seed, batch_size=c.eval_batch_size, device=c.device, extractor=c.extractor,
+                                kid=False, per_category=False)  # fmt: skip
+        return dataclasses.replace(p, evaluate=e)
+
+    def __call__(self, p: Params, engine: Any, model: Any, step: int, trial_dir: Path) -> float:
+        from productgen.train import write_model
+
+        folder = trial_dir / "eval"
+        config = {**model.config(), "step": step,
+                  "dataset": {"path": str(self.ds.root), "content_hash": self.ds.content_hash},
+                  "train": dataclasses.asdict(p.train), "mlflow_run_id": None}  # fmt: skip
+        write_model(folder / "model", model.export(engine), config)
+        m = self.spec.evaluate(self.params(p), folder / "model", self.ds.root, folder, None, False)
+        return float(m[self.spec.metric])
+
+
+def _open_study(cfg: TuneConfig, study_name: str, direction: str) -> Any:
     import optuna
     from optuna.exceptions import ExperimentalWarning
 
@@ -210,7 +265,7 @@ def _open_study(cfg: TuneConfig) -> Any:
                                                  grace_period=cfg.grace_period,
                                                  heartbeat_stale_trial_callback=retry)  # fmt: skip
         sampler = optuna.samplers.TPESampler(seed=cfg.seed)
-        study = optuna.create_study(storage=storage, study_name=cfg.study, direction="minimize", load_if_exists=True,
+        study = optuna.create_study(storage=storage, study_name=study_name, direction=direction, load_if_exists=True,
                                     sampler=sampler, pruner=make_pruner(cfg))  # fmt: skip
     except (ImportError, ValueError) as err:
         raise UserError(f"cannot open the Optuna storage {mask_url(url)}: {err}") from None
@@ -219,8 +274,9 @@ def _open_study(cfg: TuneConfig) -> Any:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise UserError(f"cannot open the Optuna storage {mask_url(url)}: {reason}") from None
         raise
-    if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise UserError(f"study {cfg.study!r} in {mask_url(url)} does not minimise one value; use another --study")
+    want = optuna.study.StudyDirection.MINIMIZE if direction == "minimize" else optuna.study.StudyDirection.MAXIMIZE
+    if len(study.directions) != 1 or study.direction != want:
+        raise UserError(f"study {study_name!r} in {mask_url(url)} does not {direction} one value; use another --study")
     n_before = len(study.get_trials(deepcopy=False))
     if n_before:  # a fresh seed per session: a resumed search must not replay the start-up points it tried
         study.sampler = optuna.samplers.TPESampler(seed=session_seed(cfg.seed, n_before))
@@ -257,7 +313,7 @@ def session_seed(seed: int, n_before: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{n_before}".encode()).digest()[:4], "little")
 
 
-def _check_settings(study: Any, settings: dict[str, Any], cfg: TuneConfig) -> str:
+def _check_settings(study: Any, settings: dict[str, Any], study_name: str) -> str:
     """Store the settings in a new study; refuse to resume one run with different settings. Returns the study id."""
     saved = study.user_attrs.get(SETTINGS_ATTR)
     if saved is None:
@@ -267,12 +323,12 @@ def _check_settings(study: Any, settings: dict[str, Any], cfg: TuneConfig) -> st
     diff = sorted(k for k in set(saved) | set(settings) if k != "id" and saved.get(k) != settings.get(k))
     if diff:
         detail = "; ".join(f"{k}: study {saved.get(k)!r}, now {settings.get(k)!r}" for k in diff)
-        raise UserError(f"study {cfg.study!r} was run with other settings ({detail}); resume it with the same "
+        raise UserError(f"study {study_name!r} was run with other settings ({detail}); resume it with the same "
                         "params or start a new one with --study")  # fmt: skip
     return str(saved["id"])
 
 
-def _claim_out(out: Path, study_id: str, cfg: TuneConfig, url: str) -> None:
+def _claim_out(out: Path, study_id: str, study_name: str, url: str) -> None:
     """Trial folders are named by trial number, so two studies must not share ``out``."""
     marker = out / "study.json"
     if marker.is_file():
@@ -281,7 +337,7 @@ def _claim_out(out: Path, study_id: str, cfg: TuneConfig, url: str) -> None:
             raise UserError(f"{out} holds the trials of another study ({held.get('study')!r} in "
                             f"{held.get('storage')}); choose another --out or remove that folder")  # fmt: skip
         return
-    atomic.write_json(marker, {"study": cfg.study, "storage": mask_url(url), "id": study_id})
+    atomic.write_json(marker, {"study": study_name, "storage": mask_url(url), "id": study_id})
 
 
 def _summary(trial: Any) -> TrialSummary:
@@ -297,36 +353,44 @@ def _best(study: Any) -> Any | None:
         return None
 
 
-def write_best_params(path: Path, best: Any, base: GanConfig, cfg: TuneConfig, n_images: int, url: str) -> Path:
-    """A partial params.yaml: the ``gan:`` section the best trial trained with (tuned keys listed in the header)."""
+def write_best_params(path: Path, best: Any, base: Any, result: TuneResult, cfg: TuneConfig, url: str) -> Path:
+    """A partial params.yaml: the section (``gan:``, ``restore:``, ...) the best trial trained with, tuned keys
+    listed in the header, so it can be passed as ``--profile`` or merged into params.yaml."""
     import yaml
 
-    names = {f.name for f in dataclasses.fields(GanConfig)}
-    gan = dataclasses.replace(base, **{k: v for k, v in best.params.items() if k in names})
+    names = set(result.section_fields)
+    section = dataclasses.replace(base, **{k: v for k, v in best.params.items() if k in names})
     tuned = ", ".join(sorted(k for k in best.params if k in names)) or "none"
     header = (
-        f"# Best trial of Optuna study {cfg.study!r} ({mask_url(url)}): trial {best.number}, FID {best.value:.4f}\n"
-        f"# after {cfg.steps} steps ({n_images} {cfg.eval_split} images, {cfg.extractor}). Tuned: {tuned}.\n"
-        "# Use it as a profile over params.yaml (productgen train gan --profile <this file>) or merge this gan:\n"
-        "# section into params.yaml.\n"
+        f"# Best trial of Optuna study {result.study!r} ({mask_url(url)}): trial {best.number}, "
+        f"{label(result.metric)} {best.value:.4f} ({'higher' if result.direction == 'higher' else 'lower'} is better)\n"
+        f"# after {cfg.steps} steps ({result.eval_images} {cfg.eval_split} images). Tuned: {tuned}.\n"
+        f"# Use it as a profile over params.yaml (productgen train {result.task} --profile <this file>) or merge\n"
+        f"# this {result.section}: section into params.yaml.\n"
     )
-    return atomic.write_text(path, header + yaml.safe_dump({"gan": dataclasses.asdict(gan)}, sort_keys=False))
+    body = yaml.safe_dump({result.section: dataclasses.asdict(section)}, sort_keys=False)
+    return atomic.write_text(path, header + body)
+
+
+def label(metric: str) -> str:
+    """How a metric is printed: FID, PSNR; compound names as they are."""
+    return metric.upper() if metric.isalpha() else metric
 
 
 def tune(
     params: Params, task: str = "gan", trials: int | None = None, show_progress: bool = True, track: bool = True,
     echo: Callable[[str], None] = print,
 ) -> TuneResult:  # fmt: skip
-    """Run ``trials`` (default ``tune.trials``) new trials of the study ``tune.study``, created or resumed; see
-    the module docstring. Prints one line per trial through ``echo``."""
+    """Run ``trials`` (default ``tune.trials``) new trials of ``task``'s study (``tune.study``), created or
+    resumed; see the module docstring. Prints one line per trial through ``echo``."""
     import optuna
 
     from productgen.data.dataset import PreparedDataset
     from productgen.train import train
+    from productgen.training import tasks
     from productgen.training.engine import TrainingDiverged
 
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
+    spec = tasks.get(task)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("tune runs one process per worker: start several 'productgen tune' processes on a shared "
                         "PostgreSQL --storage instead of torchrun")  # fmt: skip
@@ -334,57 +398,69 @@ def tune(
     if cfg.trials < 1:
         raise UserError(f"trials: {cfg.trials}; run at least 1")
     check_workers(cfg)
+    space = task_space(cfg, task)
+    study_name, out = cfg.study_for(task), Path(cfg.out_for(task))
+    base = getattr(params, spec.section)
+    metric, direction = spec.metric, spec.direction
     url = storage_url(cfg.storage)
-    out = Path(cfg.out)
     ds = PreparedDataset(params.train.prepared or params.data.out)
     n_split = len(ds.arrays(cfg.eval_split)[0])  # also refuses an unknown split before the study is touched
     n_eval = min(cfg.eval_images, n_split)
-    space = dataclasses.asdict(cfg.space)
-    fixed_gan = {k: v for k, v in dataclasses.asdict(params.gan).items() if space.get(k) is None}
+    fixed = {k: v for k, v in dataclasses.asdict(base).items() if k not in space}
     settings = {"task": task, "steps": cfg.steps, "eval_every": cfg.eval_every, "eval_images": n_eval,
                 "eval_split": cfg.eval_split, "extractor": cfg.extractor, "seed": cfg.seed,
                 "dataset": ds.content_hash, "train": {k: getattr(params.train, k) for k in TRAIN_KEYS},
-                "gan_fixed": fixed_gan}  # fmt: skip
+                f"{spec.section}_fixed": fixed}  # fmt: skip
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the per-trial lines below say the same, shorter
-    study = _open_study(cfg)
-    study_id = _check_settings(study, settings, cfg)
-    _claim_out(out, study_id, cfg, url)
+    study = _open_study(cfg, study_name, "minimize" if direction == "lower" else "maximize")
+    study_id = _check_settings(study, settings, study_name)
+    _claim_out(out, study_id, study_name, url)
     if n_eval < cfg.eval_images:
-        echo(f"note: the {cfg.eval_split} split holds {n_split} images; the intermediate FID uses all of them")
-    probe = FidProbe(ds, cfg, show_progress=show_progress)
-    result = TuneResult(cfg.study, mask_url(url), len(study.get_trials(deepcopy=False)), eval_images=probe.n)
+        echo(f"note: the {cfg.eval_split} split holds {n_split} images; the evaluations use all of them")
+    fid_fast = spec.family == "generation" and metric == "fid"  # the generators: FID in memory, real side cached
+    fid_probe = FidProbe(ds, cfg, show_progress=show_progress) if fid_fast else None
+    probe = None if fid_fast else EvaluatorProbe(spec, ds, cfg, n_eval)
+    result = TuneResult(study_name, mask_url(url), len(study.get_trials(deepcopy=False)),
+                        eval_images=fid_probe.n if fid_probe else n_eval, task=task, section=spec.section,
+                        metric=metric, direction=direction,
+                        section_fields=tuple(f.name for f in dataclasses.fields(base)))  # fmt: skip
     lineage: dict[str, str] = {}
     if track:
         from productgen import tracking
 
         lineage = tracking.lineage(ds.root, ds.content_hash)
     best_file = out / "best_params.yaml"
-    tuned = tuned_keys(cfg.space)
+    tuned = tuned_keys(space)
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    name = label(metric)
 
     def objective(trial: Any) -> float:
-        gan = suggest(trial, cfg.space, params.gan)
+        section = suggest(trial, space, base)
         trial_dir = out / f"trial-{trial.number}"
         trial.set_user_attr("out", str(trial_dir))
         trial.set_user_attr("worker", worker)  # which process ran it: one worker per trial, dead ones identifiable
         train_cfg = dataclasses.replace(params.train, out=str(trial_dir), max_steps=cfg.steps)
-        tp = dataclasses.replace(params, gan=gan, train=train_cfg)
-        fids: dict[int, float] = {}
+        tp = dataclasses.replace(params, train=train_cfg, **{spec.section: section})
+        values: dict[int, float] = {}
 
         def on_step(step: int, engine: Any, model: Any) -> None:
             if step % cfg.eval_every and step != cfg.steps:
                 return
-            g = engine.ema.shadow if engine.ema is not None else model.modules["G"]
-            fid = probe(g, gan.z_dim)
-            fids[step] = fid
-            trial.report(fid, step)
+            if fid_probe is not None:
+                generator = model.export(engine)["generator"]
+                value = fid_probe(generator, int(model.config()["gan"]["z_dim"]))
+            else:
+                assert probe is not None
+                value = probe(tp, engine, model, step, trial_dir)
+            values[step] = value
+            trial.report(value, step)
             if track:
                 import mlflow
 
-                mlflow.log_metric("fid", fid, step=step)
+                mlflow.log_metric(metric, value, step=step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"FID {fid:.3f} at step {step}")
+                raise optuna.TrialPruned(f"{name} {value:.4g} at step {step}")
 
         with contextlib.ExitStack() as stack:
             if track:
@@ -393,9 +469,10 @@ def tune(
                 from productgen import tracking
 
                 run = stack.enter_context(mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags={
-                    **lineage, "task": task, "kind": "tune-trial", "optuna.study": cfg.study,
+                    **lineage, "task": task, "kind": "tune-trial", "optuna.study": study_name,
                     "optuna.trial_number": str(trial.number), "tuned": ",".join(tuned)}))  # fmt: skip
-                mlflow.log_params(tracking.flatten({"gan": dataclasses.asdict(gan), "train": {"max_steps": cfg.steps},
+                mlflow.log_params(tracking.flatten({spec.section: dataclasses.asdict(section),
+                                                    "train": {"max_steps": cfg.steps},
                                                     "trial": dict(trial.params)}))  # fmt: skip
                 trial.set_user_attr("mlflow_run_id", run.info.run_id)
             state, pruned = "fail", None
@@ -408,36 +485,40 @@ def tune(
                 state, pruned = "diverged", optuna.TrialPruned(str(err))
             finally:
                 shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # a trial is never resumed
+                shutil.rmtree(trial_dir / "eval" / "model", ignore_errors=True)  # a copy; model/ is the trial's
                 if track:
                     import mlflow
 
                     mlflow.set_tag("state", state)
-                    if state == "pruned":
-                        mlflow.log_metric("pruned_at_step", max(fids))
+                    if state == "pruned" and values:
+                        mlflow.log_metric("pruned_at_step", max(values))
             if pruned is None and track:
                 import mlflow
 
                 final = {f"final_{k}": v for k, v in res.final_losses.items()}
-                mlflow.log_metrics({"fid_final": fids[cfg.steps], **final})
-                if not math.isfinite(fids[cfg.steps]):  # Optuna fails a trial whose value is NaN
+                mlflow.log_metrics({f"{metric}_final": values[cfg.steps], **final})
+                if not math.isfinite(values[cfg.steps]):  # Optuna fails a trial whose value is NaN
                     mlflow.set_tag("state", "fail")
         if pruned is not None:
             raise pruned  # after the nested run ended as FINISHED with state=pruned, not as a crashed run
-        return fids[cfg.steps]
+        return values[cfg.steps]
 
     def after_trial(study: Any, frozen: Any) -> None:
         s = _summary(frozen)
         result.new_trials.append(s)
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in s.params.items())
         if s.state == "complete":
-            echo(f"trial {s.number} complete: FID {s.value:.3f} ({shown})")
+            echo(f"trial {s.number} complete: {name} {s.value:.4g} ({shown})")
+        elif s.state == "pruned" and s.step is not None:
+            echo(f"trial {s.number} pruned at step {s.step}: {name} {frozen.intermediate_values[s.step]:.4g} "
+                 f"({shown})")  # fmt: skip
         elif s.state == "pruned":
-            echo(f"trial {s.number} pruned at step {s.step}: FID {frozen.intermediate_values[s.step]:.3f} ({shown})")
+            echo(f"trial {s.number} pruned before its first evaluation ({shown})")
         else:
             echo(f"trial {s.number} failed ({shown})")
         best = _best(study)
         if s.state == "complete" and best is not None and best.number == s.number:
-            write_best_params(best_file, best, params.gan, cfg, probe.n, url)
+            write_best_params(best_file, best, base, result, cfg, url)
         if cfg.total_trials is not None and finished_trials(study) >= cfg.total_trials:
             study.stop()  # the other workers stop after their current trial
 
@@ -445,17 +526,20 @@ def tune(
         if track:
             from productgen import tracking
 
-            run_params = {"tune": {**dataclasses.asdict(cfg), "storage": mask_url(url)},
-                          "train": dataclasses.asdict(params.train), "gan": dataclasses.asdict(params.gan)}  # fmt: skip
-            tags = {**lineage, "task": task, "kind": "tune", "optuna.study": cfg.study, "optuna.storage": mask_url(url),
-                    "optuna.trials_before": str(result.trials_in_study)}  # fmt: skip
+            run_params = {"tune": {**dataclasses.asdict(cfg), "storage": mask_url(url), "study": study_name,
+                                   "out": str(out), "space": {task: _plain(space)}},
+                          "train": dataclasses.asdict(params.train),
+                          spec.section: dataclasses.asdict(base)}  # fmt: skip
+            tags = {**lineage, "task": task, "kind": "tune", "optuna.study": study_name, "optuna.storage": mask_url(url),
+                    "optuna.trials_before": str(result.trials_in_study), "metric": metric,
+                    "direction": direction}  # fmt: skip
             parent = stack.enter_context(tracking.run(f"productgen-{task}", f"tune-{task}", run_params, tags))
             result.parent_run_id = parent.run_id
         try:
             if cfg.total_trials is None or finished_trials(study) < cfg.total_trials:
                 study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[after_trial])
             else:
-                echo(f"study {cfg.study!r} already holds {finished_trials(study)} finished trials "
+                echo(f"study {study_name!r} already holds {finished_trials(study)} finished trials "
                      f"(tune.total_trials {cfg.total_trials}): nothing to do")  # fmt: skip
             if cfg.total_trials is not None:
                 _settle(study, cfg, lambda n: study.optimize(objective, n_trials=n, callbacks=[after_trial]), echo)
@@ -464,10 +548,15 @@ def tune(
             result.trials_in_study = len(study.get_trials(deepcopy=False))
             if best is not None:
                 result.best = _summary(best)
-                result.best_params_file = write_best_params(best_file, best, params.gan, cfg, probe.n, url)
+                result.best_params_file = write_best_params(best_file, best, base, result, cfg, url)
             if track:
                 _log_best(best, best_file, result)
     return result
+
+
+def _plain(space: TuneSpace) -> dict[str, Any]:
+    """The space as plain data (MLflow params)."""
+    return {k: dataclasses.asdict(v) if isinstance(v, TuneRange) else v for k, v in space.items()}
 
 
 def _settle(study: Any, cfg: TuneConfig, run: Callable[[int], None], echo: Callable[[str], None]) -> None:
@@ -505,7 +594,7 @@ def _log_best(best: Any | None, best_file: Path, result: TuneResult) -> None:
     if best is None:
         return
     mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-    mlflow.log_metric("best_fid", best.value)
+    mlflow.log_metric(f"best_{result.metric}", best.value)
     mlflow.set_tags({"best.trial_number": str(best.number),
                      "best.mlflow_run_id": str(best.user_attrs.get("mlflow_run_id")),
                      "best.out": str(best.user_attrs.get("out"))})  # fmt: skip

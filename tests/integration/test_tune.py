@@ -1,10 +1,13 @@
-"""``productgen tune gan`` with real Optuna (SQLite study file in a temp folder), the real training engine, the
+"""``productgen tune TASK`` with real Optuna (SQLite study file in a temp folder), the real training engine, the
 real TF-Inception network (8 images per FID: it runs at ~3 images/s on a 2-core CPU) and the session's real
 MLflow store: trials complete, a second invocation resumes the study, the best parameters parse as params, a
-trial worse than the completed ones is pruned, and every trial is a nested MLflow run under the session's run."""
+trial worse than the completed ones is pruned, and every trial is a nested MLflow run under the session's run.
+The GAN (FID, minimised, in memory) and the restorer (PSNR, maximised, through its own evaluator on the exported
+model) are tuned end to end; the style network shows the other families run through the same path."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -198,3 +201,156 @@ def test_dry_run_and_pruner_choice(tuned: dict[str, Any]) -> None:
     p = load_params(tuned["params"], {"tune.pruner": "hyperband"})
     assert isinstance(make_pruner(p.tune), optuna.pruners.HyperbandPruner)
     assert isinstance(make_pruner(load_params(tuned["params"]).tune), optuna.pruners.MedianPruner)
+
+
+# The restorer: a tiny U-Net, 4 steps per trial, PSNR on 8 images at steps 2 and 4 (goes under the TUNE block).
+RESTORE = """\
+  space:
+    restore:
+      lr: {low: 0.0005, high: 0.005}
+      blocks: [1, 2]
+restore:
+  channels: 8
+  max_channels: 16
+  warmup_steps: 0
+"""
+
+
+def _restore_params(params: Path, root: Path, storage: str, startup: int = 5) -> Path:
+    path = _params_file(params, root, storage, root / "out-{task}", startup=startup)
+    path.write_text(path.read_text() + RESTORE)
+    return path
+
+
+def test_restore_study_maximises_psnr_prunes_and_exports_a_profile(params: Path, tmp_path: Path) -> None:
+    """Deterministic pruning as for the GAN, the other way round: the study holds a complete trial at 99 dB, so
+    the median at step 2 is 99 and a real 4-step restorer (about 20 dB) is below it: pruned at its first report.
+    Then a study of its own runs two trials through the CLI: maximised, reported every 2 steps, best_params.yaml
+    holds a restore: section that loads as a profile, and the MLflow runs carry psnr."""
+    import mlflow
+    import optuna
+    from mlflow import MlflowClient
+
+    from productgen.tune import tune
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    seeded = optuna.create_study(study_name="productgen-restore", storage=storage, direction="maximize")
+    seeded.add_trial(optuna.trial.create_trial(value=99.0, intermediate_values={2: 99.0, 4: 99.0}))
+    pfile = _restore_params(params, tmp_path, storage, startup=1)
+    p = load_params(pfile, {"tune.trials": 1})
+    assert p.tune.space["restore"]["blocks"] == [1, 2] and p.tune.study_for("restore") == "productgen-restore"
+    lines: list[str] = []
+    result = tune(p, "restore", show_progress=False, track=False, echo=lines.append)
+    trials = _trials(storage, "productgen-restore")
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
+    assert list(trials[1].intermediate_values) == [2] and 5 < trials[1].intermediate_values[2] < 99
+    assert lines[0].startswith("trial 1 pruned at step 2: PSNR") and result.metric == "psnr"
+    out = tmp_path / "out-restore"  # {task} in tune.out
+    assert not (out / "trial-1" / "model").exists() and (out / "trial-1" / "eval" / "metrics.json").is_file()
+    assert not (out / "trial-1" / "eval" / "model").exists()  # the exported copy is dropped with the trial
+    assert result.best is not None and result.best.number == 0  # the seeded 99 dB trial stays the best
+
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    pfile = _restore_params(params, tmp_path, own)
+    proc = run_cli("tune", "restore", "--params", str(pfile), "--trials", "2", "--out", str(tmp_path / "own"), "-q")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="productgen-restore", storage=own)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        assert sorted(t.intermediate_values) == [2, 4] and t.value == t.intermediate_values[4]
+        assert set(t.params) == {"lr", "blocks"} and 5e-4 <= t.params["lr"] <= 5e-3
+        metrics = json.loads((tmp_path / "own" / f"trial-{t.number}" / "eval" / "metrics.json").read_text())
+        assert metrics["psnr"] == pytest.approx(t.value) and metrics["images"] == 8  # the evaluator's own figure
+    best = max(trials, key=lambda t: t.value)
+    assert study.best_trial.number == best.number
+    path = tmp_path / "own" / "best_params.yaml"
+    assert f"best: trial {best.number}, PSNR {best.value:.4f}" in proc.stdout and f"best params: {path}" in proc.stdout
+    text = path.read_text()
+    assert f"trial {best.number}, PSNR {best.value:.4f} (higher is better)" in text and "\nrestore:\n" in text
+    merged = load_params(pfile, profile=path)  # a partial params.yaml usable as --profile
+    assert (merged.restore.lr, merged.restore.blocks) == (best.params["lr"], best.params["blocks"])
+    assert merged.restore.channels == 8  # the fixed keys come from the params the study ran with
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    parent = client.get_run(re.search(r"MLflow parent run (\w+)", proc.stdout).group(1))  # type: ignore[union-attr]
+    assert parent.data.tags["metric"] == "psnr" and parent.data.metrics["best_psnr"] == pytest.approx(best.value)
+    child = client.get_run(best.user_attrs["mlflow_run_id"])
+    history = client.get_metric_history(child.info.run_id, "psnr")
+    assert [(m.step, m.value) for m in history] == sorted(best.intermediate_values.items())
+    assert child.data.metrics["psnr_final"] == pytest.approx(best.value)
+    assert float(child.data.params["restore.lr"]) == pytest.approx(best.params["lr"])
+
+
+@pytest.mark.parametrize(
+    ("space", "fragment"),
+    [
+        ("    restore:\n      bogus: [1, 2]\n", "tune.space.restore.bogus: restore: has no field 'bogus'"),
+        ("    nosuch:\n      lr: [0.1]\n", "tune.space.nosuch: unknown task"),
+        ("    restore:\n      loss: [l1, l3]\n", "tune.space.restore.loss[1]: 'l3' is not one of"),
+        ("    restore:\n      view: {low: 1, high: 2}\n", "tune.space.restore.view: restore.view is not a number"),
+        ("    restore:\n      lr: {low: 0, high: 0.1}\n", "tune.space.restore.lr: need 0 < low <= high"),
+        ("    gan:\n      diffaugment: [zoom]\n", "tune.space.gan.diffaugment: 'zoom' is refused by the gan: checks"),
+        ("    restore:\n      blocks: 3\n", "tune.space.restore.blocks: expected a mapping or a list, got 3"),
+    ],
+)
+def test_bad_space_entries_are_one_line_errors_naming_the_field(params: Path, tmp_path: Path, space: str,
+                                                                 fragment: str) -> None:  # fmt: skip
+    path = tmp_path / "params.yaml"
+    path.write_text(params.read_text() + "tune:\n  space:\n" + space)
+    with pytest.raises(UserError) as err:
+        load_params(path)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    if "bogus" in space:  # the CLI: exit 2, one line, before anything is trained
+        proc = run_cli("tune", "restore", "--params", str(path), "--trials", "1")
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+        assert "tune.space.restore.bogus" in proc.stderr
+
+
+def test_a_task_without_a_space_is_refused(params: Path, tmp_path: Path) -> None:
+    from productgen.tune import tune
+
+    path = tmp_path / "params.yaml"
+    path.write_text(params.read_text() + "tune:\n  space:\n    gan: {lr_g: {low: 0.0001, high: 0.001}}\n")
+    with pytest.raises(UserError, match=r"tune.space.restore: no search space for restore"):
+        tune(load_params(path), "restore", show_progress=False, track=False)
+
+
+STYLE = """\
+  space:
+    style:
+      style_weight: {low: 5.0, high: 50.0}
+      lr: null
+      content_weight: null
+style:
+  image_size: 32
+  style_size: 48
+  channels: 8
+  residual_blocks: 1
+  style_image: coffee
+"""
+
+
+def test_style_network_is_tuned_on_its_style_score(params: Path, tmp_path: Path) -> None:
+    """Another family through the same path: the per-style network (its efficientnet encoder is bundled offline),
+    2 trials of 4 steps, the style score (lower is better) of 4 products at steps 2 and 4; the profile's nulls
+    drop the default space's other style fields."""
+    import optuna
+
+    from productgen.tune import tune
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = _params_file(params, tmp_path, storage, tmp_path / "out")
+    path.write_text(path.read_text().replace("eval_images: 8", "eval_images: 4") + STYLE)
+    result = tune(load_params(path), "style", trials=2, show_progress=False, track=False)
+    study = optuna.load_study(study_name="productgen-style", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE and result.metric == "style_score"
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        assert sorted(t.intermediate_values) == [2, 4] and set(t.params) == {"style_weight"}
+        assert 0 < t.value == t.intermediate_values[4]
+    best = min(trials, key=lambda t: t.value)
+    assert result.overrides() == {"style.style_weight": best.params["style_weight"]}
+    assert load_params(path, profile=tmp_path / "out" / "best_params.yaml").style.style_weight == best.params["style_weight"]

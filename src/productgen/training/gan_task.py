@@ -33,7 +33,10 @@ class GanTask:
         }
 
     def config(self) -> dict[str, Any]:
-        return {"model": "gan", "gan": asdict(self.cfg), **self.shape, "classes": self.classes}
+        gan = asdict(self.cfg)
+        if not gan["self_modulation"]:  # as written before the option existed: older checkpoints still --resume
+            del gan["self_modulation"]
+        return {"model": "gan", "gan": gan, **self.shape, "classes": self.classes}
 
     def export(self, engine: Engine) -> dict[str, torch.nn.Module]:
         """The EMA generator is the model users get; the discriminator and raw generator are kept for analysis."""
