@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         results[v] = res
         print(json.dumps({"bench": "restore", "variant": v, **{k: round(x, 2) if isinstance(x, float) else x
                                                               for k, x in res.items()}}), flush=True)  # fmt: skip
+        if args.json:  # after every variant, so a run stopped from outside keeps what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"results": results}, indent=2))
     base = results.get(args.variants[0], {}).get("img_s")
     summary = {"bench": "restore-summary", "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "torch": torch.__version__, "profile": args.profile, "baseline": args.variants[0],
