@@ -731,7 +731,22 @@ def load_params(
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
+    _check_space_tasks(raw, f"{where}.tune.space")
     return check(from_dict(Params, raw, where), where)
+
+
+def _check_space_tasks(raw: dict[str, Any], where: str) -> None:
+    """``tune.space`` is keyed by task: name a wrong key before its entries are read as a task's space (a space
+    in the old layout, ``tune.space.lr_g``, would otherwise fail on ``lr_g.low``)."""
+    space = raw.get("tune", {}).get("space") if isinstance(raw.get("tune"), dict) else None
+    if not isinstance(space, dict):
+        return
+    from productgen.training import tasks
+
+    for key in space:
+        if key not in tasks.TASKS:
+            hint = f"; the space is per task: tune.space.<task>.{key}" if isinstance(space[key], (dict, list)) else ""
+            raise UserError(f"{where}.{key}: unknown task (choose from {', '.join(tasks.names())}){hint}")
 
 
 def to_dict(obj: Any) -> Any:

@@ -129,7 +129,7 @@ def suggest(trial: Any, space: TuneSpace, base: Any) -> Any:
         if entry is None:
             continue
         if isinstance(entry, TuneRange):
-            if isinstance(getattr(base, name), int) and isinstance(entry.low, int):
+            if isinstance(entry.low, int):  # the loader gives an integer field's range integer bounds
                 values[name] = trial.suggest_int(name, int(entry.low), int(entry.high), log=entry.log)
             else:
                 values[name] = trial.suggest_float(name, float(entry.low), float(entry.high), log=entry.log)

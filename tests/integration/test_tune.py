@@ -288,6 +288,7 @@ def test_restore_study_maximises_psnr_prunes_and_exports_a_profile(params: Path,
     [
         ("    restore:\n      bogus: [1, 2]\n", "tune.space.restore.bogus: restore: has no field 'bogus'"),
         ("    nosuch:\n      lr: [0.1]\n", "tune.space.nosuch: unknown task"),
+        ("    lr_g: {low: 0.0001, high: 0.001}\n", "tune.space.lr_g: unknown task (choose from gan, restore"),  # old layout
         ("    restore:\n      loss: [l1, l3]\n", "tune.space.restore.loss[1]: 'l3' is not one of"),
         ("    restore:\n      view: {low: 1, high: 2}\n", "tune.space.restore.view: restore.view is not a number"),
         ("    restore:\n      lr: {low: 0, high: 0.1}\n", "tune.space.restore.lr: need 0 < low <= high"),
@@ -354,3 +355,30 @@ def test_style_network_is_tuned_on_its_style_score(params: Path, tmp_path: Path)
     best = min(trials, key=lambda t: t.value)
     assert result.overrides() == {"style.style_weight": best.params["style_weight"]}
     assert load_params(path, profile=tmp_path / "out" / "best_params.yaml").style.style_weight == best.params["style_weight"]
+
+
+def test_ranges_on_integer_and_optional_fields_draw_integers(tmp_path: Path) -> None:
+    """An integer field's range is drawn with suggest_int (also where the field may be null, translate.unet_depth);
+    a float range is log-uniform unless ``log: false``; an integer field refuses fractional bounds."""
+    import optuna
+
+    from productgen.tune import suggest
+
+    path = tmp_path / "params.yaml"
+    path.write_text("tune:\n  space:\n    cyclegan:\n      unet_depth: {low: 2, high: 4, log: false}\n"
+                    "      lambda_cycle: {low: 2, high: 20}\n      lambda_identity: {low: 0.0, high: 1.0, log: false}\n")
+    p = load_params(path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        cfg = suggest(trial, p.tune.space["cyclegan"], p.translate)
+        assert isinstance(cfg.unet_depth, int) and 2 <= cfg.unet_depth <= 4
+        assert isinstance(cfg.lambda_cycle, float) and 2 <= cfg.lambda_cycle <= 20 and 0 <= cfg.lambda_identity <= 1
+        study.tell(trial, 0.0)
+    d = study.trials[0].distributions
+    assert d["unet_depth"] == optuna.distributions.IntDistribution(2, 4, log=False)
+    assert d["lambda_cycle"] == optuna.distributions.FloatDistribution(2.0, 20.0, log=True)
+    assert d["lambda_identity"] == optuna.distributions.FloatDistribution(0.0, 1.0, log=False)
+    path.write_text("tune:\n  space:\n    cyclegan:\n      resnet_blocks: {low: 1.5, high: 4}\n")
+    with pytest.raises(UserError, match="tune.space.cyclegan.resnet_blocks: translate.resnet_blocks is an integer"):
+        load_params(path)
