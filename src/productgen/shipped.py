@@ -107,10 +107,17 @@ def weights_digest(folder: Path) -> str:
 
 
 def package(task: str, model_dir: Path, metrics: dict[str, Any], card: dict[str, Any],
-            keep: tuple[str, ...] = ()) -> Path:  # fmt: skip
+            keep: tuple[str, ...] = (), half: bool = True) -> Path:  # fmt: skip
     """Copy a trained model folder (config.json + the safetensors in ``keep``, default all) into
-    ``champions/<task>`` with its card; the old folder is replaced only once the new one is complete."""
+    ``champions/<task>`` with its card; the old folder is replaced only once the new one is complete.
+
+    ``half``: floating-point tensors are stored as fp16 (loading casts them back to fp32). Why: the tracked
+    tree travels with every GPU call (64 MiB in all, docs/gpu.md), and fp32 copies of the shipped models would
+    eat most of it. :func:`agreement` measures what that costs in output grey levels; the card records it.
+    """
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json (not a model folder)")
@@ -119,12 +126,20 @@ def package(task: str, model_dir: Path, metrics: dict[str, Any], card: dict[str,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for f in model_dir.iterdir():
-        if f.name == "config.json" or (f.suffix == ".safetensors" and (not keep or f.stem in keep)):
+        if f.name == "config.json":
             shutil.copy2(f, staging / f.name)
+        elif f.suffix == ".safetensors" and (not keep or f.stem in keep):
+            tensors = load_file(str(f))
+            if half:
+                tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+            save_file(tensors, str(staging / f.name))
     scalar = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     if "per_category" in metrics:
         scalar["per_category"] = metrics["per_category"]
-    write_card(staging, {"task": task, **card, "metrics": scalar, "weights_sha256": weights_digest(staging)})
+    card = {"task": task, **card, "weights_dtype": "float16" if half else "float32"}
+    if half:
+        card["fp16_agreement"] = agreement(model_dir, staging)
+    write_card(staging, {**card, "metrics": scalar, "weights_sha256": weights_digest(staging)})
     old = dest.with_name(f".{task}.old")
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
@@ -132,3 +147,36 @@ def package(task: str, model_dir: Path, metrics: dict[str, Any], card: dict[str,
     staging.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def agreement(reference: Path, candidate: Path, n: int = 500, seed: int = 0) -> dict[str, float]:
+    """How far ``candidate``'s outputs are from ``reference``'s on the same inputs, in uint8 grey levels: the
+    share of pixels that differ and the largest difference. Generators draw ``n`` images from the same noise and
+    labels; image-to-image models map the same seeded random products (the built-in test split when prepared,
+    else noise images)."""
+    import torch
+
+    from productgen.models.io import read_config
+
+    kind = read_config(reference).get("model")
+    if kind in ("gan", "vae"):
+        from productgen.generate import sample
+        from productgen.models.io import load_generator
+
+        (a, cfg), (b, _) = load_generator(reference), load_generator(candidate)
+        z_dim = (cfg.get("gan") or cfg["vae"])["z_dim"]
+        labels = torch.arange(n) % int(cfg["num_classes"])
+        with torch.no_grad():
+            x, y = torch.from_numpy(sample(a, z_dim, labels, seed)), torch.from_numpy(sample(b, z_dim, labels, seed))
+    else:
+        from productgen.models.predict import load_predictor
+
+        pa, pb = load_predictor(reference), load_predictor(candidate)
+        cfg = read_config(reference)
+        res, ch = int(cfg.get("resolution", 28)), int(cfg.get("channels", 1))
+        images = torch.randint(0, 256, (min(n, 32), ch, res, res), generator=torch.Generator().manual_seed(seed),
+                               dtype=torch.uint8)  # fmt: skip
+        with torch.no_grad():
+            x, y = pa(images), pb(images)
+    diff = (x.int() - y.int()).abs()
+    return {"pixels_differing": round(float((diff > 0).float().mean()), 5), "max_grey_levels": int(diff.max())}

@@ -38,6 +38,10 @@ def test_generate_falls_back_to_the_shipped_champion_and_ship_registers_it_once(
     assert dest == Path("champions/gan") and not (dest / "generator_raw.safetensors").exists()
     card = json.loads((dest / "card.json").read_text())
     assert card["metrics"]["fid"] == 50.0 and len(card["weights_sha256"]) == 64
+    from safetensors.torch import load_file
+
+    assert load_file(str(dest / "generator.safetensors"))["fc.weight"].dtype.itemsize == 2  # stored as fp16
+    assert card["weights_dtype"] == "float16" and card["fp16_agreement"]["max_grey_levels"] <= 8
 
     p = run_cli("generate", "--n", "2", "--out", "g.png", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
