@@ -2,11 +2,11 @@
 # The checks that need a GPU, as ONE prepared plan of two device calls (docs/gpu.md has the exact `run` calls):
 #
 #   bash bench/gpu_checks.sh stage      # HERE, before the lease: FID network in two parts under .gpu-carry/, sizes
-#   bash bench/gpu_checks.sh A          # device call A (carry .gpu-carry/a): throughput benchmarks, ~4 min
+#   bash bench/gpu_checks.sh A          # device call A (carry .gpu-carry/a): throughput benchmarks, <= 260 s
 #       bench/bench_dcgan.py    the pytorch/examples DCGAN recipe (PNG ImageFolder, 8 and 2 loader workers, fp32
 #                               eager) against our engine at 64 px, same batch (target >= 3x)
 #       bench/bench_restore.py  the restorer's images/s: batch 256 eager (the old way) vs NCHW, batch 1024, CUDA graphs
-#   bash bench/gpu_checks.sh B          # device call B (carry data/fashion-mnist + .gpu-carry/b): ~7.5 min
+#   bash bench/gpu_checks.sh B          # device call B (carry data/fashion-mnist + .gpu-carry/b): <= 490 s
 #       join the FID network (sha1 checked), prepare the dataset, bench/gpu_gan.py: the GAN recipes and the VAE
 #       trained side by side for $GAN_BUDGET s, each scored 10k vs 10k (`productgen evaluate` defaults), then
 #       bench/bench_fid50k.py: FID of 50,000 images of the best GAN in <= 30 s (strict fp32)
@@ -30,15 +30,15 @@ for a in "$@"; do case $a in --tiny | --dry-run) TINY=1 ;; *) echo "unknown opti
 OUT=${OUT:-artifacts/gpu-checks}
 STAGE=${STAGE:-/tmp/pg-stage}     # survives between the two calls while the machine stays warm
 W=${WORK:-/tmp/productgen-gpu}
-GAN_BUDGET=${GAN_BUDGET:-300}    # training seconds of every generator run (they share the GPU; imports and compile included)
-GAN_RUNS=${GAN_RUNS:-"gan:base:gpu-gan gan:sm:gpu-gan:gan.self_modulation=true gan:w96:gpu-gan:gan.g_channels=96,gan.d_channels=96 vae:vae:gpu-vae"}
+GAN_BUDGET=${GAN_BUDGET:-280}    # training seconds of every generator run (they share the GPU; imports and compile included)
+GAN_RUNS=${GAN_RUNS:-"gan:base:gpu-gan gan:nosm:gpu-gan:gan.self_modulation=false gan:w96:gpu-gan:gan.g_channels=96,gan.d_channels=96 vae:vae:gpu-vae"}
 FID_SHA1=a16e4d89c0ecbc17a915dd76ea9e41211aa82562
 PART1_BYTES=${PART1_BYTES:-}   # of the gzipped network (default: half of network + data, so both calls carry the same)
 PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ -z "${PY_SET:-}" ] && [ "$MODE" = stage ] && PY=.venv/bin/python
 if [ -n "$TINY" ]; then
   DEVICE=${DEVICE:-cpu}; STAGE=$(mktemp -d /tmp/pg-stage-tiny.XXXX); W=$(mktemp -d /tmp/pg-work-tiny.XXXX)
-  OUT=${OUT%/}-tiny; [ -x .venv/bin/python ] && PY=.venv/bin/python
+  [ "$OUT" = artifacts/gpu-checks ] && OUT=$(mktemp -d /tmp/pg-out-tiny.XXXX); [ -x .venv/bin/python ] && PY=.venv/bin/python
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 else
   DEVICE=${DEVICE:-cuda}
@@ -46,7 +46,7 @@ fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 export DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true
 say() { echo "[$(date +%T) +${SECONDS}s] $*"; }
-LIMIT=${LIMIT:-}   # seconds this call may take (A: 320, B: 545; the device call's timeout_s is a little longer)
+LIMIT=${LIMIT:-}   # seconds this call may take (A: 260, B: 490; timeout_s 280 / 510: with a 2-minute start, 15 min)
 left() {  # seconds left for a phase, keeping $1 for what must follow (the packing); capped at $2
   local l=$((LIMIT - SECONDS - $1)); [ $l -gt "${2:-100000}" ] && l=$2; [ $l -lt 5 ] && l=5; echo $l
 }
@@ -80,12 +80,12 @@ stage)
   echo "call A: $a bytes of $lim ($((a * 100 / lim))%)   carry [\".gpu-carry/a\"]"
   echo "call B: $b bytes of $lim ($((b * 100 / lim))%)   carry [\"data/fashion-mnist\", \".gpu-carry/b\"]"
   [ $a -lt $lim ] && [ $b -lt $lim ] || { echo "OVER THE LIMIT: remove big untracked files; if the tracked tree alone is over 11 MB, see docs/gpu.md (fallback)"; exit 1; }
-  echo 'run A: command "bash bench/gpu_checks.sh A", carry [".gpu-carry/a"], timeout_s 340'
-  echo 'run B: command "bash bench/gpu_checks.sh B", carry ["data/fashion-mnist", ".gpu-carry/b"], timeout_s 570 (start it at once after A)'
+  echo 'run A: command "bash bench/gpu_checks.sh A", carry [".gpu-carry/a"], timeout_s 280'
+  echo 'run B: command "bash bench/gpu_checks.sh B", carry ["data/fashion-mnist", ".gpu-carry/b"], timeout_s 510 (start it at once after A)'
   ;;
 
 A)
-  LIMIT=${LIMIT:-320}; [ -n "$TINY" ] && LIMIT=3000
+  LIMIT=${LIMIT:-260}; [ -n "$TINY" ] && LIMIT=3000
   mkdir -p "$OUT" "$STAGE" "$W"
   exec > >(tee "$OUT/log-A.txt") 2>&1
   machine
@@ -94,11 +94,11 @@ A)
   if [ -n "$TINY" ]; then
     dc=(--tiny --recipes dcgan-engine gan-engine --source synthetic); rs=(--tiny --variants b256-eager b256-eager-nchw --source synthetic)
   else
-    dc=(--workers 8 2 --images 60000 --steps 200 --warmup 30 --source synthetic --timeout 120)
-    rs=(--variants b256-eager b256-eager-nchw b1024-eager b256-cudagraphs --steps 200 --warmup 30 --timeout 100)
+    dc=(--workers 8 2 --images 60000 --steps 150 --warmup 20 --source synthetic --timeout 100)
+    rs=(--variants b256-eager b256-eager-nchw b1024-eager b256-cudagraphs --steps 200 --warmup 30 --timeout 90)
   fi
   say "bench: DCGAN recipe vs our engine, 64 px, batch 128"
-  timeout "$(left 100 200)" $PY bench/bench_dcgan.py --device "$DEVICE" "${dc[@]}" --json "$W/dcgan.json" || say "dcgan bench: exit $?"
+  timeout "$(left 95 "$([ -n "$TINY" ] && echo 3000 || echo 165)")" $PY bench/bench_dcgan.py --device "$DEVICE" "${dc[@]}" --json "$W/dcgan.json" || say "dcgan bench: exit $?"
   say "bench: restorer images/s"
   timeout "$(left 5)" $PY bench/bench_restore.py --device "$DEVICE" "${rs[@]}" --json "$W/restore.json" || say "restore bench: exit $?"
   tar -C "$W" -czf "$OUT/results-A.tar.gz" dcgan.json restore.json 2>/dev/null
@@ -107,7 +107,7 @@ A)
   ;;
 
 B)
-  LIMIT=${LIMIT:-545}; [ -n "$TINY" ] && LIMIT=3000
+  LIMIT=${LIMIT:-490}; [ -n "$TINY" ] && LIMIT=3000
   mkdir -p "$OUT" "$STAGE" "$W"
   exec > >(tee "$OUT/log-B.txt") 2>&1
   machine
@@ -127,14 +127,14 @@ B)
   fi
   export PRODUCTGEN_FID_STATS_DIR="$W/fid-stats"
   if [ -n "$TINY" ]; then
-    prep=(--prepared artifacts/prepared); gg=(--tiny --tiny-steps 100000 --budget 75); GAN_RUNS="gan:base:gpu-gan vae:vae:gpu-vae"
+    GAN_BUDGET=75; gg=(--tiny --tiny-steps 100000 --budget "$GAN_BUDGET"); GAN_RUNS="gan:base:gpu-gan vae:vae:gpu-vae"
     f5=(--tiny)
   else
     say "prepare the built-in dataset"
     [ -f artifacts/prepared/dataset.json ] || timeout "$(left 400)" $PY -m productgen data prepare || { say "data prepare failed"; exit 1; }
     gg=(--budget "$GAN_BUDGET" --eval-timeout 120); f5=()
   fi
-  say "generators: $GAN_RUNS for ${GAN_BUDGET}s each, side by side, then 10k vs 10k FID"
+  say "generators: $GAN_RUNS for ${GAN_BUDGET}s each, side by side, then FID (10k vs 10k; --tiny: 30 vs 30)"
   timeout "$(left 25)" $PY bench/gpu_gan.py "${gg[@]}" "${noeval[@]}" --device "$DEVICE" --eval-device "$DEVICE" \
     --out "$W/gen" --runs $GAN_RUNS || say "generators: exit $?"
   best=$($PY -c "import json,sys; d=json.load(open(sys.argv[1])); r=d['runs']; b=d['summary']['best'].get('gan') or next((n for n,v in r.items() if v.get('task')=='gan' and 'error' not in v), ''); print(b)" "$W/gen/summary.json" 2>/dev/null)
@@ -143,7 +143,7 @@ B)
   if [ ${#noeval[@]} -eq 0 ]; then
     if [ -n "$best" ] && [ -d "$W/gen/$best/train/model" ]; then m=(--model "$W/gen/$best/train/model"); else m=(--random-generator); fi
     say "FID of 50,000 generated images (strict fp32), generation included"
-    timeout "$(left 15 120)" $PY bench/bench_fid50k.py "${m[@]}" --device "$DEVICE" "${f5[@]}" --json "$W/fid50k.json" || say "fid50k: exit $?"
+    timeout "$(left 15 "$([ -n "$TINY" ] && echo 3000 || echo 120)")" $PY bench/bench_fid50k.py "${m[@]}" --device "$DEVICE" "${f5[@]}" --json "$W/fid50k.json" || say "fid50k: exit $?"
   fi
   say "pack results"
   $PY - "$W" "$best" "$vae" <<'EOF'

@@ -20,7 +20,7 @@ A run whose overrides name a field this version lacks (say ``gan.self_modulation
 
 Only the productgen core and its CLI are used (no MLflow, no Prefect): it runs on a bare GPU machine.
     PYTHONPATH=src OMP_NUM_THREADS=1 python bench/gpu_gan.py --tiny --device cpu --out /tmp/pg-tiny \
-        --runs gan:base:gpu-gan vae:vae:gpu-vae                       # CPU rehearsal (batch 16, 100 vs 100 images)
+        --runs gan:base:gpu-gan vae:vae:gpu-vae                       # CPU rehearsal (batch 16, 30 vs 30 images)
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=0, help="override train.max_steps (0: the profile's)")
     ap.add_argument("--no-eval", action="store_true", help="train only (score the models elsewhere)")
     ap.add_argument("--eval-timeout", type=float, default=240.0)
-    ap.add_argument("--tiny", action="store_true", help="CPU rehearsal: batch 16, at most --tiny-steps steps, 100 vs 100 images")
+    ap.add_argument("--tiny", action="store_true", help="CPU rehearsal: batch 16, at most --tiny-steps steps, 30 vs 30 images")
     ap.add_argument("--tiny-steps", type=int, default=8)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -248,14 +248,17 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [*py, "-m", "productgen", "evaluate", "--task", res["task"], "--profile", str(args.out / name / "profile.yaml"),
                    "--no-track", "-q", "--device", args.eval_device]  # fmt: skip
             if args.tiny:
-                cmd += ["--max-real", "100", "--num-fake", "100"]
+                cmd += ["--max-real", "30", "--num-fake", "30"]
             evals[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(args.out / name / "eval.log", "w"),
                                            stderr=subprocess.STDOUT)  # fmt: skip
+        t_eval = time.monotonic()
         for name, proc in evals.items():
+            timed_out = False
             try:
-                proc.wait(timeout=args.eval_timeout)
+                proc.wait(timeout=max(1.0, args.eval_timeout - (time.monotonic() - t_eval)))
             except subprocess.TimeoutExpired:
                 proc.kill()
+                timed_out = True
             mfile = args.out / name / "eval" / "metrics.json"
             if mfile.is_file():
                 m = json.loads(mfile.read_text())
@@ -263,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                                   if k in m}  # fmt: skip
             else:
                 tail = (args.out / name / "eval.log").read_text(errors="replace").splitlines()[-2:]
-                results[name]["eval_error"] = " | ".join(tail)[:400]
+                why = f"timed out after {args.eval_timeout:.0f} s" if timed_out else f"exit {proc.returncode}"
+                results[name]["eval_error"] = " | ".join([why, *tail])[:400]
         print(f"evaluation done at {time.monotonic() - t0:.0f} s", flush=True)
     for res in results.values():
         print(json.dumps({"bench": "gpu-gan", **res}), flush=True)
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"bench": "gpu-gan-summary", "budget_s": args.budget, "best": best,
                "fid": {n: round(r["fid"], 2) for n, r in results.items() if "fid" in r},
                "protocol": "productgen evaluate defaults: 10,000 generated vs the 10,000-image test split, TF-Inception"
-               if not args.tiny else "tiny rehearsal: 100 vs 100", "wall_s": round(time.monotonic() - t0, 1)}  # fmt: skip
+               if not args.tiny else "tiny rehearsal: 30 vs 30", "wall_s": round(time.monotonic() - t0, 1)}  # fmt: skip
     print(json.dumps(summary), flush=True)
     (args.out / "summary.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
     return 0 if all("error" not in r for r in results.values()) else 1
