@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             mfile = args.out / name / "eval" / "metrics.json"
             if mfile.is_file():
                 m = json.loads(mfile.read_text())
-                results[name] |= {k: m[k] for k in ("fid", "kid_mean", "n_real", "n_fake", "diversity", "d_accuracy")
+                results[name] |= {k: m[k] for k in ("fid", "kid_mean", "n_real", "n_fake", "diversity", "d_acc")
                                   if k in m}  # fmt: skip
             else:
                 tail = (args.out / name / "eval.log").read_text(errors="replace").splitlines()[-2:]

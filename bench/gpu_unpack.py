@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from productgen import shipped
 
+    log = args.files / "log-B.txt"  # nvidia-smi's CSV line names the GPU the runs trained on
+    gpu = next((ln.split(",")[0].strip() for ln in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
+                if ln.startswith("NVIDIA")), "a GPU")  # fmt: skip
+
     for task in ("gan", "vae"):
         scored = {n: r for n, r in runs.items() if r.get("task") == task and "fid" in r and r.get("n_real") == 10000}
         if not scored:
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = (model / "profile.yaml").read_text()
         card = {"protocol": "FID, 10,000 generated vs the 10,000-image Fashion-MNIST test split (TF-Inception)",
                 "figure": f"FID {res['fid']:.2f}", "anchor": ANCHORS[task],
-                "device": "one NVIDIA H200 (bench/gpu_checks.sh B)", "train_time": f"{res['train_s']:.0f} s",
+                "device": f"one {gpu} (bench/gpu_checks.sh B)", "train_time": f"{res['train_s']:.0f} s",
                 "profile": f"flows/profiles/gpu-{task}.yaml + run {name}", "steps": res["steps"],
                 "command": f"productgen train {task} --profile <this run's profile.yaml>", "profile_yaml": profile,
                 "summary": f"GPU {task}, FID {res['fid']:.2f} (10k vs 10k)"}  # fmt: skip
