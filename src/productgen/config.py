@@ -350,7 +350,7 @@ class TranslateConfig:
     folder_a: str | None = None
     folder_b: str | None = None
     cyclegan_generator: Literal["resnet", "unet"] = "resnet"  # resnet can change shapes; unet keeps layouts
-    cyclegan_mask: bool = False  # cyclegan: generators edit the input through a learned mask (keep what is alike)
+    cyclegan_residual: bool = False  # cyclegan: generators add a learned residual to the input (start at identity)
     resnet_blocks: int = 6  # residual blocks of the resnet generator (paper: 6 at 128 px, 9 at 256 px)
     g_channels: int = 64  # generator width at full resolution (doubles per level, up to max_channels)
     d_channels: int = 64  # PatchGAN width of the first layer

@@ -138,36 +138,32 @@ class ResnetGenerator(nn.Module):
         return self.net(x)[..., :h, :w]
 
 
-class MaskedGenerator(nn.Module):
-    """A generator that edits its input: ``out = m * paint + (1 - m) * x`` with a per-pixel mask ``m`` in [0, 1].
+class ResidualGenerator(nn.Module):
+    """A generator that edits its input: ``out = clamp(x + 2 * r(x), -1, 1)``, ``r`` starting at exactly zero.
 
     Why: at 28 px a CycleGAN generator that repaints every pixel spends its first thousands of steps rebuilding
     what should not change (the black background, the sole, the outline) and leaves blotchy texture there,
-    which is worse, by FID, than not translating at all. With a mask (the attention-guided generators of
-    Mejjati et al. 2018 / Tang et al.'s AttentionGAN) untouched pixels are the input's own and the network only
-    learns what differs between the domains (a boot's shaft). The inner network emits ``channels + 1`` maps
-    through its tanh: the last is the mask (``(t + 1) / 2``), its bias starts at -1 so that training begins
-    near the identity (mask about 0.12).
+    which is worse, by FID, than not translating at all (the quick profile: 173.5 against 127.0). Here training
+    starts at the identity (the last layer is zero-initialised, as in ReZero / Fixup) and the network only
+    learns what differs between the domains (a boot's shaft). A multiplicative mask (``m * paint + (1 - m) *
+    x``, attention-guided CycleGANs) was tried first and collapsed: the cycle loss drives ``m`` to 0 before
+    ``paint`` learns anything, the tanh saturates, and the model stays the identity (cycle L1 0.003 at step
+    150); an additive residual has no such gate. ``r`` is the inner network's tanh output, so one step of
+    ``2 * r`` spans black to white.
     """
 
-    def __init__(self, net: nn.Module, channels: int) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net, self.channels = net, channels
+        self.net = net
         self.multiple = int(getattr(net, "multiple", 1))
         last = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)][-1]
-        if last.bias is not None:
-            with torch.no_grad():
-                last.bias[-1].fill_(-1.0)
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.net(x)
-        paint, mask = t[:, : self.channels], t[:, self.channels :].add(1).mul(0.5)
-        return mask * paint + (1 - mask) * x
-
-    @torch.no_grad()
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
-        """The mask ``[N, 1, H, W]`` in [0, 1] for ``x`` (what the generator changes)."""
-        return self.net(x)[:, self.channels :].add(1).mul(0.5)
+        return (x + 2 * self.net(x)).clamp(-1, 1)
 
 
 class PatchDiscriminator(nn.Module):
@@ -236,18 +232,18 @@ def gan_loss(logits: torch.Tensor, real: bool, kind: str) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def build_generator(kind: str, channels: int, resolution: int, t: dict[str, Any], masked: bool = False) -> nn.Module:
+def build_generator(kind: str, channels: int, resolution: int, t: dict[str, Any], residual: bool = False) -> nn.Module:
     """A generator from the ``translate`` section of a model config (shared by training and loading).
 
-    ``masked``: wrap it in a :class:`MaskedGenerator` (CycleGAN's ``translate.cyclegan_mask``)."""
-    out = channels + 1 if masked else channels
+    ``residual``: wrap it in a :class:`ResidualGenerator` (CycleGAN's ``translate.cyclegan_residual``)."""
+    out = channels
     net: nn.Module
     if kind == "resnet":
         net = ResnetGenerator(channels, out, t["g_channels"], t["resnet_blocks"], t["norm"])
     else:
         depth = t["unet_depth"] or unet_depth(resolution)
         net = UNetGenerator(channels, out, depth, t["g_channels"], t["max_channels"], t["norm"], t["dropout"])
-    return MaskedGenerator(net, channels) if masked else net
+    return ResidualGenerator(net) if residual else net
 
 
 class TranslatePredictor:
@@ -291,8 +287,8 @@ def load_predictor(folder: Path, device: str | torch.device = "cpu") -> Translat
         t, res, ch = cfg["translate"], int(cfg["resolution"]), int(cfg["channels"])
         arch = "unet" if kind == "pix2pix" else t["cyclegan_generator"]
         files = {"ab": "generator"} if kind == "pix2pix" else {"ab": "generator", "ba": "generator_ba"}
-        masked = kind == "cyclegan" and bool(t.get("cyclegan_mask", False))  # older models: no mask
-        nets = {d: build_generator(arch, ch, res, t, masked) for d in files}
+        residual = kind == "cyclegan" and bool(t.get("cyclegan_residual", False))  # older models: not residual
+        nets = {d: build_generator(arch, ch, res, t, residual) for d in files}
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{folder}/config.json: incomplete {kind} config ({err!r}); retrain or re-export it") from None
     dev = torch.device(device)

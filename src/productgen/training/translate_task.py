@@ -240,8 +240,8 @@ class CycleGanTask:
         torch.manual_seed(engine.cfg.seed)
         kind = cfg.cyclegan_generator
         modules: dict[str, torch.nn.Module] = {
-            "G_AB": build_generator(kind, c, r, self.arch, cfg.cyclegan_mask),
-            "G_BA": build_generator(kind, c, r, self.arch, cfg.cyclegan_mask),
+            "G_AB": build_generator(kind, c, r, self.arch, cfg.cyclegan_residual),
+            "G_BA": build_generator(kind, c, r, self.arch, cfg.cyclegan_residual),
             "D_A": PatchDiscriminator(c, cfg.d_channels, self.arch["d_layers"], cfg.max_channels, cfg.norm),
             "D_B": PatchDiscriminator(c, cfg.d_channels, self.arch["d_layers"], cfg.max_channels, cfg.norm),
         }  # fmt: skip
