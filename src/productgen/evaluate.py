@@ -111,17 +111,13 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
         real, real_y = real[keep], to_model[real_y[keep]]
     if len(real) < 2:
         raise UserError(f"{prepared}: the {cfg.split} split has {len(real)} images; FID needs at least 2")
-    if categories is not None or (cfg.max_real is not None and cfg.max_real < len(real)):
+    subset = categories is not None or (cfg.max_real is not None and cfg.max_real < len(real))
+    if subset:
         pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_real].sort().values
         real, real_y = real[pick], real_y[pick]
-        real_feats = compute_features(real, extractor, batch_size=cfg.batch_size, show_progress=show_progress)
-        real_stats = FeatureStats.from_features(real_feats, keep_features=True)
-    else:
-        real_stats = dataset_statistics(ds, cfg.split, extractor, batch_size=cfg.batch_size, keep_features=True,
-                                        show_progress=show_progress)  # fmt: skip
-        real_feats = real_stats.features
-    assert real_feats is not None
 
+    # The generated side first: the real side of a whole split may still be on its way into the statistics
+    # cache (another process computing it), and is read from there when it has arrived.
     n_fake = cfg.num_fake or len(real)
     fake_y = _fake_labels(real_y, n_fake).to(device)
     fake = torch.cat([
@@ -131,6 +127,15 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
     fake_feats = compute_features(fake, extractor, batch_size=cfg.batch_size, show_progress=show_progress)
     fake_stats = FeatureStats.from_features(fake_feats)
     fake_y = fake_y.cpu()
+
+    if subset:
+        real_feats = compute_features(real, extractor, batch_size=cfg.batch_size, show_progress=show_progress)
+        real_stats = FeatureStats.from_features(real_feats, keep_features=True)
+    else:
+        real_stats = dataset_statistics(ds, cfg.split, extractor, batch_size=cfg.batch_size, keep_features=True,
+                                        show_progress=show_progress)  # fmt: skip
+        real_feats = real_stats.features
+    assert real_feats is not None
 
     metrics: dict[str, Any] = {"fid": fid_from_stats(real_stats, fake_stats), "n_real": len(real), "n_fake": n_fake}
     if cfg.kid:
