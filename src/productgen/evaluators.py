@@ -58,12 +58,17 @@ def translation(p: Params, task: str, model_dir: Path, prepared: Path, out: Path
 
 def style(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
           show_progress: bool) -> dict[str, Any]:  # fmt: skip
-    """Style distance to ``style.style_image`` and content preservation on a seeded sample of the split."""
+    """Style distance to ``style.style_image`` and content preservation on a seeded sample of the split.
+
+    The products are shown to the model as it trained on them (upscaled to its ``style.image_size``, inverted
+    to dark-on-white where the dataset stores negatives), and content SSIM is measured against that image:
+    scoring raw 28 px negatives measured a model on inputs it never saw and a mask that finds no background.
+    """
     import torch
 
     from productgen.data.dataset import PreparedDataset
     from productgen.models.predict import load_predictor
-    from productgen.styles import style_report
+    from productgen.styles import content_batch, style_report, to_uint8
 
     e = p.evaluate
     ds = PreparedDataset(prepared)
@@ -73,8 +78,12 @@ def style(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, cate
     n = min(len(images), e.max_real or 64)
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(e.seed))[:n].sort().values
     device = _device(e.device)
-    m = style_report(load_predictor(model_dir, device), images[pick], p.style.style_image, out, device=device,
-                     labels=labels[pick], classes=ds.classes)  # fmt: skip
+    predictor = load_predictor(model_dir, device)
+    size = int(predictor.config.get("style", {}).get("image_size", p.style.image_size))
+    invert = bool(predictor.config.get("invert_content", False))
+    content = to_uint8(content_batch(images[pick], size, invert))
+    m = style_report(predictor, content, p.style.style_image, out, device=device, labels=labels[pick],
+                     classes=ds.classes, notes={"content_size": size, "content_inverted": invert})  # fmt: skip
     return {**m, "categories": sorted(categories)} if categories is not None else m
 
 

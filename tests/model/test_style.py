@@ -211,7 +211,7 @@ def test_style_report_numbers(params: Path, tmp_path: Path) -> None:
     content = to_uint8(content_batch(images[:6], 64, invert=False))
     style = load_style("brick", max_side=None)[:128, :128]
     same = style_report(_Identity(), content, style, tmp_path / "id", labels=labels[:6], classes=ds.classes)
-    assert same["content_ssim"] > 0.999 and same["content_loss"] < 1e-6
+    assert same["content_ssim"] > 0.999 and same["product_ssim"] > 0.999 and same["content_loss"] < 1e-6
     # per category, the same figures on each category's images (what the promotion gate checks one by one)
     cats = same["per_category"]
     assert sum(v["n"] for v in cats.values()) == 6 and set(cats) <= set(ds.classes)
@@ -219,12 +219,49 @@ def test_style_report_numbers(params: Path, tmp_path: Path) -> None:
     assert same["style_distance_rel"] == pytest.approx(1.0, abs=1e-4) and same["style_score"] == pytest.approx(1.0, abs=1e-3)
     pasted = style_report(_PasteStyle(style), content, style, tmp_path / "paste")
     assert pasted["style_distance_rel"] < 0.5  # much closer to the style ...
-    assert pasted["content_ssim"] < pasted["ssim_floor"] and pasted["style_score"] > same["style_score"]  # gate says no
+    assert pasted["product_ssim"] < pasted["ssim_floor"] and pasted["style_score"] > same["style_score"]  # gate says no
+    assert pasted["style_score"] == pytest.approx(
+        pasted["style_distance_rel"] + 10 * (pasted["ssim_floor"] - pasted["product_ssim"]), abs=1e-6)
     for name in ("metrics.json", "report.md", "before_after.png"):
         assert (tmp_path / "id" / name).is_file()
     assert json.loads((tmp_path / "id" / "metrics.json").read_text())["primary_metric"] == "style_score"
     grid = Image.open(tmp_path / "id" / "before_after.png")
     assert grid.height == 2 * 128 + 2 and grid.width > 6 * 128
+
+
+def test_masked_ssim_is_the_ssim_of_the_masked_pixels() -> None:
+    """A full mask gives metrics.quality.ssim's number; a mask over an untouched region gives 1."""
+    from productgen.metrics.quality import ssim
+    from productgen.styles import masked_ssim
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 1, 40, 40, generator=g), torch.rand(2, 1, 40, 40, generator=g)
+    full = torch.ones(2, 1, 40, 40)
+    assert float(masked_ssim(a, b, full)) == pytest.approx(float(ssim(a, b)), abs=1e-6)
+    c = a.clone()
+    c[..., 20:, :] = b[..., 20:, :]  # the bottom half changed, the top half kept
+    top = torch.zeros_like(full)
+    top[..., :10, :] = 1  # rows the 11x11 window never sees change
+    assert float(masked_ssim(c, a, top)) == pytest.approx(1.0, abs=1e-5)
+    assert float(masked_ssim(c, a, 1 - top)) < 0.7
+
+
+def test_evaluator_scores_the_view_the_model_trained_on(style_params: Path, trained: dict[str, Path],
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    """The style evaluator shows each model its training view (style.image_size, dark-on-white) and reports
+    content SSIM, product SSIM and the style distance, overall and per category."""
+    from productgen import evaluators
+
+    p = load_params(style_params, {"evaluate.max_real": 6})
+    for task in ("style", "adain"):
+        m = evaluators.style(p, task, trained[task] / "model", Path(p.data.out), tmp_path / task, None, False)
+        assert m["content_size"] == 32 and m["content_inverted"] is False and m["images"] >= 2
+        for key in ("content_ssim", "product_ssim"):
+            assert 0.0 < m[key] < 1.0, (task, key, m[key])
+        assert m["style_distance_rel"] > 0 and m["style_score"] >= m["style_distance_rel"]
+        assert all("product_ssim" in v for v in m["per_category"].values())
+        assert "product_ssim" in (tmp_path / task / "report.md").read_text()
+        assert Image.open(tmp_path / task / "before_after.png").height == 2 * 128 + 2
 
 
 def _app() -> typer.Typer:
