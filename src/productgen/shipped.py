@@ -176,7 +176,12 @@ def agreement(reference: Path, candidate: Path, n: int = 500, seed: int = 0) -> 
         res, ch = int(cfg.get("resolution", 28)), int(cfg.get("channels", 1))
         images = torch.randint(0, 256, (min(n, 32), ch, res, res), generator=torch.Generator().manual_seed(seed),
                                dtype=torch.uint8)  # fmt: skip
+        options: dict[str, Any] = {}
+        if kind == "adain":  # arbitrary style: one built-in style stands in for the user's
+            from productgen.styles import load_style, style_names
+
+            options["style"] = torch.from_numpy(load_style(style_names()[0], 256).copy()).permute(2, 0, 1)[None]
         with torch.no_grad():
-            x, y = pa(images), pb(images)
+            x, y = pa(images, **options), pb(images, **options)
     diff = (x.int() - y.int()).abs()
     return {"pixels_differing": round(float((diff > 0).float().mean()), 5), "max_grey_levels": int(diff.max())}
