@@ -312,6 +312,7 @@ def test_stylize_cli(trained: dict[str, Path], tmp_path: Path, monkeypatch: pyte
     assert r.exit_code == 0, r.output
     assert max(Image.open(tmp_path / "o2" / "p0.png").size) == 32
     monkeypatch.chdir(tmp_path)  # no artifacts/train/adain/model here
+    monkeypatch.setenv("PRODUCTGEN_CHAMPIONS", str(tmp_path / "none"))  # and no shipped champion (champions/)
     cases = [
         (["--style", "coffee"], "train it with: productgen train adain"),
         (["--style", "coffee", "--model", str(trained["style"] / "model")], "drop --style"),
