@@ -33,12 +33,14 @@ pytestmark = pytest.mark.skipif(installed_tf_inception() is None, reason="TF-Inc
 
 CATEGORIES = ("bags", "shoes", "shirts")
 
+# precision fp32: the scenario was calibrated in fp32 (week 2 must beat week 1 by more than the 0.05 dB margin, so
+# that week 3 finds nothing changed since the champion); under the CPU engine's bf16 week 3 trained instead.
 PARAMS = """\
 data: {{source: folder, input: {root}/shop, out: {root}/prepared, mode: L, resolution: 28,
         split: {{train: 0.6, val: 0.1, test: 0.3}}}}
 validation: {{out: {root}/validation, min_images_per_category: 5, max_split_deviation: 0.1}}
 train: {{out: "{root}/train/{{task}}", batch_size: 8, max_steps: 60, log_every: 20, sample_every: 60,
-         checkpoint_every: 60, device: cpu}}
+         checkpoint_every: 60, device: cpu, precision: fp32}}
 restore: {{channels: 8, max_channels: 16, view: noise25, lr: 0.003, warmup_steps: 0}}
 evaluate: {{out: "{root}/eval/{{task}}", model: "{root}/train/{{task}}/model", device: cpu}}
 registry: {{psnr_margin: 0.05, gain_db_min: 0.0}}
