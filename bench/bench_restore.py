@@ -50,7 +50,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     from productgen.training import restore_task
     from productgen.training.device import init_runtime
     from productgen.training.engine import Engine, fit
-    from productgen.training.tasks import DatasetInfo
+    from productgen.tasks import DatasetInfo
 
     m = VARIANT.match(variant)
     assert m is not None

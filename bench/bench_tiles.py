@@ -1,4 +1,4 @@
-"""Peak memory of large photos through the default restorer: tiled inference (productgen.apply.predict_image,
+"""Peak memory of large photos through the default restorer: tiled inference (productgen.apply.folders.predict_image,
 what ``productgen enhance`` runs) against whole-image inference on a size that fits, in the same run.
 
 Each measurement runs in its own process (peak RSS from ``os.wait4``, so one case cannot inflate another).
@@ -59,7 +59,7 @@ def child(mode: str, size: int, memory_mb: float, exact: bool, out: str | None) 
     import numpy as np
     import torch
 
-    from productgen.apply import bytes_per_pixel, plan_tile, predict_image, run_batch
+    from productgen.apply.folders import bytes_per_pixel, plan_tile, predict_image, run_batch
 
     pred, cfg = _predictor()
     img = _image(size)

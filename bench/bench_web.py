@@ -85,10 +85,10 @@ def process(cmd: list[str], ready_url: str, env: dict[str, str], log: Path, time
 
 def make_champions(root: Path, uri: str) -> None:
     """Quick-profile GAN and U-Net restorer on a synthetic 28 px grayscale catalog, registered as champions."""
-    from productgen import registry
+    from productgen.registry import promotion as registry
     from productgen.config import DataConfig, load_params
     from productgen.data.prepare import prepare
-    from productgen.train import train
+    from productgen.pipeline.train import train
     from tests.conftest import TINY, write_good_folder
 
     write_good_folder(root / "shop", {"bags": 24, "shoes": 24, "shirts": 24}, size=(28, 28))

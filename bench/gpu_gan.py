@@ -4,7 +4,7 @@
         --runs gan:base:gpu-gan gan:w96:gpu-gan:gan.g_channels=96,gan.d_channels=96 vae:vae:gpu-vae
 
 Each ``TASK:NAME:PROFILE[:dotted.key=value,...]`` run trains in its own process (all at once, sharing the GPU)
-through :func:`productgen.train.train`, with an ``on_step`` hook that, once ``--budget`` seconds have passed since
+through :func:`productgen.pipeline.train.train`, with an ``on_step`` hook that, once ``--budget`` seconds have passed since
 the run started (imports, data loading and any compile included), writes the model folder exactly as a finished
 run would (EMA generator, discriminator, config.json), draws its sample grid and stops. The GAN has no learning-
 rate schedule, so stopping at a time is the same as training to the step reached: that step is written into
@@ -100,9 +100,9 @@ def child(args: argparse.Namespace) -> int:
 
     from productgen.config import load_params
     from productgen.data.dataset import PreparedDataset
-    from productgen.pipeline import for_task
-    from productgen.train import train, write_model
-    from productgen.viz import make_grid, save_png
+    from productgen.pipeline.steps import for_task
+    from productgen.pipeline.train import train, write_model
+    from productgen.common.grids import make_grid, save_png
 
     t_start = time.monotonic()
     task, name, base, overrides = parse_run(args.child)
@@ -145,7 +145,7 @@ def child(args: argparse.Namespace) -> int:
         steps = state["step"]
     train_s = time.monotonic() - t_start
     try:  # the loss curve train() would have drawn (matplotlib may be missing: not worth failing over)
-        from productgen.plots import loss_curve, losses_csv
+        from productgen.common.plots import loss_curve, losses_csv
 
         out = Path(p.train.out)
         loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
@@ -166,7 +166,7 @@ def child(args: argparse.Namespace) -> int:
 
 
 def fid_network_available() -> bool:
-    from productgen.errors import UserError
+    from productgen.common.errors import UserError
     from productgen.metrics.extractors import find_tf_inception
 
     try:

@@ -7,7 +7,7 @@ and (``--ship``) make the GPU-trained generators the shipped champions where the
 What it does: joins ``models.tar.part-*`` and extracts it and ``results-B.tar.gz`` (and ``results-A.tar.gz``) into
 ``--out``; turns the discriminators that travelled in fp16 back into fp32 files (the generators travelled in fp32:
 they are the weights that were scored); prints one JSON line per benchmark and per generator run. With ``--ship``,
-each task's best run is copied into ``champions/<task>`` by :func:`productgen.shipped.package` with a card
+each task's best run is copied into ``champions/<task>`` by :func:`productgen.registry.shipped.package` with a card
 (protocol, figure, anchor, profile and steps, device, training time), but only where the card of the champion
 already shipped scored worse on the same protocol (10,000 vs 10,000) or there is none.
 """
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.ship:
         return 0
 
-    from productgen import shipped
+    from productgen.registry import shipped
 
     log = args.files / "log-B.txt"  # nvidia-smi's CSV line names the GPU the runs trained on
     gpu = next((ln.split(",")[0].strip() for ln in (log.read_text(errors="replace").splitlines() if log.is_file() else [])

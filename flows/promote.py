@@ -13,7 +13,7 @@ from prefect.cache_policies import NONE
 @task(name="promote", cache_policy=NONE, retries=3, retry_delay_seconds=[5, 20, 60], timeout_seconds=600)
 def promote_version(model_task: str, version: str | None, margin: float | None, force: bool,
                     model_name: str | None = None) -> dict[str, Any]:  # fmt: skip
-    from productgen import registry
+    from productgen.registry import promotion as registry
     from productgen.config import load_params
 
     cfg = load_params("params.yaml").registry

@@ -8,7 +8,7 @@ challenger against the champion, the sample grid, the validation and drift repor
 
 What is compared, on what: the challenger and the current champion (``models:/<name>@champion``, whichever
 machine trained it) are both scored in this run, with this code, on this week's evaluation split; the gate
-(:mod:`productgen.gate`) decides on that pair, per category too. Stored metrics of earlier weeks are history.
+(:mod:`productgen.registry.gate`) decides on that pair, per category too. Stored metrics of earlier weeks are history.
 
 Runs the same way in Prefect's ephemeral mode (no server, the default) and against a server given by
 ``PREFECT_API_URL``:
@@ -33,7 +33,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from pydantic import BaseModel, Field, field_validator
 
-from productgen.training.tasks import names as task_names
+from productgen.tasks import names as task_names
 
 TRANSIENT_RETRIES = {"retries": 3, "retry_delay_seconds": [5, 20, 60]}
 
@@ -67,7 +67,7 @@ def _params(rp: RetrainParams, overrides: dict[str, Any] | None = None) -> Any:
 
 
 def _model(rp: RetrainParams) -> str:
-    from productgen.registry import registered_name
+    from productgen.registry.promotion import registered_name
 
     return registered_name(rp.task, rp.model_name)
 
@@ -86,7 +86,7 @@ def validate_data(rp: RetrainParams) -> dict[str, Any]:
                              markdown=f"**{result.one_line()}**\n\nReport: `{report.resolve()}`\n\n"
                              + report.read_text(encoding="utf-8")[:20000])  # fmt: skip
     if not result.success:
-        from productgen.errors import ValidationFailed
+        from productgen.common.errors import ValidationFailed
 
         raise ValidationFailed(f"{result.one_line()} (report: {report.resolve()})")
     return {"prepared": str(prepared.out), "content_hash": prepared.content_hash, "counts": prepared.counts,
@@ -96,7 +96,7 @@ def validate_data(rp: RetrainParams) -> dict[str, Any]:
 @task(name="snapshot-data", cache_policy=NONE, timeout_seconds=3600)
 def snapshot_data(rp: RetrainParams, data: dict[str, Any]) -> dict[str, str]:
     """Version the prepared data with DVC (add + push) and compute the run's key: its lineage."""
-    from productgen import lineage
+    from productgen.tracking import lineage
     from productgen.config import to_dict
 
     p = _params(rp)
@@ -123,8 +123,8 @@ def snapshot_data(rp: RetrainParams, data: dict[str, Any]) -> dict[str, str]:
 @task(name="champion-lineage", cache_policy=NONE, timeout_seconds=300, **TRANSIENT_RETRIES)
 def champion_lineage(rp: RetrainParams) -> dict[str, Any] | None:
     """The current champion's version and lineage tags (None: no champion yet)."""
-    from productgen import registry
-    from productgen.errors import UserError
+    from productgen.registry import promotion as registry
+    from productgen.common.errors import UserError
 
     try:
         return registry.lineage_of(rp.task, None, rp.model_name)
@@ -135,11 +135,11 @@ def champion_lineage(rp: RetrainParams) -> dict[str, Any] | None:
 @task(name="drift-report", cache_policy=NONE, timeout_seconds=3600)
 def drift_report(rp: RetrainParams, data: dict[str, Any], champion: dict[str, Any] | None, out: str) -> dict[str, Any]:
     """This week's data against the champion's training snapshot (restored with DVC); may stop the flow."""
-    from productgen import lineage
-    from productgen.drift import drift_report as report
-    from productgen.drift import one_line
+    from productgen.tracking import lineage
+    from productgen.data.drift import drift_report as report
+    from productgen.data.drift import one_line
 
-    from productgen.errors import UserError
+    from productgen.common.errors import UserError
 
     p = _params(rp)
     old: Path | None = None
@@ -161,7 +161,7 @@ def drift_report(rp: RetrainParams, data: dict[str, Any], champion: dict[str, An
     create_markdown_artifact(key=f"{rp.task}-drift", description=one_line(r),
                              markdown=(Path(out) / "drift.md").read_text(encoding="utf-8")[:20000])  # fmt: skip
     if r["stop"]:
-        from productgen.errors import ValidationFailed
+        from productgen.common.errors import ValidationFailed
 
         raise ValidationFailed(f"{one_line(r)} (retrain.drift thresholds; report: {Path(out).resolve() / 'drift.md'})")
     return r
@@ -171,7 +171,7 @@ def drift_report(rp: RetrainParams, data: dict[str, Any], champion: dict[str, An
 def tune_model(rp: RetrainParams) -> dict[str, Any]:
     """Optuna study of the task (on its primary metric); its best parameters, as dotted overrides of the task's
     params section (``{"restore.lr": ...}``), feed the final training."""
-    from productgen.tune import tune  # type: ignore[import-not-found]
+    from productgen.pipeline.tune import tune  # type: ignore[import-not-found]
 
     best = tune(_params(rp), rp.task, trials=rp.tune_trials)
     return best.overrides()
@@ -180,7 +180,7 @@ def tune_model(rp: RetrainParams) -> dict[str, Any]:
 @task(name="train", cache_policy=NONE, timeout_seconds=12 * 3600, retries=1, retry_delay_seconds=30)
 def train_model(rp: RetrainParams, overrides: dict[str, Any], lineage_tags: dict[str, str]) -> dict[str, Any]:
     """Train (on the GPU when there is one); a retry resumes from the last checkpoint of this run."""
-    from productgen.train import train
+    from productgen.pipeline.train import train
     from productgen.training.checkpoint import latest_checkpoint
 
     p = _params(rp, overrides)
@@ -198,7 +198,7 @@ def train_model(rp: RetrainParams, overrides: dict[str, Any], lineage_tags: dict
 
 @task(name="evaluate", cache_policy=NONE, timeout_seconds=6 * 3600, **TRANSIENT_RETRIES)
 def evaluate_model(rp: RetrainParams, overrides: dict[str, Any]) -> dict[str, Any]:
-    from productgen.pipeline import evaluate_model as run
+    from productgen.pipeline.steps import evaluate_model as run
 
     return run(_params(rp, overrides), track=True, show_progress=False, task=rp.task)
 
@@ -207,8 +207,10 @@ def evaluate_model(rp: RetrainParams, overrides: dict[str, Any]) -> dict[str, An
 def gate_and_promote(rp: RetrainParams, overrides: dict[str, Any], trained: dict[str, Any], metrics: dict[str, Any],
                      data: dict[str, Any], lineage_tags: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     """Register the challenger, score the champion beside it on this week's set, decide, promote if better."""
-    from productgen import gate, lineage, registry
-    from productgen.rescore import score_pair
+    from productgen.registry import gate
+    from productgen.tracking import lineage
+    from productgen.registry import promotion as registry
+    from productgen.registry.rescore import score_pair
 
     p = _params(rp, overrides)
     name = _model(rp)
@@ -262,7 +264,7 @@ def _grid_artifact(eval_out: Path, title: str) -> None:
 
 def _notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """Flow hook: a failed retrain POSTs to the webhook (retrain.notify_url / PRODUCTGEN_NOTIFY_URL)."""
-    from productgen import notify
+    from productgen.common import notify
 
     raw = (flow_run.parameters or {}).get("params") or {}
     try:
@@ -277,8 +279,8 @@ def _notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
 @flow(name="retrain", log_prints=True, on_failure=[_notify_failure], on_crashed=[_notify_failure])
 def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     """Validate -> snapshot -> skip if unchanged -> drift -> (tune) -> train -> evaluate -> gate -> promote."""
-    from productgen import notify
-    from productgen.training.tasks import get
+    from productgen.common import notify
+    from productgen.tasks import get
 
     logger = get_run_logger()
     base = _params(params)

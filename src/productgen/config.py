@@ -1,7 +1,7 @@
 """Typed configuration loaded from ``params.yaml``.
 
 Every section of ``params.yaml`` maps to a frozen dataclass. Loading is strict: an unknown key or a value of
-the wrong type is a :class:`~productgen.errors.UserError` naming the file and the dotted field, so a typo in
+the wrong type is a :class:`~productgen.common.errors.UserError` naming the file and the dotted field, so a typo in
 ``params.yaml`` fails loudly instead of being silently ignored. DVC reads the same file for its ``params:``.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 SourceKind = Literal["builtin", "folder", "catalog"]
 ImageMode = Literal["RGB", "L"]
@@ -625,7 +625,7 @@ def _check_tune(params: Params, where: str) -> TuneConfig:
         raise UserError(f"{where}.timeout: must be positive (or null for no limit)")
     if t.pruner_startup_trials < 0 or t.pruner_warmup_steps < 0:
         raise UserError(f"{where}.pruner_startup_trials / pruner_warmup_steps: must be >= 0")
-    from productgen.training import tasks
+    from productgen import tasks
 
     spaces: dict[str, TuneSpace] = {}
     for task, space in t.space.items():
@@ -742,7 +742,7 @@ def _check_space_tasks(raw: dict[str, Any], where: str) -> None:
     space = raw.get("tune", {}).get("space") if isinstance(raw.get("tune"), dict) else None
     if not isinstance(space, dict):
         return
-    from productgen.training import tasks
+    from productgen import tasks
 
     for key in space:
         if key not in tasks.TASKS:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from productgen.apply import apply_to_folder, before_after_grid
-from productgen.errors import UserError
+from productgen.apply.folders import apply_to_folder, before_after_grid
+from productgen.common.errors import UserError
 
 
 class Invert:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from productgen.config import Params, load_params
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 

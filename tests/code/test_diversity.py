@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from productgen.evaluate import diversity
+from productgen.evaluation.generation import diversity
 
 
 def test_diversity_is_one_for_real_like_samples_and_zero_for_a_collapsed_generator() -> None:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from productgen.config import RegistryConfig
-from productgen.gate import Scored, decide
-from productgen.training import tasks
+from productgen.registry.gate import Scored, decide
+from productgen import tasks
 from tests.conftest import ROOT
 
 CFG = RegistryConfig(psnr_margin=0.05, category_psnr_margin=0.2, gain_db_min=0.5)
@@ -93,7 +93,7 @@ def test_every_task_has_one_registry_entry_that_everything_reads() -> None:
     import importlib.util
     import sys
 
-    from productgen import registry
+    from productgen.registry import promotion as registry
 
     for spec in tasks.TASKS.values():
         assert registry.primary_metric(spec.name) == (spec.metric, spec.direction)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from productgen.data import fashion_mnist
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 def _idx(arr: np.ndarray) -> bytes:

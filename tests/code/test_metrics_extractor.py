@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.metrics import extractors as ex
 from productgen.metrics.frechet import fid_from_features
 from tests.conftest import product_image

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.metrics import (
     FeatureExtractor,
     FeatureStats,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.metrics.frechet import FeatureStats, fid_from_features, fid_from_stats, frechet_distance, mean_cov
 from productgen.metrics.kid import kid_from_features, mmd2_unbiased
 

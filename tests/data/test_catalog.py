@@ -10,7 +10,7 @@ import pytest
 from productgen.config import DataConfig, ValidationConfig
 from productgen.data.prepare import prepare
 from productgen.data.validate import validate
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from tests.conftest import encode, product_image, run_cli, tree_digest
 
 HEADER = ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year", "usage",

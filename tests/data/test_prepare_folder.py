@@ -13,7 +13,7 @@ from productgen.config import DataConfig, ValidationConfig
 from productgen.data.dataset import PreparedDataset
 from productgen.data.prepare import prepare, split_of
 from productgen.data.validate import validate
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from tests.conftest import product_image, run_cli, tree_digest, write_bad_files, write_good_folder
 
 

@@ -33,8 +33,8 @@ import pytest
 import torch
 from PIL import Image
 
-from productgen.apply import apply_to_folder, bytes_per_pixel, predict_image, run_batch
-from productgen.errors import UserError
+from productgen.apply.folders import apply_to_folder, bytes_per_pixel, predict_image, run_batch
+from productgen.common.errors import UserError
 from productgen.models.io import save_model
 from productgen.models.restore import ImagePredictor, UNet
 from tests.conftest import BIN, ROOT
@@ -525,8 +525,8 @@ def test_infra_start_scripts_refuse_the_example_placeholders(tmp_path: Path, scr
 def test_run_folder_metadata_keeps_no_credentials() -> None:
     """What run folders record of a server (``mlflow.json``'s tracking URI, the tune marker's storage URL)
     goes through these two helpers: the password never reaches the file."""
-    from productgen.tracking import display_uri
-    from productgen.tune import mask_url
+    from productgen.tracking.runs import display_uri
+    from productgen.pipeline.tune import mask_url
 
     secret = "s3cret-pass-123"
     assert secret not in display_uri(f"http://productgen-worker:{secret}@mlflow:5000")

@@ -329,7 +329,7 @@ def test_second_prepare_into_one_folder_is_refused_and_a_dead_holder_does_not_bl
     shop = params.parent / "shop"
     out = tmp_path / "prepared"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from productgen.locks import folder_lock\n"
+        [sys.executable, "-c", "import sys, time; from productgen.common.locks import folder_lock\n"
          "with folder_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(120)", str(out)],
         stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -365,7 +365,7 @@ def test_tracking_uri_with_nothing_listening_stops_in_one_line_before_any_work(
 
 
 def test_metrics_logger_never_blocks_on_a_dead_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    from productgen.tracking import RunLogger
+    from productgen.tracking.runs import RunLogger
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     logger = RunLogger("0" * 32, max_pending=50, attempts=2, backoff_s=0.05)

@@ -49,14 +49,14 @@ def test_tracked_training_run_and_pyfunc_model(params: Path, tmp_path: Path) -> 
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stdout.strip().splitlines()[-1] == "3 (28, 28) ['shoes', 'shoes', 'shoes']"
     # The CLI commands accept the registered model as well as a folder: same weights, byte for byte.
-    from productgen.tracking import resolve_model
+    from productgen.tracking.runs import resolve_model
 
     folder = resolve_model("models:/productgen-gan-test/1")
     assert (folder / "generator.safetensors").read_bytes() == (run_dir / "model/generator.safetensors").read_bytes()
     assert resolve_model(run_dir / "model") == (run_dir / "model").resolve()
     import pytest
 
-    from productgen.errors import UserError
+    from productgen.common.errors import UserError
 
     with pytest.raises(UserError, match="no model here"):
         resolve_model(tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from productgen import registry
+from productgen.registry import promotion as registry
 from tests.conftest import run_cli
 
 EVAL = {"n_real": 100, "n_fake": 100, "extractor": {"sha": "a16e4d89c0ec"}}
@@ -32,7 +32,7 @@ def _fresh_task(monkeypatch: pytest.MonkeyPatch, name: str) -> str:
     """A task name of its own for each test (one registered model per task): a copy of the gan entry."""
     import dataclasses
 
-    from productgen.training import tasks
+    from productgen import tasks
 
     monkeypatch.setitem(tasks.TASKS, name, dataclasses.replace(tasks.get("gan"), name=name))
     return name
@@ -68,8 +68,8 @@ def test_gate_rollback_and_history(model_uri: str, monkeypatch: pytest.MonkeyPat
 
 RACE = """
 import dataclasses, sys
-from productgen import registry
-from productgen.training import tasks
+from productgen.registry import promotion as registry
+from productgen import tasks
 tasks.register(dataclasses.replace(tasks.get("gan"), name="race"))
 d = registry.promote("race", version=sys.argv[1], margin=0.5)
 print(d.promoted, d.champion_before, d.champion_after)
@@ -124,7 +124,7 @@ def test_a_second_model_of_a_task_has_its_own_champion_and_history(
     """A shop runs a denoiser and a 2x upscaler: both restore models, each with its own registered name."""
     from mlflow import MlflowClient
 
-    from productgen.errors import UserError
+    from productgen.common.errors import UserError
 
     task, other = _fresh_task(monkeypatch, "named"), "productgen-named-sr2"
     a = registry.register_challenger(task, model_uri, {**EVAL, "fid": 50.0}, "c" * 64, "test")

@@ -54,7 +54,7 @@ import json, shutil, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from retrain import RetrainParams, retrain
-from productgen.errors import ValidationFailed
+from productgen.common.errors import ValidationFailed
 root = Path(sys.argv[2])
 plan = json.loads(Path(sys.argv[3]).read_text())
 results = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from productgen import shipped
+from productgen.registry import shipped
 from tests.conftest import BIN, run_cli
 
 CARD = {"summary": "tiny test GAN", "protocol": "none (test)", "figure": "FID 50.0", "profile": "tests", "steps": 2,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from productgen.config import load_params
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.metrics.extractors import installed_tf_inception
 from tests.conftest import run_cli
 
@@ -99,7 +99,7 @@ def test_study_completes_its_trials_and_exports_the_best_params(tuned: dict[str,
 
 def test_second_invocation_resumes_the_study(tuned: dict[str, Any], stats_cache: Path) -> None:
     """In-process this time (the Python API; the CLI ran the first session): saves a process start."""
-    from productgen.tune import tune
+    from productgen.pipeline.tune import tune
 
     result = tune(load_params(tuned["params"]), trials=1, show_progress=False, track=False)
     assert [t.number for t in result.new_trials] == [2] and result.trials_in_study == 3
@@ -151,7 +151,7 @@ def test_median_pruner_prunes_a_trial_worse_than_the_completed_ones(params: Path
     import optuna
     from mlflow import MlflowClient
 
-    from productgen.tune import tune
+    from productgen.pipeline.tune import tune
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="productgen-gan", storage=storage, direction="minimize")
@@ -173,7 +173,7 @@ def test_median_pruner_prunes_a_trial_worse_than_the_completed_ones(params: Path
 
 def test_resuming_with_other_settings_or_sharing_out_is_refused(tuned: dict[str, Any], tmp_path: Path) -> None:
     """Refused before anything is trained or the feature network is loaded (UserError, one line in the CLI)."""
-    from productgen.tune import tune
+    from productgen.pipeline.tune import tune
 
     base = load_params(tuned["params"])
     with pytest.raises(UserError, match=r"was run with other settings \(steps: study 4, now 6\)"):
@@ -190,7 +190,7 @@ def test_dry_run_and_pruner_choice(tuned: dict[str, Any]) -> None:
 
     import optuna
 
-    from productgen.tune import make_pruner, storage_url
+    from productgen.pipeline.tune import make_pruner, storage_url
 
     proc = run_cli("tune", "gan", "--params", str(tuned["params"]), "--trials", "7", "--study", "s2",
                    "--storage", "other.db", "--pruner", "hyperband", "--dry-run")  # fmt: skip
@@ -231,7 +231,7 @@ def test_restore_study_maximises_psnr_prunes_and_exports_a_profile(params: Path,
     import optuna
     from mlflow import MlflowClient
 
-    from productgen.tune import tune
+    from productgen.pipeline.tune import tune
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     seeded = optuna.create_study(study_name="productgen-restore", storage=storage, direction="maximize")
@@ -310,7 +310,7 @@ def test_bad_space_entries_are_one_line_errors_naming_the_field(params: Path, tm
 
 
 def test_a_task_without_a_space_is_refused(params: Path, tmp_path: Path) -> None:
-    from productgen.tune import tune
+    from productgen.pipeline.tune import tune
 
     path = tmp_path / "params.yaml"
     path.write_text(params.read_text() + "tune:\n  space:\n    gan: {lr_g: {low: 0.0001, high: 0.001}}\n")
@@ -339,7 +339,7 @@ def test_style_network_is_tuned_on_its_style_score(params: Path, tmp_path: Path)
     drop the default space's other style fields."""
     import optuna
 
-    from productgen.tune import tune
+    from productgen.pipeline.tune import tune
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     path = _params_file(params, tmp_path, storage, tmp_path / "out")
@@ -362,7 +362,7 @@ def test_ranges_on_integer_and_optional_fields_draw_integers(tmp_path: Path) -> 
     a float range is log-uniform unless ``log: false``; an integer field refuses fractional bounds."""
     import optuna
 
-    from productgen.tune import suggest
+    from productgen.pipeline.tune import suggest
 
     path = tmp_path / "params.yaml"
     path.write_text("tune:\n  space:\n    cyclegan:\n      unet_depth: {low: 2, high: 4, log: false}\n"

@@ -59,7 +59,7 @@ def test_a_champion_that_never_saw_a_category_is_scored_on_the_ones_it_knows(par
     import dataclasses
 
     from productgen.config import load_params
-    from productgen.evaluate import evaluate
+    from productgen.evaluation.generation import evaluate
 
     run_dir = tmp_path / "run"
     assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run_dir), "-q",

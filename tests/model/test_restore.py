@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 from productgen.config import Params, ViewsConfig, load_params
 from productgen.data.dataset import PreparedDataset
 from productgen.data.views import make_view
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.metrics.quality import psnr, ssim
 from productgen.models.predict import load_predictor
 from productgen.models.restore import UNet, degrade, parse_view
-from productgen.restoration import evaluate_restoration
-from productgen.train import train
+from productgen.evaluation.restoration import evaluate_restoration
+from productgen.pipeline.train import train
 from tests.conftest import product_image, tree_digest
 
 

@@ -18,11 +18,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from productgen.config import load_params
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.models.encoders import VGG19, build_encoder, load_encoder
 from productgen.models.predict import load_predictor
-from productgen.styles import product_mask, style_report
-from productgen.train import train
+from productgen.models.styles import product_mask
+from productgen.evaluation.style import style_report
+from productgen.pipeline.train import train
 from tests.conftest import tree_digest
 
 STYLE = """
@@ -203,7 +204,7 @@ class _PasteStyle(_Identity):
 
 def test_style_report_numbers(params: Path, tmp_path: Path) -> None:
     from productgen.data.dataset import PreparedDataset
-    from productgen.styles import content_batch, load_style, to_uint8
+    from productgen.models.styles import content_batch, load_style, to_uint8
 
     root = load_params(params).data.out
     ds = PreparedDataset(root)
@@ -232,7 +233,7 @@ def test_style_report_numbers(params: Path, tmp_path: Path) -> None:
 def test_masked_ssim_is_the_ssim_of_the_masked_pixels() -> None:
     """A full mask gives metrics.quality.ssim's number; a mask over an untouched region gives 1."""
     from productgen.metrics.quality import ssim
-    from productgen.styles import masked_ssim
+    from productgen.evaluation.style import masked_ssim
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(2, 1, 40, 40, generator=g), torch.rand(2, 1, 40, 40, generator=g)
@@ -250,7 +251,7 @@ def test_evaluator_scores_the_view_the_model_trained_on(style_params: Path, trai
                                                        tmp_path: Path) -> None:  # fmt: skip
     """The style evaluator shows each model its training view (style.image_size, dark-on-white) and reports
     content SSIM, product SSIM and the style distance, overall and per category."""
-    from productgen import evaluators
+    from productgen.evaluation import dispatch as evaluators
 
     p = load_params(style_params, {"evaluate.max_real": 6})
     for task in ("style", "adain"):
@@ -291,7 +292,7 @@ def _photos(root: Path) -> Path:
 
 def test_stylize_cli(trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from productgen.cli.stylize import BUILTIN
-    from productgen.styles import BUILTIN_STYLES
+    from productgen.models.styles import BUILTIN_STYLES
 
     assert tuple(BUILTIN_STYLES) == BUILTIN  # --help lists the real built-in styles
     src = _photos(tmp_path / "in")

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from productgen.config import Params, ViewsConfig, load_params
-from productgen.errors import UserError
-from productgen.train import train
+from productgen.common.errors import UserError
+from productgen.pipeline.train import train
 from tests.conftest import product_image, tree_digest
 
 TINY_NETS = {"translate.g_channels": 8, "translate.d_channels": 8, "translate.max_channels": 32,
@@ -73,7 +73,7 @@ def test_pix2pix_learns_edges_to_product(pix2pix_run: Path) -> None:
     assert {f.name for f in (pix2pix_run / "model").iterdir()} >= {"generator.safetensors", "config.json"}
     assert (pix2pix_run / "samples" / "step-0000030.png").is_file()  # rows: input / output / target
 
-    from productgen.apply import run_batch
+    from productgen.apply.folders import run_batch
     from productgen.models.predict import load_predictor
 
     pred = load_predictor(pix2pix_run / "model")
@@ -158,7 +158,7 @@ def test_evaluate_pix2pix_psnr_ssim(pix2pix_run: Path, params: Path, tmp_path: P
     from productgen.data.views import make_view
     from productgen.metrics.quality import psnr, ssim
     from productgen.models.predict import load_predictor
-    from productgen.translation import evaluate_translation
+    from productgen.evaluation.translation import evaluate_translation
 
     prepared = load_params(params).data.out
     m = evaluate_translation(pix2pix_run / "model", prepared, split="train", out=tmp_path / "e", max_images=8,
@@ -178,7 +178,7 @@ def test_evaluate_pix2pix_psnr_ssim(pix2pix_run: Path, params: Path, tmp_path: P
 
 
 def test_evaluate_cyclegan_with_fid(cyclegan_run: Path, params: Path, tmp_path: Path) -> None:
-    from productgen.translation import evaluate_translation
+    from productgen.evaluation.translation import evaluate_translation
 
     prepared = load_params(params).data.out
     m = evaluate_translation(cyclegan_run / "model", prepared, split="train", out=tmp_path / "e", max_images=3,

@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from productgen.config import Params, load_params
-from productgen.errors import UserError
-from productgen.generate import sample
+from productgen.common.errors import UserError
+from productgen.apply.generation import sample
 from productgen.models.predict import load_predictor
 from productgen.models.vae import VaeDecoder, load_generator
-from productgen.restoration import evaluate_restoration
-from productgen.train import train
+from productgen.evaluation.restoration import evaluate_restoration
+from productgen.pipeline.train import train
 
 
 @pytest.fixture(autouse=True)

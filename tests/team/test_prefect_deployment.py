@@ -163,8 +163,8 @@ def test_champion_is_in_the_mlflow_server_with_its_artifacts_in_s3(
 
 RACE = """
 import dataclasses, sys
-from productgen import registry
-from productgen.training import tasks
+from productgen.registry import promotion as registry
+from productgen import tasks
 tasks.register(dataclasses.replace(tasks.get("gan"), name="teamrace"))
 d = registry.promote("teamrace", version=sys.argv[1], margin=0.5)
 print(d.promoted, d.champion_before, d.champion_after)
@@ -177,11 +177,11 @@ def test_two_racing_promotions_against_the_server_leave_one_champion(
     """As tests/integration/test_registry.py, but two processes promoting against the tracking server."""
     from mlflow import MlflowClient
 
-    from productgen import registry
+    from productgen.registry import promotion as registry
 
     import dataclasses
 
-    from productgen.training import tasks
+    from productgen import tasks
 
     monkeypatch.setitem(tasks.TASKS, "teamrace", dataclasses.replace(tasks.get("gan"), name="teamrace"))
     uri = MlflowClient(tracking_uri=on_team_servers.mlflow.url).get_model_version_by_alias("productgen-gan",

@@ -7,15 +7,15 @@ import hashlib
 
 import pytest
 
-from productgen import registry
-from productgen.errors import UserError
+from productgen.registry import promotion as registry
+from productgen.common.errors import UserError
 from tests.team import servers
 
 
 def test_advisory_lock_is_exclusive_across_sessions(stack: servers.Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlalchemy as sa
 
-    from productgen.tracking import tracking_uri
+    from productgen.tracking.runs import tracking_uri
 
     url = stack.pg.url(stack.pg.databases[0])
     monkeypatch.setenv(registry.LOCK_URL_ENV, url)

@@ -35,9 +35,9 @@ def _token(c: httpx.Client, url: str) -> str:
 def test_team_users_sign_in_and_promote_with_their_own_permissions(
     on_team_servers: servers.Stack, params: Path, tmp_path: Path
 ) -> None:
-    from productgen import registry
+    from productgen.registry import promotion as registry
     from productgen.config import load_params
-    from productgen.train import train
+    from productgen.pipeline.train import train
     from productgen.web.champions import client
 
     stack = on_team_servers

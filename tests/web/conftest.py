@@ -155,9 +155,9 @@ def server(store: Store) -> Iterator[str]:
 def _train_and_register(store: Store, task: str, metrics: dict[str, Any]) -> tuple[str, str]:
     """Train ``task`` for 2 steps with MLflow tracking (lineage tags and all), register it with ``metrics`` as its
     evaluation and promote it through the gate; returns (version, model URI)."""
-    from productgen import registry
+    from productgen.registry import promotion as registry
     from productgen.config import load_params
-    from productgen.train import train
+    from productgen.pipeline.train import train
 
     p = load_params(store.params, {"train.out": str(store.root / "train" / task), "train.max_steps": 2,
                                    "train.checkpoint_every": 1000, "train.sample_every": 2})  # fmt: skip
@@ -179,7 +179,7 @@ def champions(store: Store, server: str) -> dict[str, str]:
     torch.set_num_threads(1)
     try:
         with using(store):
-            from productgen import registry
+            from productgen.registry import promotion as registry
 
             out = {}
             gan, gan_uri = _train_and_register(store, "gan", {"fid": 40.0})

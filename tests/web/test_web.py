@@ -52,7 +52,7 @@ def download(page: Any, selector: str) -> bytes:
 
 
 def champion_version(store: Store, name: str) -> str | None:
-    from productgen import registry
+    from productgen.registry import promotion as registry
     from productgen.web.champions import client
 
     with using(store):
@@ -232,7 +232,7 @@ def test_promote_and_rollback_need_sign_in_and_csrf_and_the_page_follows(page: A
 
 def test_page_follows_a_champion_moved_elsewhere(page: Any, server: str, store: Store) -> None:
     """Someone promotes from the CLI or the retrain flow while the page runs: it serves the new one, no restart."""
-    from productgen import registry
+    from productgen.registry import promotion as registry
 
     page.goto("/generate")
     before = page.inner_text("#model-label")

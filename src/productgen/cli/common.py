@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

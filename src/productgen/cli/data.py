@@ -126,7 +126,7 @@ def validate(
 
     Example: productgen data validate --prepared artifacts/prepared --out artifacts/validation
     """
-    from productgen.errors import ValidationFailed
+    from productgen.common.errors import ValidationFailed
 
     p = _load(params, {"validation.out": out})
     if dry_run:
@@ -157,7 +157,7 @@ def views(
 
     from productgen.data.dataset import PreparedDataset
     from productgen.data.views import make_view, view_kinds
-    from productgen.viz import make_grid, save_png
+    from productgen.common.grids import make_grid, save_png
 
     p = _load(params, {})
     ds = PreparedDataset(prepared or Path(p.data.out))

@@ -9,18 +9,13 @@ from typing import Annotated, Optional
 import typer
 
 from productgen.cli.common import user_errors
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 # --task -> which training views (restore.view / vae.view) a model must have been trained on to do it
-TASK_VIEWS = {"denoise": "noise<sigma>", "deblur": "blur", "jpeg": "jpeg", "sr2": "sr2", "sr4": "sr4"}
+from productgen.apply.enhance import ENHANCEMENTS as TASK_VIEWS
+from productgen.apply.enhance import enhancement_matches as task_matches
+
 DEFAULT_MODEL = Path("artifacts/train/restore/model")
-
-
-def task_matches(task: str, view: str) -> bool:
-    """Whether a model trained on ``view`` does ``task`` (denoise = any noise level)."""
-    if task == "denoise":
-        return view.startswith("noise")
-    return task == view
 
 
 @user_errors
@@ -53,9 +48,9 @@ def enhance_command(
 
       productgen enhance --in thumbs/ --out big/ --task sr2 --model artifacts/train/restore-sr2/model --grid ba.png
     """
-    from productgen.apply import apply_to_folder, before_after_grid
+    from productgen.apply.folders import apply_to_folder, before_after_grid
     from productgen.models.predict import load_predictor
-    from productgen.shipped import default_model
+    from productgen.registry.shipped import default_model
 
     if task not in TASK_VIEWS:
         raise UserError(f"--task: unknown task {task!r}; choose from {', '.join(TASK_VIEWS)}")

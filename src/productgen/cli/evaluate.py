@@ -48,11 +48,11 @@ def evaluate_cmd(
     if dry_run:
         print_config(p.evaluate)
         return
-    from productgen.pipeline import evaluate_model, for_task
+    from productgen.pipeline.steps import evaluate_model, for_task
 
     p = for_task(p, task)
     m = evaluate_model(p, prepared, track=track, show_progress=not quiet, task=task)
-    from productgen.training.tasks import get
+    from productgen.tasks import get
 
     spec = get(task)
     if spec.family != "generation":

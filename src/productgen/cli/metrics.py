@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from productgen.cli.common import user_errors
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 metrics_app = typer.Typer(
     help="Evaluation metrics for generated images: FID and KID with the standard TF-Inception network.",

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from productgen.cli.common import user_errors
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.cli.data import Params, _load
 
 registry_app = typer.Typer(help="Promote, roll back and inspect registered models (aliases champion/challenger).",
@@ -42,15 +42,15 @@ def promote(
 
     Examples: productgen registry promote gan ; productgen registry promote restore --version 3 --rescore
     """
-    from productgen import registry
+    from productgen.registry import promotion as registry
 
     p = _load(params, {})
     m = registry.margin_for(task, p.registry) if margin is None else margin
     verdict = None
     if rescore and not force:
-        from productgen import gate
-        from productgen.rescore import score_pair
-        from productgen.tracking import model_dir_from_uri
+        from productgen.registry import gate
+        from productgen.registry.rescore import score_pair
+        from productgen.tracking.runs import model_dir_from_uri
 
         model = registry.registered_name(task, name)
         version = registry.resolve_version(task, version, name)
@@ -79,8 +79,8 @@ def lineage(
 
     Examples: productgen registry lineage restore ; productgen registry lineage restore --version 1 --restore week1
     """
-    from productgen import lineage as lin
-    from productgen import registry
+    from productgen.tracking import lineage as lin
+    from productgen.registry import promotion as registry
 
     info = registry.lineage_of(task, version, name)
     md5 = str(info.get("data_md5", ""))
@@ -120,7 +120,7 @@ def rollback(
 
     Example: productgen registry rollback gan
     """
-    from productgen.registry import rollback as do_rollback
+    from productgen.registry.promotion import rollback as do_rollback
 
     d = do_rollback(task, to, name)
     typer.echo(f"{d.model}: champion v{d.champion_before} -> v{d.champion_after} (rollback)")
@@ -137,7 +137,7 @@ def history(
 
     Example: productgen registry history gan
     """
-    from productgen.registry import history as do_history
+    from productgen.registry.promotion import history as do_history
 
     events = do_history(task, name)
     if as_json:
@@ -163,12 +163,12 @@ def ship(
 
     Examples: productgen registry ship ; productgen registry ship gan restore ; productgen registry ship --table
     """
-    from productgen import shipped
+    from productgen.registry import shipped
 
     if table:
         typer.echo(shipped.table())
         return
-    from productgen.registry import ship as do_ship
+    from productgen.registry.promotion import ship as do_ship
 
     p = _load(params, {})
     found = shipped.cards()

@@ -15,7 +15,7 @@ import typer
 from productgen.cli.common import user_errors
 
 DEFAULT_ADAIN = Path("artifacts/train/adain/model")
-# productgen.styles.BUILTIN_STYLES, spelled out so --help does not import torch (a test keeps them in sync)
+# productgen.models.styles.BUILTIN_STYLES, spelled out so --help does not import torch (a test keeps them in sync)
 BUILTIN = ("hubble_deep_field", "immunohistochemistry", "coffee", "rocket", "astronaut", "chelsea", "retina", "brick",
            "grass", "gravel")
 
@@ -64,15 +64,15 @@ def stylize_command(
     """
     import torch
 
-    from productgen.apply import apply_to_folder, before_after_grid
-    from productgen.errors import UserError
+    from productgen.apply.folders import apply_to_folder, before_after_grid
+    from productgen.common.errors import UserError
     from productgen.models.predict import load_predictor
     from productgen.training.device import pick_device
 
     if style is None and model is None:
         raise UserError("pass --style STYLE (with an AdaIN model) or --model MODEL_DIR (a per-style or image model)")
     if model is None:
-        from productgen.shipped import default_model
+        from productgen.registry.shipped import default_model
 
         model = default_model("adain", DEFAULT_ADAIN)
         if not (model / "config.json").is_file():
@@ -92,7 +92,7 @@ def stylize_command(
     if kind == "adain":
         if style is None:
             raise UserError(f"--style: {model} is an AdaIN model; give a built-in style name or a JPEG/PNG path")
-        from productgen.styles import load_style
+        from productgen.models.styles import load_style
 
         arr = load_style(style)
         options["style"] = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].contiguous()

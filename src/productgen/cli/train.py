@@ -14,7 +14,7 @@ train_app = typer.Typer(help="Train models on a prepared dataset (the same engin
 
 
 def _train_command(task: str) -> None:
-    from productgen.training.tasks import get
+    from productgen.tasks import get
 
     spec = get(task)
 
@@ -42,13 +42,13 @@ def _train_command(task: str) -> None:
         p = _load(params, {"train.out": out, "train.max_steps": max_steps, "train.batch_size": batch_size,
                            "train.device": device, "train.precision": precision, "train.prepared": prepared,
                            "train.seed": seed}, profile)  # fmt: skip
-        from productgen.pipeline import for_task
+        from productgen.pipeline.steps import for_task
 
         p = for_task(p, task)
         if dry_run:
             print_config({"train": p.train, spec.section: getattr(p, spec.section)})
             return
-        from productgen.train import train
+        from productgen.pipeline.train import train
 
         result = train(p, task, resume=resume, show_progress=not quiet, track=track, register=register)
         if result is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
@@ -75,7 +75,7 @@ def _train_command(task: str) -> None:
 
 
 def _register_train_commands() -> None:
-    from productgen.training.tasks import TASKS
+    from productgen.tasks import TASKS
 
     for name in TASKS:
         _train_command(name)
@@ -100,9 +100,9 @@ def generate_command(
 
     Example: productgen generate --category sneaker --n 64 --seed 0 --out grid.png --folder generated/
     """
-    from productgen.generate import generate, save_images
-    from productgen.shipped import default_model
-    from productgen.viz import make_grid, save_png
+    from productgen.apply.generation import generate, save_images
+    from productgen.registry.shipped import default_model
+    from productgen.common.grids import make_grid, save_png
 
     model = model or default_model("gan", Path("artifacts/train/gan/model"))
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from productgen.cli.common import user_errors
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 def translate_command(
@@ -37,7 +37,7 @@ def translate_command(
 
     Example: productgen translate --model artifacts/train/pix2pix/model --in sketches/ --out products/ --grid grid.png
     """
-    from productgen.apply import apply_to_folder, before_after_grid
+    from productgen.apply.folders import apply_to_folder, before_after_grid
     from productgen.metrics.extractors import resolve_device
     from productgen.models.predict import load_predictor
 

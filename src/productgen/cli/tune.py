@@ -1,4 +1,4 @@
-"""``productgen tune``: Optuna hyperparameter search (the logic lives in ``productgen.tune``)."""
+"""``productgen tune``: Optuna hyperparameter search (the logic lives in ``productgen.pipeline.tune``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ tune_app = typer.Typer(help="Hyperparameter search with Optuna (one resumable st
 
 
 def _tune_command(task: str) -> None:
-    from productgen.training.tasks import get
+    from productgen.tasks import get
 
     spec = get(task)
 
@@ -65,7 +65,7 @@ def _tune_command(task: str) -> None:
             typer.echo(json.dumps({"tune": t, "train": to_dict(p.train),
                                    spec.section: to_dict(getattr(p, spec.section))}, indent=2))  # fmt: skip
             return
-        from productgen.tune import label, tune
+        from productgen.pipeline.tune import label, tune
 
         r = tune(p, task, show_progress=not quiet, track=track, echo=typer.echo)
         counts = {s: sum(t.state == s for t in r.new_trials) for s in ("complete", "pruned", "fail")}
@@ -99,7 +99,7 @@ def _tune_command(task: str) -> None:
 
 
 def _register_tune_commands() -> None:
-    from productgen.training.tasks import TASKS
+    from productgen.tasks import TASKS
 
     for name in TASKS:
         _tune_command(name)

@@ -16,7 +16,7 @@ import typer
 
 from productgen.cli.common import user_errors
 from productgen.cli.data import Params, _load
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 web_app = typer.Typer(help="The shop's web page: generate, enhance, restyle, sketch to product, models.",
                       invoke_without_command=True)  # fmt: skip
@@ -54,7 +54,7 @@ def serve(
                        "web.users_file": str(users_file) if users_file else None})  # fmt: skip
     import uvicorn
 
-    from productgen.tracking import tracking_uri
+    from productgen.tracking.runs import tracking_uri
     from productgen.web.app import create_app
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

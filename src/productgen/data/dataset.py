@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from productgen.data.prepare import FORMAT, SPLITS
 from productgen.data.shards import read_shard
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 class PreparedDataset:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from productgen.apply import write_png
+from productgen.apply.folders import write_png
 from productgen.config import ViewsConfig
 from productgen.data.dataset import PreparedDataset
 from productgen.data.views import make_view, view_kinds
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 def export_view(

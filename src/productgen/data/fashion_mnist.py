@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 CLASSES: tuple[str, ...] = (
     "tshirt_top",

@@ -27,16 +27,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from productgen import atomic
+from productgen.common import atomic
 from productgen.config import DataConfig
 from productgen.data import fashion_mnist
 from productgen.data.decode import Rejected, decode, normalise_mode, resize_pad
 from productgen.data.shards import write_shard
 from productgen.data.sources import SourceItem, SourceListing, list_source
-from productgen.errors import UserError
-from productgen.locks import locks_folder
-from productgen.progress import progress
-from productgen.viz import make_grid, save_png
+from productgen.common.errors import UserError
+from productgen.common.locks import locks_folder
+from productgen.common.progress import progress
+from productgen.common.grids import make_grid, save_png
 
 FORMAT = "productgen-prepared"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ import html
 import shutil
 from typing import TYPE_CHECKING, Any
 
-from productgen import atomic
+from productgen.common import atomic
 
 if TYPE_CHECKING:
     from productgen.data.dataset import PreparedDataset

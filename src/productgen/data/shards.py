@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from productgen.config import DataConfig
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 

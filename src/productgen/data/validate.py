@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from productgen import atomic
+from productgen.common import atomic
 from productgen.config import DataConfig, ValidationConfig
 from productgen.data.dataset import PreparedDataset
 from productgen.data.prepare import MANIFEST_COLUMNS, SPLITS
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 STAT_COLUMNS = ("pixel_mean", "pixel_std", "pixel_min", "pixel_max")
 QUARANTINE_COLUMNS = ("source_path", "id", "category", "split", "check", "reason")

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from productgen.config import ViewsConfig
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 def view_kinds(cfg: ViewsConfig) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.metrics.cache import StatsCache, cache_key
 from productgen.metrics.extractors import DEFAULT_EXTRACTOR, FeatureExtractor, load_extractor
 from productgen.metrics.frechet import FeatureStats, fid_from_stats

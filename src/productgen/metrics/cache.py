@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from productgen import atomic
+from productgen.common import atomic
 from productgen.metrics.frechet import FeatureStats
 
 CACHE_ENV = "PRODUCTGEN_FID_STATS_DIR"

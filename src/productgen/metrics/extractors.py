@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 DEFAULT_EXTRACTOR = "tf-inception"
 FEATURE_DIM = 2048

@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 FrechetMethod = Literal["svd", "sqrtm"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 class Decoder(nn.Module):
@@ -54,7 +54,7 @@ class Decoder(nn.Module):
 def stylise(encoder: nn.Module, decoder: nn.Module, content: torch.Tensor, style_feat: torch.Tensor, level: int,
             alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Decoded image and the AdaIN target ``t`` for RGB [0, 1] ``content`` and the style's level features."""
-    from productgen.styles import adain
+    from productgen.models.styles import adain
 
     fc = encoder(content, upto=level)[level]
     t = adain(fc, style_feat)
@@ -81,7 +81,7 @@ class AdainPredictor:
         self.decoder, _ = inference_recipe(decoder.to(device).eval(), device)
 
     def __call__(self, images: torch.Tensor, **options: Any) -> torch.Tensor:
-        from productgen.styles import composite, product_mask, resize_short, to_float, to_uint8
+        from productgen.models.styles import composite, product_mask, resize_short, to_float, to_uint8
 
         unknown = set(options) - {"style", "alpha", "preserve_product"}
         if unknown:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -166,3 +169,26 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> t
 def g_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     return -fake_logits.mean() if kind == "hinge" else F.softplus(-fake_logits).mean()
 
+
+def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The EMA generator of a trained GAN, in eval mode, and its config."""
+    from productgen.models.io import load_weights, read_config
+
+    cfg = read_config(folder)
+    g = cfg["gan"]
+    net = Generator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["z_dim"], g["g_channels"],
+                    g["max_channels"], g["embed_dim"], g.get("self_modulation", False))  # fmt: skip
+    load_weights(net, folder / "generator.safetensors")
+    return net.to(device).eval(), cfg
+
+
+def load_discriminator(folder: Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The discriminator of a trained GAN, in eval mode (for the held-out accuracy metric)."""
+    from productgen.models.io import load_weights, read_config
+
+    cfg = read_config(folder)
+    g = cfg["gan"]
+    net = Discriminator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["d_channels"], g["max_channels"],
+                        g["spectral_norm"])  # fmt: skip
+    load_weights(net, folder / "discriminator.safetensors")
+    return net.to(device).eval()

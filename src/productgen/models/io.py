@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from productgen import atomic
-from productgen.errors import UserError
+from productgen.common import atomic
+from productgen.common.errors import UserError
 
 CONFIG = "config.json"
 
@@ -61,31 +61,14 @@ def load_weights(module: nn.Module, path: Path) -> nn.Module:
 
 
 def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The (EMA) generator of a trained GAN (or the decoder of a conditional VAE), in eval mode, and its config."""
-    from productgen.models.gan import Generator
+    """The network that samples ``G(z, labels)`` of any generating task (the GAN's EMA generator, the conditional
+    VAE's decoder), in eval mode, and its config: the task registry names each task's loader."""
+    from productgen import tasks
 
     cfg = read_config(folder)
-    if cfg.get("model") == "vae":  # the conditional VAE's decoder samples like a generator: G(z, labels)
-        from productgen.models.vae import load_generator as load_vae_decoder
-
-        return load_vae_decoder(folder, device)
-    if cfg.get("model") != "gan":
+    spec = tasks.for_model(str(cfg.get("model")))
+    if spec is None or not spec.generates:
+        names = ", ".join(t.name for t in tasks.TASKS.values() if t.generates)
         raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, which does not generate images from "
-                        "categories (generators: gan, vae)")
-    g = cfg["gan"]
-    net = Generator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["z_dim"], g["g_channels"],
-                    g["max_channels"], g["embed_dim"], g.get("self_modulation", False))  # fmt: skip
-    load_weights(net, folder / "generator.safetensors")
-    return net.to(device).eval(), cfg
-
-
-def load_discriminator(folder: Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The discriminator of a trained GAN, in eval mode (for the held-out accuracy metric)."""
-    from productgen.models.gan import Discriminator
-
-    cfg = read_config(folder)
-    g = cfg["gan"]
-    net = Discriminator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["d_channels"], g["max_channels"],
-                        g["spectral_norm"])  # fmt: skip
-    load_weights(net, folder / "discriminator.safetensors")
-    return net.to(device).eval()
+                        f"categories (generators: {names})")  # fmt: skip
+    return spec.load_generator(folder, device)

@@ -2,7 +2,7 @@
 pyfunc and the evaluation all apply any trained model the same way.
 
 A model folder (safetensors + ``config.json``) names its task in ``config["model"]``; :func:`load_predictor`
-looks that task up in the task registry (:mod:`productgen.training.tasks`, its ``predictor`` entry) and imports
+looks that task up in the task registry (:mod:`productgen.tasks`, its ``predictor`` entry) and imports
 the family's ``load_predictor(folder, device)`` lazily.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.models.io import read_config
 
 
@@ -43,11 +43,11 @@ def load_predictor(folder: Path | str, device: str | torch.device = "cpu") -> Pr
     if "/" not in text and not Path(text).exists():  # a bare registered name: its champion
         text = f"models:/{text}@champion"
     if text.startswith(("models:/", "runs:/")):
-        from productgen.tracking import resolve_model
+        from productgen.tracking.runs import resolve_model
 
         folder = resolve_model(text)
     folder = Path(folder)
-    from productgen.training import tasks
+    from productgen import tasks
 
     kind = read_config(folder).get("model")
     spec = tasks.for_model(str(kind))

@@ -19,7 +19,7 @@ from torch import nn
 
 from productgen.config import ViewsConfig
 from productgen.data import views
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 VIEWS_HELP = "noise<sigma> (noise15, noise25, noise50), blur, jpeg, sr2, sr4"
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Conv2d:
@@ -93,7 +93,7 @@ class StylePredictor:
         self.style_cfg: dict[str, Any] = config.get("style", {})
 
     def __call__(self, images: torch.Tensor, **options: Any) -> torch.Tensor:
-        from productgen.styles import composite, product_mask, to_float, to_uint8
+        from productgen.models.styles import composite, product_mask, to_float, to_uint8
 
         unknown = set(options) - {"preserve_product"}
         if unknown:

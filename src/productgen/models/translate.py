@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 Norm = Literal["instance", "batch"]
 

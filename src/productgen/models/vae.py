@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 def widths(width: int, max_channels: int, levels: int) -> list[int]:

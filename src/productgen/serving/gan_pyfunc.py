@@ -39,8 +39,8 @@ class ProductGenerator(PythonModel):
         import torch
         from PIL import Image
 
-        from productgen.generate import sample
-        from productgen.viz import to_nhwc
+        from productgen.apply.generation import sample
+        from productgen.common.grids import to_nhwc
 
         requests = self._validate(pd.DataFrame(model_input))  # every row is checked before any image is made
         rows = []
@@ -56,8 +56,8 @@ class ProductGenerator(PythonModel):
 
     def _validate(self, frame: pd.DataFrame) -> list[tuple[int, int, int]]:
         """``(label, count, seed)`` per row, or MlflowException(INVALID_PARAMETER_VALUE): HTTP 400 when served."""
-        from productgen.errors import UserError
-        from productgen.generate import resolve_categories
+        from productgen.common.errors import UserError
+        from productgen.apply.generation import resolve_categories
 
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:

@@ -39,7 +39,7 @@ class ImageModel(PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
 
-        from productgen.apply import run_batch
+        from productgen.apply.folders import run_batch
 
         frame = pd.DataFrame(model_input)
         images, styles = self._validate(frame)
@@ -60,7 +60,7 @@ class ImageModel(PythonModel):
         return pd.DataFrame(rows, columns=["image", "width", "height"])
 
     def _decode(self, value: Any, what: str, channels: int) -> np.ndarray:
-        from productgen.apply import read_image_bytes
+        from productgen.apply.folders import read_image_bytes
 
         if not isinstance(value, str) or not value:
             raise _invalid(f"{what}: expected a base64-encoded image string")

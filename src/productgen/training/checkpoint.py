@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 FORMAT = "productgen-checkpoint-v2"  # v2: with a content checksum
 FORMATS_UNVERIFIED = {"productgen-checkpoint-v1"}

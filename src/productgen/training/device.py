@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 @dataclass(frozen=True)

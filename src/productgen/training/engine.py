@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from productgen import atomic
+from productgen.common import atomic
 from productgen.config import TrainConfig
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.training.checkpoint import (
     checkpoint_path,
     checkpoints,
@@ -49,7 +49,7 @@ from productgen.training.checkpoint import (
 from productgen.training.data import DeviceBatches
 from productgen.training.device import Runtime
 from productgen.training.ema import EMA
-from productgen.viz import make_grid, save_png
+from productgen.common.grids import make_grid, save_png
 
 
 class TrainingDiverged(UserError):
@@ -354,7 +354,7 @@ def fit(
     FIDs and prunes there). It must not draw from the engine's RNGs, or runs stop being reproducible; an
     exception it raises ends training. Single-process only when it raises: the other ranks would wait for it.
     """
-    from productgen.progress import progress
+    from productgen.common.progress import progress
 
     cfg, rt, out = engine.cfg, engine.rt, engine.out
     if task.ema_module is not None:

@@ -11,7 +11,7 @@ import torch
 from productgen.config import GanConfig
 from productgen.models.gan import Discriminator, Generator, d_loss, diffaugment, g_loss
 from productgen.training.engine import Engine
-from productgen.training.tasks import DatasetInfo
+from productgen.tasks import DatasetInfo
 
 
 class GanTask:

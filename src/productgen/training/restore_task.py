@@ -17,7 +17,7 @@ import torch
 from productgen.config import RestoreConfig, ViewsConfig
 from productgen.models.restore import UNet, degrade, parse_view, to_uint8
 from productgen.training.engine import Engine
-from productgen.training.tasks import DatasetInfo
+from productgen.tasks import DatasetInfo
 
 
 def cosine_lr(step: int, lr: float, lr_min: float, decay_steps: int, warmup_steps: int = 0) -> float:

@@ -2,7 +2,7 @@
 (Huang & Belongie, one decoder for any style image).
 
 Both train on the prepared dataset's product images, upscaled to ``style.image_size`` and shown as RGB
-products on white (see :mod:`productgen.styles`), against a frozen perceptual encoder. The encoder is not a
+products on white (see :mod:`productgen.models.styles`), against a frozen perceptual encoder. The encoder is not a
 trained module, so it is not in ``modules`` and not checkpointed: it is rebuilt from its fixed weights, which
 keeps resumes exact. Every random choice (AdaIN's style and crop per image) is drawn from
 ``engine.generator``, whose state is in the checkpoint.
@@ -21,7 +21,7 @@ import torch
 
 from productgen.config import StyleConfig
 from productgen.training.engine import Engine
-from productgen.training.tasks import DatasetInfo
+from productgen.tasks import DatasetInfo
 
 
 def _dark_background(info: DatasetInfo) -> bool:
@@ -51,7 +51,7 @@ def _sample_content(info: DatasetInfo, split: str, n: int = 8) -> torch.Tensor:
 
 def _style_digest(spec: str) -> str:
     """Identifies the style image in config.json (a user's file can change under the same path)."""
-    from productgen.styles import load_style
+    from productgen.models.styles import load_style
 
     return hashlib.sha256(load_style(spec, max_side=None).tobytes()).hexdigest()[:16]
 
@@ -73,7 +73,7 @@ class _StyleBase:
         self.samples = _sample_content(info, split).to(self.device)
 
     def content(self, engine: Engine, images: torch.Tensor) -> torch.Tensor:
-        from productgen.styles import content_batch
+        from productgen.models.styles import content_batch
 
         x = content_batch(images.to(self.device, non_blocking=True), self.cfg.image_size, self.invert)
         if engine.cfg.channels_last and self.device.type == "cuda":
@@ -81,7 +81,7 @@ class _StyleBase:
         return x
 
     def mask(self, x: torch.Tensor) -> torch.Tensor | None:
-        from productgen.styles import product_mask
+        from productgen.models.styles import product_mask
 
         if not self.cfg.preserve_product:
             return None
@@ -101,7 +101,7 @@ class StyleTask(_StyleBase):
 
     def __init__(self, cfg: StyleConfig, engine: Engine, info: DatasetInfo, split: str) -> None:
         from productgen.models.style import TransformerNet
-        from productgen.styles import gram, style_tensor
+        from productgen.models.styles import gram, style_tensor
 
         super().__init__(cfg, engine, info, split)
         style = style_tensor(cfg.style_image, cfg.style_size, self.device)
@@ -120,7 +120,7 @@ class StyleTask(_StyleBase):
         return {"transformer": self.modules["net"]}
 
     def train_step(self, engine: Engine, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        from productgen.styles import composite, content_loss, style_loss, tv_loss
+        from productgen.models.styles import composite, content_loss, style_loss, tv_loss
 
         c = self.cfg
         net = engine.fast("net", self.modules["net"])
@@ -142,7 +142,7 @@ class StyleTask(_StyleBase):
     @torch.no_grad()
     def sample_grid(self, engine: Engine, generator: torch.Generator) -> np.ndarray:
         """Row 1: the fixed product images; row 2: stylised (with the product mask when preserving)."""
-        from productgen.styles import composite, to_uint8
+        from productgen.models.styles import composite, to_uint8
 
         x = self.content(engine, self.samples)
         mask = self.mask(x)
@@ -159,7 +159,7 @@ class AdainTask(_StyleBase):
 
     def __init__(self, cfg: StyleConfig, engine: Engine, info: DatasetInfo, split: str) -> None:
         from productgen.models.adain import Decoder
-        from productgen.styles import style_tensor
+        from productgen.models.styles import style_tensor
 
         super().__init__(cfg, engine, info, split)
         s = cfg.image_size
@@ -191,7 +191,7 @@ class AdainTask(_StyleBase):
 
     def train_step(self, engine: Engine, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         from productgen.models.adain import stylise
-        from productgen.styles import composite, content_loss, mean_std, moment_loss
+        from productgen.models.styles import composite, content_loss, mean_std, moment_loss
 
         c, level = self.cfg, self.cfg.adain_level
         dec = engine.fast("decoder", self.modules["decoder"])
@@ -220,7 +220,7 @@ class AdainTask(_StyleBase):
     def sample_grid(self, engine: Engine, generator: torch.Generator) -> np.ndarray:
         """Rows: the fixed product images; a centre crop of style ``i mod styles``; the stylised result."""
         from productgen.models.adain import stylise
-        from productgen.styles import composite, to_uint8
+        from productgen.models.styles import composite, to_uint8
 
         x = self.content(engine, self.samples)
         n = len(x)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from productgen.config import TranslateConfig, ViewsConfig
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.models.translate import (
     ImagePool,
     PatchDiscriminator,
@@ -27,7 +27,7 @@ from productgen.models.translate import (
     unet_depth,
 )
 from productgen.training.engine import Engine
-from productgen.training.tasks import DatasetInfo
+from productgen.tasks import DatasetInfo
 
 # Offset of the pseudo-indices that seed training views (noise): far from the split indices evaluation uses.
 TRAIN_VIEW_INDEX = 1 << 40
@@ -176,7 +176,7 @@ def load_folder(folder: str | Path, resolution: int, channels: int, field: str) 
     """
     from PIL import Image
 
-    from productgen.apply import list_images, read_image
+    from productgen.apply.folders import list_images, read_image
     from productgen.data.decode import resize_pad
 
     root = Path(folder)

@@ -18,7 +18,7 @@ from productgen.models.restore import degrade, parse_view, to_uint8
 from productgen.models.vae import ConditionalVAE, VaeRestorer, check_resolution, kl_normal, recon_loss
 from productgen.training.engine import Engine
 from productgen.training.restore_task import preview_images, random_flip
-from productgen.training.tasks import DatasetInfo
+from productgen.tasks import DatasetInfo
 
 
 def kl_weight(cfg: VaeConfig, step: int) -> float:

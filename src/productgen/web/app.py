@@ -1,5 +1,5 @@
 """The FastAPI application: routes are thin shells over :mod:`productgen.web.work` (what each page computes),
-:mod:`productgen.web.champions` (which models), :mod:`productgen.registry` (promote / rollback) and the safety
+:mod:`productgen.web.champions` (which models), :mod:`productgen.registry.promotion` (promote / rollback) and the safety
 pieces (:mod:`productgen.web.auth`, :mod:`productgen.web.forms`).
 
 Pages are rendered on the server (Jinja2, autoescaped); the CSS ships in the package and the page needs no
@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from productgen.config import Params
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.web import auth, work
 from productgen.web.champions import Champion, Champions, no_champion_message
 from productgen.web.forms import Busy, Form, Gate, TooLarge, mib, read_form
@@ -272,7 +272,8 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         return await model_work(request, page)
 
     def enhance_options() -> list[tuple[str, str, Champion]]:
-        from productgen.cli.enhance import TASK_VIEWS, task_matches
+        from productgen.apply.enhance import ENHANCEMENTS as TASK_VIEWS
+        from productgen.apply.enhance import enhancement_matches as task_matches
 
         out = []
         for c in champions_of("restoration"):
@@ -312,7 +313,7 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         return await model_work(request, page)
 
     def restyle_page(request: Request, status: int = 200, **ctx: Any) -> HTMLResponse:
-        from productgen.styles import style_names
+        from productgen.models.styles import style_names
 
         champs = champions_of("style")
         return render(request, "restyle.html", status, champions=champs, styles=style_names(),
@@ -399,7 +400,7 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
     # -- models ----------------------------------------------------------------------------------------------
     def models_page(request: Request, status: int = 200, session: auth.Session | None = None,
                     **ctx: Any) -> HTMLResponse:  # fmt: skip
-        from productgen.training.tasks import TASKS
+        from productgen.tasks import TASKS
         from productgen.web.registry_view import models_by_task
 
         return render(request, "models.html", status, session=session, tasks=TASKS, models=models_by_task(),
@@ -440,7 +441,7 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
                         os.environ[k] = v
 
     async def registry_post(request: Request, action: str) -> Response:
-        from productgen import registry
+        from productgen.registry import promotion as registry
 
         with tempfile.TemporaryDirectory(prefix="req-", dir=tmp_root / "uploads") as tmp:
             form, s = await posted(request, Path(tmp))
@@ -449,7 +450,7 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
                 request, 401, message=f"Sign in to {action}: changing the registry needs a configured user."))
         name = form.get("name") or ""
         task = form.get("task") or ""
-        from productgen.training.tasks import TASKS
+        from productgen.tasks import TASKS
 
         if task not in TASKS:
             raise UserError(f"task: {task[:40]!r} is not a task ({', '.join(TASKS)})")
@@ -505,7 +506,7 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
 
         def check() -> tuple[str, str] | None:
             if web.auth == "mlflow":
-                from productgen.tracking import tracking_uri
+                from productgen.tracking.runs import tracking_uri
 
                 return (name, password) if auth.check_mlflow_user(tracking_uri(), name, password) else None
             users = auth.load_users(state.users_file)
@@ -569,7 +570,7 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
 
     @app.get("/styles/{name}.jpg")
     def style_thumb(name: str) -> Response:
-        from productgen.styles import BUILTIN_STYLES, load_style
+        from productgen.models.styles import BUILTIN_STYLES, load_style
 
         if name not in BUILTIN_STYLES:
             raise StarletteHTTPException(404)

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 USERS_ENV = "PRODUCTGEN_WEB_USERS"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -80,7 +80,7 @@ def load_users(users_file: str | Path) -> dict[str, str]:
 
 def add_user(users_file: str | Path, name: str, password: str) -> bool:
     """Add or replace ``name`` in the users file (written atomically, mode 600); True when it replaced one."""
-    from productgen import atomic
+    from productgen.common import atomic
 
     if not NAME_RE.fullmatch(name):
         raise UserError(f"user name {name!r}: use letters, digits, '_', '.', '@' and '-' (up to 64)")

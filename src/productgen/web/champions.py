@@ -9,7 +9,7 @@ server's cache folder and loaded, and the old one is dropped.
 
 Discovery is generic: every registered model with a ``champion`` alias is served; its task comes from the
 version's ``task`` tag (set at registration) or the ``productgen-<task>`` name, its family from
-:data:`productgen.training.tasks.TASKS`.
+:data:`productgen.tasks.TASKS`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -53,7 +53,7 @@ class Champion:
 
 
 def task_of(name: str, version_tags: dict[str, str]) -> str | None:
-    from productgen.training.tasks import TASKS
+    from productgen.tasks import TASKS
 
     task = version_tags.get("task")
     if task in TASKS:
@@ -67,14 +67,14 @@ def client() -> Any:
     import mlflow
     from mlflow import MlflowClient
 
-    from productgen.tracking import tracking_uri
+    from productgen.tracking.runs import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     return MlflowClient()
 
 
 def alias_version(c: Any, name: str, alias: str) -> str | None:
-    from productgen.registry import alias_version as registry_alias_version
+    from productgen.registry.promotion import alias_version as registry_alias_version
 
     return registry_alias_version(c, name, alias)
 
@@ -116,7 +116,7 @@ class Champions:
             return dict(found)
 
     def names(self, family: str | None = None, task: str | None = None) -> list[str]:
-        from productgen.training.tasks import TASKS
+        from productgen.tasks import TASKS
 
         out = []
         for name, (t, _) in sorted(self.index().items()):
@@ -174,8 +174,8 @@ class Champions:
 
     def _load(self, name: str, task: str, version: str) -> Champion:
         from productgen.models.io import read_config
-        from productgen.tracking import model_dir_from_uri
-        from productgen.training.tasks import TASKS
+        from productgen.tracking.runs import model_dir_from_uri
+        from productgen.tasks import TASKS
 
         folder = model_dir_from_uri(f"models:/{name}/{version}", self.cache_dir / _safe(name) / version)
         family = TASKS[task].family
@@ -198,7 +198,7 @@ def _safe(name: str) -> str:
 
 def no_champion_message(task: str) -> str:
     """What a page says instead of failing when a task has no champion: the command that trains one."""
-    from productgen.training.tasks import TASKS
+    from productgen.tasks import TASKS
 
     family = TASKS[task].family if task in TASKS else ""
     profile = {"generation": "quick-cpu", "restoration": "quick-cpu-restore", "translation": "quick-cpu-translate",

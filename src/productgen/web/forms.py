@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 T = TypeVar("T")
 MAX_FIELDS = 64

@@ -1,7 +1,7 @@
 """What the Models page shows, read from the registry generically, so new kinds of evidence appear without
 changing the page: every model-version tag grouped by prefix (``eval.*`` metrics and evaluation set,
 ``lineage.*`` data version / code commit / params hash, ``promotion.*`` decision and record), the lineage tags
-of the training run (``dvc.*``, ``git.*``, ``dataset.*``), and :func:`productgen.registry.history`.
+of the training run (``dvc.*``, ``git.*``, ``dataset.*``), and :func:`productgen.registry.promotion.history`.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def version_view(c: Any, name: str, version: str) -> VersionView:
 
 def models_by_task() -> dict[str, list[ModelView]]:
     """Every task of :data:`TASKS` -> its registered models (usually one, ``productgen-<task>``), newest first."""
-    from productgen import registry
-    from productgen.training.tasks import TASKS
+    from productgen.registry import promotion as registry
+    from productgen.tasks import TASKS
     from productgen.web.champions import CHALLENGER, CHAMPION, client, task_of
 
     c = client()

@@ -1,8 +1,8 @@
 """What each page computes, as plain functions over a loaded champion: the same code paths as the CLI.
 
-Generation is :func:`productgen.generate.sample` (what ``productgen generate`` runs); image models go through
-:mod:`productgen.apply` (what ``enhance`` / ``stylize`` / ``translate`` run, including its handling of sizes);
-uploads are decoded by :func:`productgen.apply.read_image_bytes`, i.e. :func:`productgen.data.decode.decode`
+Generation is :func:`productgen.apply.generation.sample` (what ``productgen generate`` runs); image models go through
+:mod:`productgen.apply.folders` (what ``enhance`` / ``stylize`` / ``translate`` run, including its handling of sizes);
+uploads are decoded by :func:`productgen.apply.folders.read_image_bytes`, i.e. :func:`productgen.data.decode.decode`
 with the ``data.max_pixels`` decompression-bomb guard and the mode handling of ``productgen data``.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 from productgen.web.results import Item
 
 MAX_GENERATE = 64
@@ -65,7 +65,7 @@ def output_name(name: str) -> str:
 def decode_uploads(uploads: list[Upload], channels: int, max_pixels: int, max_side: int | None = None,
                    refuse_side: int | None = None) -> tuple[list[Decoded], list[tuple[str, str]]]:  # fmt: skip
     """Decode every upload by its content (never its extension); bad files become (name, reason), never errors."""
-    from productgen.apply import read_image_bytes
+    from productgen.apply.folders import read_image_bytes
 
     good: list[Decoded] = []
     bad: list[tuple[str, str]] = []
@@ -87,8 +87,8 @@ def generate_items(champion: Any, category: str, count: int, seed: int) -> list[
     """``count`` new images of ``category`` from a generation champion (same inputs, same bytes)."""
     import torch
 
-    from productgen.generate import resolve_categories, sample
-    from productgen.viz import to_nhwc
+    from productgen.apply.generation import resolve_categories, sample
+    from productgen.common.grids import to_nhwc
 
     if not 1 <= count <= MAX_GENERATE:
         raise UserError(f"count: {count} is outside 1..{MAX_GENERATE}")
@@ -108,10 +108,10 @@ def apply_model(predictor: Any, arrays: list[np.ndarray], batch_size: int = 8,
                 **options: Any) -> list[np.ndarray | str]:  # fmt: skip
     """Run an image -> image predictor over arrays of any sizes, in input order, the way ``apply_to_folder``
     does: equal sizes batched as far as the memory budget allows, an image too large for one pass in tiles
-    (:func:`productgen.apply.predict_image`); an image that cannot be processed becomes its one-line reason."""
+    (:func:`productgen.apply.folders.predict_image`); an image that cannot be processed becomes its one-line reason."""
     import torch
 
-    from productgen import apply
+    from productgen.apply import folders as apply
 
     budget = apply.DEFAULT_MEMORY_MB * 1024 * 1024
     out: list[np.ndarray | str | None] = [None] * len(arrays)
@@ -168,8 +168,8 @@ def edges_of(arrays: list[np.ndarray], threshold: float) -> list[np.ndarray]:
 
 def style_array(style: str | None, upload: Upload | None, max_pixels: int) -> np.ndarray:
     """The style image for AdaIN: an uploaded JPEG/PNG (decoded safely) or a bundled style name."""
-    from productgen.apply import read_image_bytes
-    from productgen.styles import BUILTIN_STYLES, load_style
+    from productgen.apply.folders import read_image_bytes
+    from productgen.models.styles import BUILTIN_STYLES, load_style
 
     if upload is not None:
         try:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 DEFAULT_MEMORY_MB = 2048  # working memory for one forward pass; larger images are tiled to fit
@@ -507,7 +507,7 @@ def apply_to_folder(
     the folder goes on. A failed write (disk full, read-only) stops the run with the ``OSError``: every later
     write would fail too.
     """
-    from productgen.progress import progress
+    from productgen.common.progress import progress
 
     if batch_size < 1:
         raise UserError(f"--batch-size: {batch_size} must be at least 1")
@@ -573,7 +573,7 @@ def before_after_grid(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path, si
     """A two-row grid (inputs above, outputs below), each image fitted into ``size`` px, written atomically."""
     if not pairs:
         return None
-    from productgen.viz import save_png
+    from productgen.common.grids import save_png
 
     def fit(a: np.ndarray) -> Image.Image:
         im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).convert("RGB")

@@ -22,7 +22,7 @@ registry (the MLOps layer: it imports Optuna and MLflow, and the core never impo
   ``tune.grace_period`` s, fails it and re-queues its parameters (``tune.retries``), so no trial is lost.
 - TPE sampler seeded with ``tune.seed`` (a resumed session: with a hash of it and the number of trials already in
   the study, so it does not replay the random start-up points it tried); a median or Hyperband pruner.
-- Each trial trains with the shared engine (``productgen.train.train`` -> ``engine.fit``) and, through ``fit``'s
+- Each trial trains with the shared engine (``productgen.pipeline.train.train`` -> ``engine.fit``) and, through ``fit``'s
   ``on_step`` hook, evaluates the model every ``tune.eval_every`` steps and at the last step on a seeded subset
   of ``tune.eval_split`` (``tune.eval_images`` images); the value is reported with ``trial.report`` and the trial
   is pruned when the pruner says so. The objective is the value at the last step. The evaluation is the task's
@@ -56,9 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from productgen import atomic
+from productgen.common import atomic
 from productgen.config import Params, TuneConfig, TuneRange, TuneSpace
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 SETTINGS_ATTR = "productgen.settings"
 # Training settings that change what a trial's value means; the rest (logging, checkpoints, device) may differ.
@@ -210,7 +210,7 @@ class FidProbe:
     def __call__(self, generator: Any, z_dim: int) -> float:
         import torch
 
-        from productgen.generate import sample
+        from productgen.apply.generation import sample
         from productgen.metrics import FeatureStats, compute_features
         from productgen.metrics.frechet import feature_factor, frechet_distance
 
@@ -239,7 +239,7 @@ class EvaluatorProbe:
         return dataclasses.replace(p, evaluate=e)
 
     def __call__(self, p: Params, engine: Any, model: Any, step: int, trial_dir: Path) -> float:
-        from productgen.train import write_model
+        from productgen.pipeline.train import write_model
 
         folder = trial_dir / "eval"
         config = {**model.config(), "step": step,
@@ -386,8 +386,8 @@ def tune(
     import optuna
 
     from productgen.data.dataset import PreparedDataset
-    from productgen.train import train
-    from productgen.training import tasks
+    from productgen.pipeline.train import train
+    from productgen import tasks
     from productgen.training.engine import TrainingDiverged
 
     spec = tasks.get(task)
@@ -427,7 +427,7 @@ def tune(
                         section_fields=tuple(f.name for f in dataclasses.fields(base)))  # fmt: skip
     lineage: dict[str, str] = {}
     if track:
-        from productgen import tracking
+        from productgen.tracking import runs as tracking
 
         lineage = tracking.lineage(ds.root, ds.content_hash)
     best_file = out / "best_params.yaml"
@@ -466,7 +466,7 @@ def tune(
             if track:
                 import mlflow
 
-                from productgen import tracking
+                from productgen.tracking import runs as tracking
 
                 run = stack.enter_context(mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags={
                     **lineage, "task": task, "kind": "tune-trial", "optuna.study": study_name,
@@ -524,7 +524,7 @@ def tune(
 
     with contextlib.ExitStack() as stack:
         if track:
-            from productgen import tracking
+            from productgen.tracking import runs as tracking
 
             run_params = {"tune": {**dataclasses.asdict(cfg), "storage": mask_url(url), "study": study_name,
                                    "out": str(out), "space": {task: _plain(space)}},

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from productgen import atomic
+from productgen.common import atomic
 from productgen.config import DriftConfig
 
 SPLITS = ("train", "val", "test")

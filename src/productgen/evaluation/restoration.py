@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from productgen import atomic
+from productgen.common import atomic
 from productgen.config import ViewsConfig
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 def subset_indices(n: int, max_images: int | None, seed: int) -> torch.Tensor:
     """All indices, or a seeded sorted subset of ``max_images`` of them (the same on every machine)."""
@@ -39,8 +39,8 @@ def evaluate_restoration(
     from productgen.data.views import make_view
     from productgen.metrics.quality import psnr, ssim
     from productgen.models.predict import load_predictor
-    from productgen.progress import progress
-    from productgen.viz import make_grid, save_png
+    from productgen.common.progress import progress
+    from productgen.common.grids import make_grid, save_png
 
     views_cfg = views_cfg or ViewsConfig()
     model_dir, out = Path(model_dir), Path(out)
@@ -54,7 +54,7 @@ def evaluate_restoration(
     if ds.channels != predictor.channels:
         raise UserError(f"{model_dir}: the model takes {predictor.channels}-channel images but {ds.root} has "
                         f"{ds.channels}; evaluate on a dataset prepared in the model's mode")  # fmt: skip
-    from productgen.evaluators import category_mask, group_by_category
+    from productgen.evaluation.categories import category_mask, group_by_category
 
     images, labels = ds.tensors(split)
     if len(images) == 0:

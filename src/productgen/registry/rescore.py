@@ -4,7 +4,7 @@ The champion is loaded from the registry (``models:/<name>@champion``), so it do
 trained it or which week's data it was judged on then. A class-conditional generator can only be scored on the
 categories it was trained on: when this week's set has new categories, both models are scored on the
 categories they share (the overall comparison), and the new categories are judged by the challenger's own
-per-category figures against the absolute bar (:mod:`productgen.gate`).
+per-category figures against the absolute bar (:mod:`productgen.registry.gate`).
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ def champion_categories(tags: dict[str, str], model_dir: Path) -> list[str] | No
 def score_pair(p: Params, task: str, challenger_dir: Path, challenger_metrics: dict[str, Any] | None,
                challenger_version: str | None, prepared: Path, out: Path, name: str | None = None,
                show_progress: bool = False) -> tuple[Any, Any | None]:  # fmt: skip
-    """``(challenger, champion)`` as :class:`~productgen.gate.Scored` on one set; champion None when there is none.
+    """``(challenger, champion)`` as :class:`~productgen.registry.gate.Scored` on one set; champion None when there is none.
 
     ``challenger_metrics``: the challenger's evaluation on the full set when already computed (the flow's
     tracked evaluation), reused when no category subset is needed.
     """
     from mlflow import MlflowClient
 
-    from productgen import registry
+    from productgen.registry import promotion as registry
     from productgen.data.dataset import PreparedDataset
-    from productgen.gate import Scored
-    from productgen.tracking import model_dir_from_uri
-    from productgen.training.tasks import get
+    from productgen.registry.gate import Scored
+    from productgen.tracking.runs import model_dir_from_uri
+    from productgen.tasks import get
 
     spec = get(task)
     model = registry.registered_name(task, name)
@@ -65,7 +65,7 @@ def score_pair(p: Params, task: str, challenger_dir: Path, challenger_metrics: d
     if spec.conditional and trained_on is not None and list(trained_on) != ds.classes:
         subset = [c for c in ds.classes if c in trained_on]  # categories new or gone this week: the shared ones
         if not subset:
-            from productgen.errors import UserError
+            from productgen.common.errors import UserError
 
             raise UserError(f"{model} v{champion}: shares no category with {prepared}; promote by hand (--force)")
     champ_metrics = spec.evaluate(p, champ_dir, prepared, out / f"champion-v{champion}", subset, show_progress)

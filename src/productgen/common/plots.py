@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from productgen.viz import save_png
+from productgen.common.grids import save_png
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
@@ -61,6 +61,6 @@ def losses_csv(log: Path, out: Path) -> Path | None:
     if not rows:
         return None
     keys = ["step"] + [k for k in rows[0] if k not in ("step", "images_per_second")]
-    from productgen import atomic
+    from productgen.common import atomic
 
     return atomic.write_csv(out, keys, ({k: r.get(k, "") for k in keys} for r in rows))

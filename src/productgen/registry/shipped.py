@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from productgen import atomic
+from productgen.common import atomic
 
 FOLDER = "champions"
 CARD = "card.json"
@@ -41,7 +41,7 @@ def root() -> Path:
     here = Path(FOLDER)
     if here.is_dir():
         return here
-    return Path(__file__).resolve().parents[2] / FOLDER
+    return Path(__file__).resolve().parents[3] / FOLDER
 
 
 def shipped(task: str) -> Path | None:
@@ -160,7 +160,7 @@ def agreement(reference: Path, candidate: Path, n: int = 500, seed: int = 0) -> 
 
     kind = read_config(reference).get("model")
     if kind in ("gan", "vae"):
-        from productgen.generate import sample
+        from productgen.apply.generation import sample
         from productgen.models.io import load_generator
 
         (a, cfg), (b, _) = load_generator(reference), load_generator(candidate)
@@ -178,7 +178,7 @@ def agreement(reference: Path, candidate: Path, n: int = 500, seed: int = 0) -> 
                                dtype=torch.uint8)  # fmt: skip
         options: dict[str, Any] = {}
         if kind == "adain":  # arbitrary style: one built-in style stands in for the user's
-            from productgen.styles import load_style, style_names
+            from productgen.models.styles import load_style, style_names
 
             options["style"] = torch.from_numpy(load_style(style_names()[0], 256).copy()).permute(2, 0, 1)[None]
         with torch.no_grad():

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 DEFAULT_DB = "mlflow.db"
 PIP_REQUIREMENTS = ["torch", "numpy", "pillow", "safetensors", "pandas", "mlflow", "productgen"]
@@ -399,7 +399,7 @@ def log_gan_model(model_dir: Path, registered_name: str | None = None) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    code = Path(__file__).parent / "serving" / "gan_pyfunc.py"
+    code = Path(__file__).parent.parent / "serving" / "gan_pyfunc.py"
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "category"), ColSpec("long", "count"), ColSpec("long", "seed")]),
         outputs=Schema([ColSpec("string", "category"), ColSpec("long", "seed"), ColSpec("long", "index"),
@@ -432,7 +432,7 @@ def log_image_model(model_dir: Path, registered_name: str | None = None) -> str:
     from productgen.models.io import read_config
 
     cfg = read_config(model_dir)
-    code = Path(__file__).parent / "serving" / "image_pyfunc.py"
+    code = Path(__file__).parent.parent / "serving" / "image_pyfunc.py"
     cols = [ColSpec("string", "image")]
     if cfg.get("model") == "adain":
         cols.append(ColSpec("string", "style", required=False))
@@ -479,7 +479,7 @@ def model_dir_from_uri(uri: str, dest: Path | None = None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from productgen.errors import UserError
+    from productgen.common.errors import UserError
 
     mlflow.set_tracking_uri(tracking_uri())
     if dest is None:
@@ -504,7 +504,7 @@ def model_dir_from_uri(uri: str, dest: Path | None = None) -> Path:
 
 def resolve_model(ref: str | Path) -> Path:
     """A model given by the user: a local model folder, or an MLflow model URI (``models:/...``, ``runs:/...``)."""
-    from productgen.errors import UserError
+    from productgen.common.errors import UserError
 
     text = str(ref)
     if text.startswith(("models:/", "runs:/")):

@@ -1,5 +1,5 @@
 """The model registry: one registered model per task, aliases ``champion`` and ``challenger``, and promotion
-through the gate (:mod:`productgen.gate`).
+through the gate (:mod:`productgen.registry.gate`).
 
 Why the gate's evidence is stored: a scheduled retraining must never replace a good model with a worse one, and
 whoever asks later must see why a version was or was not promoted. The retrain flow scores the challenger and
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 LINEAGE_PREFIX = "lineage."
@@ -34,7 +34,7 @@ GATE_TAG = "gate.verdict"
 
 def primary_metric(task: str) -> tuple[str, str]:
     """``(metric, "lower" | "higher")``: what the gate compares for ``task`` (its task-registry entry)."""
-    from productgen.training.tasks import get
+    from productgen.tasks import get
 
     spec = get(task)
     return spec.metric, spec.direction
@@ -88,7 +88,7 @@ def _client() -> Any:
     import mlflow
     from mlflow import MlflowClient
 
-    from productgen.tracking import tracking_uri
+    from productgen.tracking.runs import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     return MlflowClient()
@@ -131,7 +131,7 @@ def promotion_lock(timeout_s: float = 120.0) -> Iterator[None]:
     """
     import os
 
-    from productgen.tracking import tracking_uri
+    from productgen.tracking.runs import tracking_uri
 
     uri = tracking_uri()
     lock_url = os.environ.get(LOCK_URL_ENV)
@@ -197,9 +197,9 @@ def register_challenger(task: str, model_uri: str, metrics: dict[str, Any], cont
 
 
 def stored_scored(client: Any, name: str, version: str) -> Any:
-    """A version's stored evaluation as the gate's :class:`~productgen.gate.Scored` (history: valid evidence
+    """A version's stored evaluation as the gate's :class:`~productgen.registry.gate.Scored` (history: valid evidence
     only against another version scored on the very same set)."""
-    from productgen.gate import Scored
+    from productgen.registry.gate import Scored
 
     tags = client.get_model_version(name, version).tags
     metrics: dict[str, Any] = {}
@@ -225,7 +225,7 @@ def promote(task: str, version: str | None = None, margin: float | None = None, 
     evaluations when they were scored on the very same set; anything else is refused with what to run.
     ``cfg``: the ``registry:`` settings (margins, per-category margins, absolute bars; default: built-in).
     """
-    from productgen import gate
+    from productgen.registry import gate
     from productgen.config import RegistryConfig
 
     cfg = cfg or RegistryConfig()
@@ -272,7 +272,7 @@ def _stored_verdict(client: Any, task: str, name: str, version: str, champion: s
                     cfg: Any) -> Any:  # fmt: skip
     """The gate on stored evidence: the verdict the retrain flow recorded against this very champion, or both
     versions' stored evaluations when they were scored on the same set (same data, split, sizes, network)."""
-    from productgen import gate
+    from productgen.registry import gate
 
     tags = client.get_model_version(name, version).tags
     if GATE_TAG in tags:
@@ -384,12 +384,13 @@ def decision_dict(d: Decision) -> dict[str, Any]:
 
 
 def ship(task: str, cfg: Any = None, name: str | None = None) -> Decision | None:
-    """Register the shipped champion of ``task`` (``champions/<task>``, :mod:`productgen.shipped`) as a new version
+    """Register the shipped champion of ``task`` (``champions/<task>``, :mod:`productgen.registry.shipped`) as a new version
     with its card's evaluation and make it champion if the task has none yet (the gate's absolute bar still
     applies). A task that already has a champion keeps it: the shipped model becomes the challenger, to be
     promoted by the gate like any other. None when nothing is shipped for ``task``."""
-    from productgen import gate, shipped
-    from productgen.tracking import log_trained_model
+    from productgen.registry import gate
+    from productgen.registry import shipped
+    from productgen.tracking.runs import log_trained_model
 
     folder = shipped.shipped(task)
     if folder is None:
@@ -409,10 +410,10 @@ def ship(task: str, cfg: Any = None, name: str | None = None) -> Decision | None
                             alias_version(client, model, CHAMPION), alias_version(client, model, CHAMPION), {})  # fmt: skip
     import mlflow
 
-    from productgen.tracking import configure
+    from productgen.tracking.runs import configure
 
     configure(f"productgen-{task}")
-    with mlflow.start_run(run_name=f"ship-{task}", tags={"productgen.shipped": str(folder)}):
+    with mlflow.start_run(run_name=f"ship-{task}", tags={"productgen.registry.shipped": str(folder)}):
         mlflow.log_params({k: str(v)[:500] for k, v in card.items() if not isinstance(v, dict)})
         uri = log_trained_model(folder)
     eval_set = card.get("eval_set") or {}

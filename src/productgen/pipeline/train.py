@@ -8,12 +8,12 @@
       model/<module>.safetensors + config.json   what the task exports (the GAN: EMA generator, discriminator)
 
 Every model family trains through this one function; the task name picks a builder from
-:mod:`productgen.training.tasks`.
+:mod:`productgen.tasks`.
 
-Faults (docs/reliability.md): one writer per run folder (:mod:`productgen.locks`; a second ``train`` into the
+Faults (docs/reliability.md): one writer per run folder (:mod:`productgen.common.locks`; a second ``train`` into the
 same ``--out`` stops in one line naming the holder's PID); ``model/`` is written into a staging folder and
 swapped in as a whole, never with NaN/inf weights; the tracking server can neither stop the weights from being
-written nor block the loop (:mod:`productgen.tracking`).
+written nor block the loop (:mod:`productgen.tracking.runs`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from productgen.config import Params
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -49,7 +49,7 @@ def _exchange(a: Path, b: Path) -> bool:
 def swap_in(staging: Path, target: Path) -> Path:
     """Put the complete folder ``staging`` in place of ``target`` in one rename, so a reader or a crash sees the
     old folder or the new one, never files of both (the old one is deleted afterwards)."""
-    from productgen import atomic
+    from productgen.common import atomic
 
     if not target.exists():
         os.replace(staging, target)
@@ -93,11 +93,11 @@ def train(
     intermediate evaluations and pruning).
     """
     from productgen.data.dataset import PreparedDataset
-    from productgen.locks import folder_lock
-    from productgen.plots import loss_curve, losses_csv
+    from productgen.common.locks import folder_lock
+    from productgen.common.plots import loss_curve, losses_csv
     from productgen.training.device import init_runtime, shutdown
     from productgen.training.engine import Engine, fit
-    from productgen.training import tasks
+    from productgen import tasks
 
     spec = tasks.get(task)
     cfg = params.train
@@ -109,7 +109,7 @@ def train(
                 raise UserError(f"{out}: is a file, not a run folder; choose another --out (train.out)")
             stack.enter_context(folder_lock(out, "the training run"))
             if track:  # an unreachable server: one line now, before the dataset is even loaded
-                from productgen import tracking
+                from productgen.tracking import runs as tracking
 
                 tracking.check_server(tracking.tracking_uri())
         ds = PreparedDataset(cfg.prepared or params.data.out)
@@ -120,7 +120,7 @@ def train(
         stack.callback(shutdown, rt)
         logger = None
         if track and rt.is_main:
-            from productgen import tracking
+            from productgen.tracking import runs as tracking
 
             run_params = {"train": dataclasses.asdict(cfg), spec.section: dataclasses.asdict(getattr(params, spec.section)),
                           "data": {"resolution": ds.resolution, "channels": ds.channels, "classes": len(ds.classes),
@@ -148,7 +148,8 @@ def _finish_tracking(logger: Any, out: Path, register: str | None, result: Any) 
     """Artifacts and the model to MLflow, after the weights are on disk; a server that went away is one line."""
     import mlflow
 
-    from productgen import atomic, tracking
+    from productgen.common import atomic
+    from productgen.tracking import runs as tracking
     from productgen.training.engine import warn
 
     logger.close(timeout=2.0 if logger.down else 10.0)

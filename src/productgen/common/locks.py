@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from productgen import atomic
+from productgen.common import atomic
 from productgen.config import ViewsConfig, from_dict
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 def _subset(n: int, max_images: int | None, seed: int) -> torch.Tensor:
     """Sorted indices of a seeded subset (all of them when ``max_images`` is None or not smaller)."""
@@ -35,7 +35,7 @@ def _subset(n: int, max_images: int | None, seed: int) -> torch.Tensor:
 
 
 def _apply(predictor: Any, images: torch.Tensor, batch_size: int, show_progress: bool, direction: str = "ab") -> torch.Tensor:
-    from productgen.progress import progress
+    from productgen.common.progress import progress
 
     starts = range(0, len(images), batch_size)
     parts = [predictor(images[i : i + batch_size], direction=direction)
@@ -58,7 +58,7 @@ def _quality(pred: torch.Tensor, target: torch.Tensor, batch_size: int, per_imag
 
 
 def _grid(rows: list[torch.Tensor], labels: list[str], path: Path) -> Path:
-    from productgen.viz import make_grid, save_png
+    from productgen.common.grids import make_grid, save_png
 
     k = min(8, *(len(r) for r in rows))
     images = np.concatenate([r[:k].numpy() for r in rows])
@@ -87,7 +87,7 @@ def evaluate_translation(
     seeded by ``seed`` (per domain for CycleGAN). ``fid=False`` skips the feature network (fast checks).
     ``categories``: pix2pix only, score on those categories of the split (CycleGAN's are its two domains).
     """
-    from productgen.training.tasks import for_model
+    from productgen.tasks import for_model
 
     from productgen.data.dataset import PreparedDataset
     from productgen.metrics.extractors import resolve_device
@@ -143,7 +143,7 @@ def _eval_pix2pix(predictor: Any, ds: Any, split: str, views: ViewsConfig, kind:
                   batch_size: int, show_progress: bool, metrics: dict[str, Any],
                   categories: list[str] | None = None) -> tuple[list[torch.Tensor], list[str], dict[str, Any]]:  # fmt: skip
     from productgen.data.views import make_view
-    from productgen.evaluators import category_mask, group_by_category
+    from productgen.evaluation.categories import category_mask, group_by_category
 
     images, labels = ds.tensors(split)
     if len(images) == 0:

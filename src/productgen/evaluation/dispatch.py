@@ -27,7 +27,7 @@ def _device(name: str) -> str:
 def generation(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
                show_progress: bool) -> dict[str, Any]:  # fmt: skip
     """FID / KID against the held-out split (Lucic et al.'s protocol), per-category FID (KID for small ones)."""
-    from productgen.evaluate import evaluate
+    from productgen.evaluation.generation import evaluate
 
     cfg = dataclasses.replace(p.evaluate, model=str(model_dir), out=str(out))
     return evaluate(cfg, prepared, show_progress=show_progress, categories=categories)
@@ -36,7 +36,7 @@ def generation(p: Params, task: str, model_dir: Path, prepared: Path, out: Path,
 def restoration(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
                 show_progress: bool) -> dict[str, Any]:  # fmt: skip
     """PSNR / SSIM against the clean images, next to the degraded input (the baseline), overall and per category."""
-    from productgen.restoration import evaluate_restoration
+    from productgen.evaluation.restoration import evaluate_restoration
 
     e = p.evaluate
     return evaluate_restoration(model_dir, prepared, split=e.split, views_cfg=p.views, out=out, max_images=e.max_real,
@@ -48,7 +48,7 @@ def translation(p: Params, task: str, model_dir: Path, prepared: Path, out: Path
                 show_progress: bool) -> dict[str, Any]:  # fmt: skip
     """pix2pix: PSNR / SSIM / FID against the paired ground truth (per category); CycleGAN: FID against the
     target domain next to the identity baseline."""
-    from productgen.translation import evaluate_translation
+    from productgen.evaluation.translation import evaluate_translation
 
     e = p.evaluate
     return evaluate_translation(model_dir, prepared, split=e.split, views_cfg=p.views, out=out, max_images=e.max_real,
@@ -68,7 +68,8 @@ def style(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, cate
 
     from productgen.data.dataset import PreparedDataset
     from productgen.models.predict import load_predictor
-    from productgen.styles import content_batch, style_report, to_uint8
+    from productgen.models.styles import content_batch, to_uint8
+    from productgen.evaluation.style import style_report
 
     e = p.evaluate
     ds = PreparedDataset(prepared)
@@ -85,29 +86,3 @@ def style(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, cate
     m = style_report(predictor, content, p.style.style_image, out, device=device, labels=labels[pick],
                      classes=ds.classes, notes={"content_size": size, "content_inverted": invert})  # fmt: skip
     return {**m, "categories": sorted(categories)} if categories is not None else m
-
-
-def category_mask(classes: list[str], labels: Any, categories: list[str] | None) -> Any:
-    """Boolean mask of the images whose category is in ``categories`` (all of them when None)."""
-    import torch
-
-    if categories is None:
-        return torch.ones(len(labels), dtype=torch.bool)
-    from productgen.errors import UserError
-
-    unknown = sorted(set(categories) - set(classes))
-    if unknown:
-        raise UserError(f"categories: {', '.join(unknown)} not in the dataset (it has {', '.join(classes)})")
-    wanted = torch.tensor([classes.index(c) for c in categories], dtype=labels.dtype)
-    return torch.isin(labels, wanted)
-
-
-def group_by_category(classes: list[str], labels: Any, **per_image: Any) -> dict[str, dict[str, float]]:
-    """Mean of each per-image tensor per category, with the image count ``n``."""
-    out: dict[str, dict[str, float]] = {}
-    for c, name in enumerate(classes):
-        sel = labels == c
-        n = int(sel.sum())
-        if n:
-            out[name] = {k: float(v[sel].double().mean()) for k, v in per_image.items()} | {"n": n}
-    return out

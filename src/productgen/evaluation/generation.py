@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from productgen import atomic
+from productgen.common import atomic
 from productgen.config import EvaluateConfig
-from productgen.errors import UserError
+from productgen.common.errors import UserError
 
 MIN_PER_CATEGORY = 10  # fewer features than this make a per-category FID meaningless
 
@@ -76,7 +76,7 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
     trained before a category appeared is scored, beside the challenger, on the categories both know.
     """
     from productgen.data.dataset import PreparedDataset
-    from productgen.generate import sample
+    from productgen.apply.generation import sample
     from productgen.metrics import (
         FeatureStats,
         compute_features,
@@ -85,8 +85,9 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
         kid_from_features,
         load_extractor,
     )
-    from productgen.models.io import load_discriminator, load_generator
-    from productgen.viz import make_grid, save_png
+    from productgen.models.gan import load_discriminator
+    from productgen.models.io import load_generator
+    from productgen.common.grids import make_grid, save_png
 
     model_dir = Path(cfg.model)
     ds = PreparedDataset(prepared)
@@ -103,7 +104,7 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
 
     real, real_y = ds.tensors(cfg.split)
     if categories is not None:
-        from productgen.evaluators import category_mask
+        from productgen.evaluation.categories import category_mask
 
         keep = category_mask(ds.classes, real_y, wanted)
         # Labels from here on are the model's own indices (they equal the dataset's when the classes match).

@@ -26,7 +26,7 @@ def evaluate_task(p: Params, task: str = "gan", prepared: Path | None = None, sh
                   categories: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Evaluate ``p.evaluate.model`` with its task's evaluator (the task registry's entry); write
     ``p.evaluate.out`` and return the metrics, ``per_category`` included."""
-    from productgen.training.tasks import get
+    from productgen.tasks import get
 
     spec = get(task)
     p = for_task(p, task)
@@ -44,7 +44,7 @@ def evaluate_model(p: Params, prepared: Path | None = None, track: bool = True, 
     with contextlib.ExitStack() as stack:
         run_id = None
         if track:
-            from productgen import tracking
+            from productgen.tracking import runs as tracking
             from productgen.data.dataset import PreparedDataset
             from productgen.models.io import read_config
 

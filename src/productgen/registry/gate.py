@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from productgen.config import RegistryConfig
-from productgen.training.tasks import TaskSpec, get
+from productgen.tasks import TaskSpec, get
 
 
 @dataclass(frozen=True)
