@@ -59,7 +59,12 @@ run: data  ## Data stages (dvc repro validate + push), then the retrain flow: va
 	@echo "Registry:           $(BIN)/productgen registry history gan"
 	@echo "Web page:           $(BIN)/productgen web   (then http://127.0.0.1:8000; sign-in for promote/rollback: $(BIN)/productgen web add-user NAME)"
 
-test: setup  ## Run the test suite (offline, CPU); installs the built-in dataset and chromium where it can
+lint: setup  ## ruff: lint and formatting check (ruff format . fixes the formatting)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup  ## Lint, then run the test suite (offline, CPU); installs the built-in dataset and chromium where it can
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory data || echo "note: built-in dataset unavailable; tests that need it will be skipped"
 	@$(MAKE) --no-print-directory browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

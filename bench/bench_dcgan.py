@@ -51,7 +51,13 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 NZ, NGF, NDF = 100, 64, 64
-ENGINE_RECIPES = ("dcgan-engine", "dcgan-engine-compile", "dcgan-engine-compile-nchw", "gan-engine", "gan-engine-compile")
+ENGINE_RECIPES = (
+    "dcgan-engine",
+    "dcgan-engine-compile",
+    "dcgan-engine-compile-nchw",
+    "gan-engine",
+    "gan-engine-compile",
+)
 # compile with channels_last failed for this DCGAN in one PyTorch build (ANCHORS.md): NCHW only when asked
 DEFAULT_RECIPES = ("dcgan-engine", "dcgan-engine-compile", "gan-engine", "gan-engine-compile")
 
@@ -71,12 +77,21 @@ class DCGANGenerator(nn.Module):
     def __init__(self, nc: int = 3, nz: int = NZ, ngf: int = NGF) -> None:
         super().__init__()
         self.main = nn.Sequential(
-            nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
-            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh(),
-        )  # fmt: skip
+            nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(ngf * 8),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ngf * 4),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ngf * 2),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ngf),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False),
+            nn.Tanh(),
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.main(z)
@@ -86,12 +101,20 @@ class DCGANDiscriminator(nn.Module):
     def __init__(self, nc: int = 3, ndf: int = NDF) -> None:
         super().__init__()
         self.main = nn.Sequential(
-            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False), nn.Sigmoid(),
-        )  # fmt: skip
+            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ndf * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ndf * 4),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ndf * 8),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).view(-1, 1).squeeze(1)
@@ -102,9 +125,17 @@ def examples_loader(root: Path, batch_size: int, workers: int, image_size: int =
     import torchvision.datasets as dset
     import torchvision.transforms as transforms
 
-    dataset = dset.ImageFolder(root=str(root), transform=transforms.Compose([
-        transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor(),
-        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))  # fmt: skip
+    dataset = dset.ImageFolder(
+        root=str(root),
+        transform=transforms.Compose(
+            [
+                transforms.Resize(image_size),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+                transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+            ]
+        ),
+    )
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
 
 
@@ -157,8 +188,10 @@ def run_examples(args: argparse.Namespace, workers: int) -> dict[str, Any]:
             errG.backward()
             D_G_z2 = output.mean().item()
             optimizerG.step()
-            log.write(f"[{epoch}/25][{i}/{len(dataloader)}] Loss_D: {errD.item():.4f} Loss_G: {errG.item():.4f} "
-                      f"D(x): {D_x:.4f} D(G(z)): {D_G_z1:.4f} / {D_G_z2:.4f}\n")  # fmt: skip
+            log.write(
+                f"[{epoch}/25][{i}/{len(dataloader)}] Loss_D: {errD.item():.4f} Loss_G: {errG.item():.4f} "
+                f"D(x): {D_x:.4f} D(G(z)): {D_G_z1:.4f} / {D_G_z2:.4f}\n"
+            )
             if log.tell() > 1 << 20:
                 log = io.StringIO()
             i += 1
@@ -232,9 +265,19 @@ def run_engine(args: argparse.Namespace, recipe: str) -> dict[str, Any]:
     y = torch.from_numpy(np.load(args.png_dir / "labels.npy"))
     compiled = "compile" in recipe
     total = args.warmup + args.steps + 1
-    cfg = TrainConfig(batch_size=args.batch_size, max_steps=total, device=args.device, precision="auto",
-                      channels_last=not recipe.endswith("nchw"), compile=compiled, fused_optimizer=True,
-                      data_on_device=True, log_every=50, sample_every=10**9, checkpoint_every=10**9)  # fmt: skip
+    cfg = TrainConfig(
+        batch_size=args.batch_size,
+        max_steps=total,
+        device=args.device,
+        precision="auto",
+        channels_last=not recipe.endswith("nchw"),
+        compile=compiled,
+        fused_optimizer=True,
+        data_on_device=True,
+        log_every=50,
+        sample_every=10**9,
+        checkpoint_every=10**9,
+    )
     rt = init_runtime(cfg.device, cfg.precision)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{recipe}-", dir=args.work))
     engine = Engine(cfg, rt, out)
@@ -255,9 +298,14 @@ def run_engine(args: argparse.Namespace, recipe: str) -> dict[str, Any]:
     fit(task, engine, x, y, show_progress=False, on_step=on_step)
     dt = marks[args.warmup + args.steps] - marks[args.warmup]
     shutil.rmtree(out, ignore_errors=True)
-    return {"img_s": args.steps * args.batch_size / dt, "seconds": dt, "warmup_s": marks[args.warmup] - t_start,
-            "precision": str(rt.dtype).replace("torch.", "") if rt.dtype else "fp32",
-            "channels_last": cfg.channels_last, "compile": compiled}  # fmt: skip
+    return {
+        "img_s": args.steps * args.batch_size / dt,
+        "seconds": dt,
+        "warmup_s": marks[args.warmup] - t_start,
+        "precision": str(rt.dtype).replace("torch.", "") if rt.dtype else "fp32",
+        "channels_last": cfg.channels_last,
+        "compile": compiled,
+    }
 
 
 # ---- the PNG folder --------------------------------------------------------------------------------------------
@@ -283,7 +331,9 @@ def source_images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str
         raise SystemExit(f"--source prepared: no prepared dataset in {args.prepared}")
     g = torch.Generator().manual_seed(0)
     out = np.empty((n, 3, args.resolution, args.resolution), np.uint8)
-    for i in range(0, n, 4096):  # smooth random blobs (PNG sizes like real product shots), in chunks: no 3 GB float copy
+    for i in range(
+        0, n, 4096
+    ):  # smooth random blobs (PNG sizes like real product shots), in chunks: no 3 GB float copy
         low = torch.rand(min(4096, n - i), 3, 6, 6, generator=g) * 255
         x = torch.nn.functional.interpolate(low, size=(args.resolution,) * 2, mode="bicubic", align_corners=False)
         out[i : i + len(x)] = x.clamp(0, 255).to(torch.uint8).numpy()
@@ -369,16 +419,39 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, dict[str, Any]] = {}
         # the first baseline, then ours, then the other baselines: a cut-off run keeps the ratios that matter
         recipes = [f"examples-w{args.workers[0]}", *args.recipes, *[f"examples-w{w}" for w in args.workers[1:]]]
-        passthrough = ["--device", args.device, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--png-dir", str(png), "--work", str(work),
-                       "--gan-json", args.gan_json, "--resolution", str(args.resolution)]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+        passthrough = [
+            "--device",
+            args.device,
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--png-dir",
+            str(png),
+            "--work",
+            str(work),
+            "--gan-json",
+            args.gan_json,
+            "--resolution",
+            str(args.resolution),
+        ]
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+        )
         while recipes:
             recipe = recipes.pop(0)
             t = time.perf_counter()
             try:
-                p = subprocess.run([sys.executable, __file__, "--only", recipe, *passthrough], env=env, cwd=ROOT,
-                                   capture_output=True, text=True, timeout=args.timeout)  # fmt: skip
+                p = subprocess.run(
+                    [sys.executable, __file__, "--only", recipe, *passthrough],
+                    env=env,
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=args.timeout,
+                )
                 lines = p.stdout.splitlines()
                 res = next((json.loads(ln[7:]) for ln in lines if ln.startswith("RESULT ")), None)
                 if res is None:
@@ -391,19 +464,35 @@ def main(argv: list[str] | None = None) -> int:
             results[recipe] = res
             if "error" in res and f"{recipe}-nchw" in ENGINE_RECIPES and f"{recipe}-nchw" not in results:
                 recipes.insert(0, f"{recipe}-nchw")  # compile + channels_last failed once (ANCHORS.md): try NCHW
-            print(json.dumps({"bench": "dcgan", "recipe": recipe, "batch_size": args.batch_size,
-                              **{k: round(v, 1) if isinstance(v, float) else v for k, v in res.items()}}), flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "bench": "dcgan",
+                        "recipe": recipe,
+                        "batch_size": args.batch_size,
+                        **{k: round(v, 1) if isinstance(v, float) else v for k, v in res.items()},
+                    }
+                ),
+                flush=True,
+            )
             if args.json:  # after every recipe, so a run stopped from outside keeps what it measured
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps({"data": folder, "results": results}, indent=2))
         base_name = f"examples-w{args.workers[0]}"
         base = results.get(base_name, {}).get("img_s")
         ratios = {r: round(v["img_s"] / base, 2) for r, v in results.items() if base and "img_s" in v}
-        summary = {"bench": "dcgan-summary", "device": dev, "torch": torch.__version__, "resolution": args.resolution,
-                   "batch_size": args.batch_size, "baseline": base_name,
-                   "img_s": {r: round(v["img_s"], 1) for r, v in results.items() if "img_s" in v},
-                   "ratio_vs_baseline": ratios, "target_ratio": 3.0,
-                   "failed": {r: v["error"] for r, v in results.items() if "error" in v}}  # fmt: skip
+        summary = {
+            "bench": "dcgan-summary",
+            "device": dev,
+            "torch": torch.__version__,
+            "resolution": args.resolution,
+            "batch_size": args.batch_size,
+            "baseline": base_name,
+            "img_s": {r: round(v["img_s"], 1) for r, v in results.items() if "img_s" in v},
+            "ratio_vs_baseline": ratios,
+            "target_ratio": 3.0,
+            "failed": {r: v["error"] for r, v in results.items() if "error" in v},
+        }
         print(json.dumps(summary), flush=True)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,11 @@ def _sync(device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="a trained GAN/VAE model folder")
-    ap.add_argument("--random-generator", action="store_true", help="no model: a randomly initialised generator "
-                    "(GanConfig defaults; the FID is meaningless, the time is not)")  # fmt: skip
+    ap.add_argument(
+        "--random-generator",
+        action="store_true",
+        help="no model: a randomly initialised generator (GanConfig defaults; the FID is meaningless, the time is not)",
+    )
     ap.add_argument("--prepared", default="artifacts/prepared")
     ap.add_argument("--split", default="test", help="real split whose cached statistics the fakes are scored against")
     ap.add_argument("--n", type=int, default=50000)
@@ -95,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     # the real split's category mix, repeated to n (what evaluate does for num_fake > n_real)
     labels = real_y[torch.randperm(len(real_y), generator=torch.Generator().manual_seed(args.seed))]
     labels = labels.repeat((args.n + len(labels) - 1) // len(labels))[: args.n].to(dev)
-    timings = {"generate": 0.0}
 
     def batches(n: int) -> Iterator[torch.Tensor]:
         for i in range(0, n, args.batch_size):
@@ -123,13 +125,27 @@ def main(argv: list[str] | None = None) -> int:
     _sync(dev)
     gen_s = time.perf_counter() - tg
     wall = t4 - t2
-    res = {"bench": "fid50k", "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-           "torch": torch.__version__, "n": args.n, "n_real": real.n, "batch_size": args.batch_size,
-           "generator": source, "cudnn_benchmark": bool(args.cudnn_benchmark), "tf32": False,
-           "wall_s": round(wall, 2), "images_per_s": round(args.n / wall, 1),
-           "features_and_stats_s": round(t3 - t2, 2), "fid_s": round(t4 - t3, 2),
-           "generation_alone_s": round(gen_s, 2), "load_s": round(load_s, 1), "real_stats_s": round(real_s, 1),
-           "fid": round(fid, 3), "target_s": 30.0, "met": wall <= 30.0}  # fmt: skip
+    res = {
+        "bench": "fid50k",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "n": args.n,
+        "n_real": real.n,
+        "batch_size": args.batch_size,
+        "generator": source,
+        "cudnn_benchmark": bool(args.cudnn_benchmark),
+        "tf32": False,
+        "wall_s": round(wall, 2),
+        "images_per_s": round(args.n / wall, 1),
+        "features_and_stats_s": round(t3 - t2, 2),
+        "fid_s": round(t4 - t3, 2),
+        "generation_alone_s": round(gen_s, 2),
+        "load_s": round(load_s, 1),
+        "real_stats_s": round(real_s, 1),
+        "fid": round(fid, 3),
+        "target_s": 30.0,
+        "met": wall <= 30.0,
+    }
     assert isinstance(feats_stats, FeatureStats)
     print(json.dumps(res), flush=True)
     if args.json:

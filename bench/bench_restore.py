@@ -47,10 +47,10 @@ VARIANT = re.compile(r"^b(\d+)-(eager|compile|cudagraphs)(-nchw)?$")
 
 def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     from productgen.config import load_params
+    from productgen.tasks import DatasetInfo
     from productgen.training import restore_task
     from productgen.training.device import init_runtime
     from productgen.training.engine import Engine, fit
-    from productgen.tasks import DatasetInfo
 
     m = VARIANT.match(variant)
     assert m is not None
@@ -59,8 +59,17 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
         batch = max(2, batch // 64)
     p = load_params("params.yaml" if Path("params.yaml").is_file() else None, profile=args.profile)
     total = args.warmup + args.steps + 1
-    cfg = dataclasses.replace(p.train, batch_size=batch, max_steps=total, device=args.device, channels_last=not nchw,
-                              compile=mode == "compile", log_every=50, sample_every=10**9, checkpoint_every=10**9)  # fmt: skip
+    cfg = dataclasses.replace(
+        p.train,
+        batch_size=batch,
+        max_steps=total,
+        device=args.device,
+        channels_last=not nchw,
+        compile=mode == "compile",
+        log_every=50,
+        sample_every=10**9,
+        checkpoint_every=10**9,
+    )
     rcfg = dataclasses.replace(p.restore, decay_steps=total)
     prepared = Path(p.train.prepared or p.data.out)
     if (prepared / "dataset.json").is_file() and args.source != "synthetic":
@@ -104,10 +113,16 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     fit(task, engine, x, y, show_progress=False, on_step=on_step)
     dt = marks[args.warmup + args.steps] - marks[args.warmup]
-    return {"batch_size": batch, "mode": mode, "channels_last": not nchw, "source": source,
-            "precision": str(rt.dtype).replace("torch.", "") if rt.dtype else "fp32",
-            "img_s": args.steps * batch / dt, "ms_per_step": 1000 * dt / args.steps,
-            "warmup_s": marks[args.warmup] - t0}  # fmt: skip
+    return {
+        "batch_size": batch,
+        "mode": mode,
+        "channels_last": not nchw,
+        "source": source,
+        "precision": str(rt.dtype).replace("torch.", "") if rt.dtype else "fp32",
+        "img_s": args.steps * batch / dt,
+        "ms_per_step": 1000 * dt / args.steps,
+        "warmup_s": marks[args.warmup] - t0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,14 +154,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ERROR {type(err).__name__}: {(str(err).splitlines() or [''])[0]}"[:400], flush=True)
             return 1
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
-    passthrough = ["--device", args.device, "--profile", args.profile, "--steps", str(args.steps), "--warmup",
-                   str(args.warmup), "--source", args.source, "--images", str(args.images)] + (["--tiny"] if args.tiny else [])  # fmt: skip
+    passthrough = [
+        "--device",
+        args.device,
+        "--profile",
+        args.profile,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--source",
+        args.source,
+        "--images",
+        str(args.images),
+    ] + (["--tiny"] if args.tiny else [])
     results: dict[str, dict[str, Any]] = {}
     for v in args.variants:
         t = time.perf_counter()
         try:
-            p = subprocess.run([sys.executable, __file__, "--only", v, *passthrough], env=env, cwd=ROOT,
-                               capture_output=True, text=True, timeout=args.timeout)  # fmt: skip
+            p = subprocess.run(
+                [sys.executable, __file__, "--only", v, *passthrough],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=args.timeout,
+            )
             lines = p.stdout.splitlines()
             res = next((json.loads(ln[7:]) for ln in lines if ln.startswith("RESULT ")), None)
             if res is None:
@@ -156,17 +189,30 @@ def main(argv: list[str] | None = None) -> int:
             res = {"error": f"timed out after {args.timeout:.0f} s"}
         res["wall_s"] = round(time.perf_counter() - t, 1)
         results[v] = res
-        print(json.dumps({"bench": "restore", "variant": v, **{k: round(x, 2) if isinstance(x, float) else x
-                                                              for k, x in res.items()}}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "bench": "restore",
+                    "variant": v,
+                    **{k: round(x, 2) if isinstance(x, float) else x for k, x in res.items()},
+                }
+            ),
+            flush=True,
+        )
         if args.json:  # after every variant, so a run stopped from outside keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"results": results}, indent=2))
     base = results.get(args.variants[0], {}).get("img_s")
-    summary = {"bench": "restore-summary", "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-               "torch": torch.__version__, "profile": args.profile, "baseline": args.variants[0],
-               "img_s": {v: round(r["img_s"], 1) for v, r in results.items() if "img_s" in r},
-               "ratio_vs_baseline": {v: round(r["img_s"] / base, 2) for v, r in results.items() if base and "img_s" in r},
-               "failed": {v: r["error"] for v, r in results.items() if "error" in r}}  # fmt: skip
+    summary = {
+        "bench": "restore-summary",
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "profile": args.profile,
+        "baseline": args.variants[0],
+        "img_s": {v: round(r["img_s"], 1) for v, r in results.items() if "img_s" in r},
+        "ratio_vs_baseline": {v: round(r["img_s"] / base, 2) for v, r in results.items() if base and "img_s" in r},
+        "failed": {v: r["error"] for v, r in results.items() if "error" in r},
+    }
     print(json.dumps(summary), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,9 @@ class ResidualBlock(nn.Module):
 
 
 class UpsampleConvLayer(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, upsample: int | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, upsample: int | None = None
+    ) -> None:
         super().__init__()
         self.upsample = upsample
         self.reflection_pad = nn.ReflectionPad2d(kernel_size // 2)
@@ -121,7 +123,9 @@ def timed(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) 
     return statistics.median(times)
 
 
-def runners(device: torch.device, compile_mode: str | None, channels: int, blocks: int) -> dict[str, Callable[[torch.Tensor], Any]]:
+def runners(
+    device: torch.device, compile_mode: str | None, channels: int, blocks: int
+) -> dict[str, Callable[[torch.Tensor], Any]]:
     """name -> function of a float [0, 1] NCHW batch on ``device``."""
     from productgen.models.adain import Decoder, stylise
     from productgen.models.encoders import build_encoder
@@ -167,8 +171,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--batch", type=int, default=None, help="throughput batch (default 32 on CUDA, 2 on CPU)")
     ap.add_argument("--iters", type=int, default=None, help="timed calls per measurement (default 20 CUDA, 2 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 5 CUDA, 1 CPU)")
-    ap.add_argument("--compile", nargs="?", const="default", default=None,
-                    help="torch.compile our networks (optional mode, e.g. reduce-overhead)")  # fmt: skip
+    ap.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        help="torch.compile our networks (optional mode, e.g. reduce-overhead)",
+    )
     ap.add_argument("--channels", type=int, default=32, help="our TransformerNet width (baseline: 32)")
     ap.add_argument("--residual-blocks", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
@@ -182,8 +191,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         torch.backends.cudnn.benchmark = True
     fns = runners(device, args.compile, args.channels, args.residual_blocks)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; batch {batch}; {iters} timed calls after {warmup} warm-up"
-          f"{'; torch.compile ' + args.compile if args.compile else ''}")  # fmt: skip
+    print(
+        f"device: {name}; torch {torch.__version__}; batch {batch}; {iters} timed calls after {warmup} warm-up"
+        f"{'; torch.compile ' + args.compile if args.compile else ''}"
+    )
     rows: list[dict[str, Any]] = []
     for size in args.sizes:
         x1 = torch.rand(1, 3, size, size, device=device)
@@ -198,12 +209,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         b = base[r["size"]]
         r["latency_ratio"] = r["latency_ms"] / b["latency_ms"]  # ours / baseline: < 1 is faster
         r["throughput_ratio"] = r["images_per_s"] / b["images_per_s"]  # ours / baseline: > 1 is faster
-        print(f"{r['size']:>5}  {r['model']:<40} {r['latency_ms']:>11.2f} {r['images_per_s']:>10.2f} "
-              f"{r['latency_ratio']:>11.2f} {r['throughput_ratio']:>11.2f}")  # fmt: skip
+        print(
+            f"{r['size']:>5}  {r['model']:<40} {r['latency_ms']:>11.2f} {r['images_per_s']:>10.2f} "
+            f"{r['latency_ratio']:>11.2f} {r['throughput_ratio']:>11.2f}"
+        )
     print("\nratios are ours / baseline from this run (latency: < 1 is faster; throughput: > 1 is faster)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": name, "batch": batch, "compile": args.compile, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"device": name, "batch": batch, "compile": args.compile, "rows": rows}, indent=2)
+        )
     return rows
 
 

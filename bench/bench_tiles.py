@@ -33,7 +33,9 @@ def _image(n: int):  # noqa: ANN202 - numpy imported lazily (the parent process 
     ramp = np.linspace(0, 200, n, dtype=np.float32)
     noise = rng.integers(0, 40, (256, 256, 3), dtype=np.uint8)
     img = np.tile(noise, (n // 256 + 1, n // 256 + 1, 1))[:n, :n]
-    img = (img + ramp[:, None, None] * 0.5 + ramp[None, :, None] * np.array([0.2, 0.4, 0.6], np.float32)).astype(np.uint8)
+    img = (img + ramp[:, None, None] * 0.5 + ramp[None, :, None] * np.array([0.2, 0.4, 0.6], np.float32)).astype(
+        np.uint8
+    )
     img[n // 4 : n // 2, n // 3 : 2 * n // 3] = 250
     return img
 
@@ -107,8 +109,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=6000, help="side of the large photo (tiled)")
     ap.add_argument("--fit", type=int, default=1024, help="side of the photo that fits whole (0: skip)")
     ap.add_argument("--memory-mb", type=float, default=2048, help="the --memory-mb of enhance")
-    ap.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
-                    help="whole-image GroupNorm statistics (the default of enhance; ~6 passes on this net)")
+    ap.add_argument(
+        "--exact",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="whole-image GroupNorm statistics (the default of enhance; ~6 passes on this net)",
+    )
     ap.add_argument("--child", choices=["whole", "tiled"], help=argparse.SUPPRESS)
     ap.add_argument("--save", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -134,19 +140,25 @@ def main() -> None:
             print(f"{r['mode']} {r['size']}x{r['size']}: {r['failed']}")
             continue
         mp = r["size"] ** 2 / 1e6
-        print(f"{r['mode'] + ' ' + str(r['size']) + 'px':<22}{str(r['tile'] or '-'):>6}{r['seconds']:>9.1f}"
-              f"{r['cpu_s']:>9.1f}{r['peak_mb']:>13.0f}{r['peak_mb'] / mp:>11.1f}")  # fmt: skip
+        print(
+            f"{r['mode'] + ' ' + str(r['size']) + 'px':<22}{str(r['tile'] or '-'):>6}{r['seconds']:>9.1f}"
+            f"{r['cpu_s']:>9.1f}{r['peak_mb']:>13.0f}{r['peak_mb'] / mp:>11.1f}"
+        )
     ok = [r for r in rows if "failed" not in r]
     if args.fit and len(ok) >= 2 and ok[0]["mode"] == "whole":
         base = ok[0]
         whole, tiled = np.load(tmp / "whole.npy"), np.load(tmp / "tiled.npy")
         diff = np.abs(whole.astype(int) - tiled.astype(int))
-        print(f"tiled vs whole at {args.fit}px: max |diff| {diff.max()} grey levels, mean {diff.mean():.4f}; "
-              f"time x{ok[1]['seconds'] / base['seconds']:.2f}")  # fmt: skip
+        print(
+            f"tiled vs whole at {args.fit}px: max |diff| {diff.max()} grey levels, mean {diff.mean():.4f}; "
+            f"time x{ok[1]['seconds'] / base['seconds']:.2f}"
+        )
         big = ok[-1]
         est_whole = big["before_mb"] + (base["peak_mb"] - base["before_mb"]) * big["size"] ** 2 / base["size"] ** 2
-        print(f"{big['size']}px tiled: peak {big['peak_mb']:.0f} MB (target < 4096); whole-image at that size would "
-              f"need about {est_whole:,.0f} MB (scaled from {base['size']}px); ratio x{est_whole / big['peak_mb']:.1f}")
+        print(
+            f"{big['size']}px tiled: peak {big['peak_mb']:.0f} MB (target < 4096); whole-image at that size would "
+            f"need about {est_whole:,.0f} MB (scaled from {base['size']}px); ratio x{est_whole / big['peak_mb']:.1f}"
+        )
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()

@@ -33,8 +33,9 @@ from productgen.training.gan_task import GanTask
 def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     if args.synthetic:
         g = torch.Generator().manual_seed(0)
-        x = torch.randint(0, 256, (args.synthetic, args.channels, args.resolution, args.resolution), generator=g,
-                          dtype=torch.uint8)  # fmt: skip
+        x = torch.randint(
+            0, 256, (args.synthetic, args.channels, args.resolution, args.resolution), generator=g, dtype=torch.uint8
+        )
         return x, torch.randint(0, 10, (args.synthetic,), generator=g), [f"c{i}" for i in range(10)]
     from productgen.data.dataset import PreparedDataset
 
@@ -45,14 +46,22 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, lis
 
 def run(recipe: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> float:
     fast = recipe == "engine"
-    cfg = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, device=args.device,
-                      precision="auto" if fast else "fp32", channels_last=fast, fused_optimizer=fast,
-                      compile=fast and args.compile, data_on_device=fast)  # fmt: skip
+    cfg = TrainConfig(
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        device=args.device,
+        precision="auto" if fast else "fp32",
+        channels_last=fast,
+        fused_optimizer=fast,
+        compile=fast and args.compile,
+        data_on_device=fast,
+    )
     rt0 = init_runtime(cfg.device, cfg.precision)
     rt = Runtime(device=rt0.device, dtype=rt0.dtype)
     engine = Engine(cfg, rt, Path("/tmp/bench-unused"))
-    task = GanTask(dataclasses.replace(GanConfig(), diffaugment=args.diffaugment), engine, x.shape[-1], x.shape[1],
-                   classes)  # fmt: skip
+    task = GanTask(
+        dataclasses.replace(GanConfig(), diffaugment=args.diffaugment), engine, x.shape[-1], x.shape[1], classes
+    )
     if fast:
         xs, ys = x.to(rt.device), y.to(rt.device)
 
@@ -60,8 +69,13 @@ def run(recipe: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor,
             idx = torch.randint(0, len(xs), (cfg.batch_size,), device=rt.device)
             return xs[idx], ys[idx]
     else:
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size,
-                                             shuffle=True, drop_last=True, num_workers=args.workers)  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, y),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.workers,
+        )
         it = iter(loader)
 
         def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,9 +118,19 @@ def main() -> None:
     base = run("baseline", args, x, y, classes)
     ours = run("engine", args, x, y, classes)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(json.dumps({"device": device, "torch": torch.__version__, "resolution": x.shape[-1],
-                      "batch_size": args.batch_size, "baseline_img_s": round(base, 1), "engine_img_s": round(ours, 1),
-                      "ratio": round(ours / base, 2)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "torch": torch.__version__,
+                "resolution": x.shape[-1],
+                "batch_size": args.batch_size,
+                "baseline_img_s": round(base, 1),
+                "engine_img_s": round(ours, 1),
+                "ratio": round(ours / base, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

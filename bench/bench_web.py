@@ -60,8 +60,15 @@ def process(cmd: list[str], ready_url: str, env: dict[str, str], log: Path, time
     import httpx
 
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=log.parent)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=log.parent,
+        )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -85,22 +92,36 @@ def process(cmd: list[str], ready_url: str, env: dict[str, str], log: Path, time
 
 def make_champions(root: Path, uri: str) -> None:
     """Quick-profile GAN and U-Net restorer on a synthetic 28 px grayscale catalog, registered as champions."""
-    from productgen.registry import promotion as registry
+    from tests.conftest import TINY, write_good_folder
+
     from productgen.config import DataConfig, load_params
     from productgen.data.prepare import prepare
     from productgen.pipeline.train import train
-    from tests.conftest import TINY, write_good_folder
+    from productgen.registry import promotion as registry
 
     write_good_folder(root / "shop", {"bags": 24, "shoes": 24, "shirts": 24}, size=(28, 28))
-    prepare(DataConfig(source="folder", input=str(root / "shop"), out=str(root / "prepared"), mode="L",
-                       resolution=28), show_progress=False)  # fmt: skip
+    prepare(
+        DataConfig(source="folder", input=str(root / "shop"), out=str(root / "prepared"), mode="L", resolution=28),
+        show_progress=False,
+    )
     params = root / "params.yaml"
     params.write_text(TINY.format(prepared=root / "prepared").split("gan:")[0])
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    for task, profile, metrics in (("gan", "quick-cpu", {"fid": 100.0, "n_real": 72, "n_fake": 72}),
-                                   ("restore", "quick-cpu-restore", {"psnr": 25.0, "gain_db": 3.0, "images": 72})):
-        p = load_params(params, {"train.out": str(root / task), "train.max_steps": 2, "train.batch_size": 8,
-                                 "train.checkpoint_every": 1000, "train.sample_every": 1000}, profile=profile)
+    for task, profile, metrics in (
+        ("gan", "quick-cpu", {"fid": 100.0, "n_real": 72, "n_fake": 72}),
+        ("restore", "quick-cpu-restore", {"psnr": 25.0, "gain_db": 3.0, "images": 72}),
+    ):
+        p = load_params(
+            params,
+            {
+                "train.out": str(root / task),
+                "train.max_steps": 2,
+                "train.batch_size": 8,
+                "train.checkpoint_every": 1000,
+                "train.sample_every": 1000,
+            },
+            profile=profile,
+        )
         result = train(p, task, show_progress=False, track=True)
         version = registry.register_challenger(task, result.model_uri, metrics, "b" * 64, "test")
         registry.promote(task, version, 0.0, force=True)
@@ -142,21 +163,29 @@ def measure(label: str, fn: Callable[[Any], Any], users: int, per_user: int, war
     times.sort()
     p50 = statistics.median(times) if times else float("nan")
     p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))] if times else float("nan")
-    return {"case": label, "users": users, "n": len(times), "p50_ms": p50 * 1000, "p95_ms": p95 * 1000,
-            "errors": errors[:3]}  # fmt: skip
+    return {
+        "case": label,
+        "users": users,
+        "n": len(times),
+        "p50_ms": p50 * 1000,
+        "p95_ms": p95 * 1000,
+        "errors": errors[:3],
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", help="MLflow store with productgen-gan / productgen-restore champions "
-                    "(default: train tiny ones into a temporary store)")
+    ap.add_argument(
+        "--store",
+        help="MLflow store with productgen-gan / productgen-restore champions "
+        "(default: train tiny ones into a temporary store)",
+    )
     ap.add_argument("--requests", type=int, default=20, help="timed requests per case under 1 user")
     ap.add_argument("--per-user", type=int, default=5, help="timed requests per user under 8 users")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
     import httpx
-
     from tests.conftest import encode, product_image
 
     work = Path(tempfile.mkdtemp(prefix="productgen-bench-web-"))
@@ -165,8 +194,13 @@ def main() -> None:
         t0 = time.perf_counter()
         make_champions(work, uri)
         print(f"champions trained and registered in {time.perf_counter() - t0:.0f} s ({uri})", flush=True)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     web_port, gan_port, restore_port = free_port(), free_port(), free_port()
     web, gan, rest = (f"http://127.0.0.1:{p}" for p in (web_port, gan_port, restore_port))
 
@@ -174,12 +208,35 @@ def main() -> None:
     enh_body = {"dataframe_records": [{"image": png_b64(p)} for p in photos]}
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(process([str(BIN / "productgen"), "web", "--port", str(web_port), "--log-level",
-                                     "warning"], web + "/health", env, work / "web.log"))  # fmt: skip
+        stack.enter_context(
+            process(
+                [str(BIN / "productgen"), "web", "--port", str(web_port), "--log-level", "warning"],
+                web + "/health",
+                env,
+                work / "web.log",
+            )
+        )
         for model, port, url in (("productgen-gan", gan_port, gan), ("productgen-restore", restore_port, rest)):
-            stack.enter_context(process([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{model}@champion",
-                                         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                                        url + "/ping", env, work / f"serve-{port}.log"))  # fmt: skip
+            stack.enter_context(
+                process(
+                    [
+                        str(BIN / "mlflow"),
+                        "models",
+                        "serve",
+                        "-m",
+                        f"models:/{model}@champion",
+                        "--env-manager",
+                        "local",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                    ],
+                    url + "/ping",
+                    env,
+                    work / f"serve-{port}.log",
+                )
+            )
         # wait until the page has its champions loaded
         deadline = time.monotonic() + 120
         while len(httpx.get(web + "/health").json()["champions"]) < 2:
@@ -197,16 +254,21 @@ def main() -> None:
 
         def web_generate(c: Any) -> None:
             c.cookies.update(cookies)
-            r = c.post(web + "/generate", data={"csrf_token": token, "model": "productgen-gan", "category": category,
-                                                "count": "64", "seed": "0"})  # fmt: skip
+            r = c.post(
+                web + "/generate",
+                data={"csrf_token": token, "model": "productgen-gan", "category": category, "count": "64", "seed": "0"},
+            )
             r.raise_for_status()
             rid = re.search(r'/results/([^/"]+)\.zip', r.text).group(1)  # type: ignore[union-attr]
             c.get(f"{web}/results/{rid}.zip").raise_for_status()
 
         def web_enhance(c: Any) -> None:
             c.cookies.update(cookies)
-            r = c.post(web + "/enhance", data={"csrf_token": token, "model": option},
-                       files=[("photos", (f"p{i:02d}.png", p, "image/png")) for i, p in enumerate(photos)])  # fmt: skip
+            r = c.post(
+                web + "/enhance",
+                data={"csrf_token": token, "model": option},
+                files=[("photos", (f"p{i:02d}.png", p, "image/png")) for i, p in enumerate(photos)],
+            )
             r.raise_for_status()
             rid = re.search(r'/results/([^/"]+)\.zip', r.text).group(1)  # type: ignore[union-attr]
             c.get(f"{web}/results/{rid}.zip").raise_for_status()
@@ -229,17 +291,21 @@ def main() -> None:
 
         rows = []
         for users, n in ((1, args.requests), (8, args.per_user)):
-            for case, ours, theirs in (("generate 64", web_generate, mlflow_generate),
-                                       ("enhance 16", web_enhance, mlflow_enhance),
-                                       ("page", web_page, mlflow_ping)):  # fmt: skip
+            for case, ours, theirs in (
+                ("generate 64", web_generate, mlflow_generate),
+                ("enhance 16", web_enhance, mlflow_enhance),
+                ("page", web_page, mlflow_ping),
+            ):
                 a = measure(case, ours, users, n)
                 b = measure(case, theirs, users, n)
                 rows.append({"case": case, "users": users, "web": a, "mlflow": b})
-                print(f"{case:<12} {users} user{'s' if users > 1 else ' '}  web p50 {a['p50_ms']:8.1f} ms  "
-                      f"p95 {a['p95_ms']:8.1f} ms   mlflow serve p50 {b['p50_ms']:8.1f} ms  p95 {b['p95_ms']:8.1f} ms"
-                      f"   web/mlflow p50 {a['p50_ms'] / b['p50_ms']:.2f}x"
-                      + (f"   errors: {a['errors'] + b['errors']}" if a["errors"] or b["errors"] else ""),
-                      flush=True)  # fmt: skip
+                print(
+                    f"{case:<12} {users} user{'s' if users > 1 else ' '}  web p50 {a['p50_ms']:8.1f} ms  "
+                    f"p95 {a['p95_ms']:8.1f} ms   mlflow serve p50 {b['p50_ms']:8.1f} ms  p95 {b['p95_ms']:8.1f} ms"
+                    f"   web/mlflow p50 {a['p50_ms'] / b['p50_ms']:.2f}x"
+                    + (f"   errors: {a['errors'] + b['errors']}" if a["errors"] or b["errors"] else ""),
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     if args.store is None:

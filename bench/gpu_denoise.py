@@ -61,15 +61,20 @@ def _rate(metrics: Path) -> float:
 
 def _run_all(cmds: dict[str, list[str]], logs: Path) -> dict[str, int]:
     logs.mkdir(parents=True, exist_ok=True)
-    procs = {name: subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=open(logs / f"{name}.log", "w"),
-                                    stderr=subprocess.STDOUT) for name, cmd in cmds.items()}  # fmt: skip
+    procs = {
+        name: subprocess.Popen(
+            cmd, env=_env(), cwd=ROOT, stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT
+        )
+        for name, cmd in cmds.items()
+    }
     return {name: p.wait() for name, p in procs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", nargs="+", required=True,
-                    help="NAME:PROFILE pairs (PROFILE: a name in flows/profiles or a YAML path)")  # fmt: skip
+    ap.add_argument(
+        "--runs", nargs="+", required=True, help="NAME:PROFILE pairs (PROFILE: a name in flows/profiles or a YAML path)"
+    )
     ap.add_argument("--budget", type=float, default=240.0, help="training seconds per run (all run at once)")
     ap.add_argument("--calibration-steps", type=int, default=300)
     ap.add_argument("--safety", type=float, default=0.9, help="fraction of the measured speed to plan with")
@@ -90,8 +95,23 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1) calibration: every run at once, as in the real phase
     t0 = time.perf_counter()
-    cal = {name: _cli("train", "restore", "--profile", str(p), "--no-track", "-q", "-o", str(out / "calibrate" / name),
-                      "--max-steps", str(args.calibration_steps), *extra, *dev) for name, p in runs.items()}  # fmt: skip
+    cal = {
+        name: _cli(
+            "train",
+            "restore",
+            "--profile",
+            str(p),
+            "--no-track",
+            "-q",
+            "-o",
+            str(out / "calibrate" / name),
+            "--max-steps",
+            str(args.calibration_steps),
+            *extra,
+            *dev,
+        )
+        for name, p in runs.items()
+    }
     codes = _run_all(cal, out / "logs-calibrate")
     if any(codes.values()):
         print(f"calibration failed: {codes}; logs in {out / 'logs-calibrate'}")
@@ -100,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in runs:
         rate = _rate(out / "calibrate" / name / "metrics.jsonl")
         steps[name] = max(100, int(rate * args.safety * args.budget) // 100 * 100)
-        print(f"{name}: {rate:.1f} steps/s while sharing the GPU -> {steps[name]} steps for {args.budget:.0f} s", flush=True)
+        print(
+            f"{name}: {rate:.1f} steps/s while sharing the GPU -> {steps[name]} steps for {args.budget:.0f} s",
+            flush=True,
+        )
     print(f"calibration took {time.perf_counter() - t0:.0f} s", flush=True)
 
     # 2) the real runs, from scratch, with fixed step counts recorded in each run's profile
@@ -109,17 +132,38 @@ def main(argv: list[str] | None = None) -> int:
     for name, base in runs.items():
         run_dir = out / name
         profile = run_dir / "profile.yaml"
-        _write_profile(profile, base, {"train": {"max_steps": steps[name], "out": str(run_dir / "train")},
-                                       "restore": {"decay_steps": steps[name]}})  # fmt: skip
+        _write_profile(
+            profile,
+            base,
+            {
+                "train": {"max_steps": steps[name], "out": str(run_dir / "train")},
+                "restore": {"decay_steps": steps[name]},
+            },
+        )
         cmds[name] = _cli("train", "restore", "--profile", str(profile), "--no-track", "-q", *extra, *dev)
     codes = _run_all(cmds, out / "logs-train")
     print(f"training took {time.perf_counter() - t1:.0f} s; exit codes {codes}", flush=True)
 
     # 3) evaluation on the whole test split, every model at once
-    evals = {name: _cli("evaluate", "--task", "restore", "--profile", str(out / name / "profile.yaml"),
-                        "--model", str(out / name / "train" / "model"), "--out", str(out / name / "eval"),
-                        "--no-track", "-q", *extra, *(dev or ["--device", "auto"]))
-             for name in runs if codes[name] == 0}  # fmt: skip
+    evals = {
+        name: _cli(
+            "evaluate",
+            "--task",
+            "restore",
+            "--profile",
+            str(out / name / "profile.yaml"),
+            "--model",
+            str(out / name / "train" / "model"),
+            "--out",
+            str(out / name / "eval"),
+            "--no-track",
+            "-q",
+            *extra,
+            *(dev or ["--device", "auto"]),
+        )
+        for name in runs
+        if codes[name] == 0
+    }
     ecodes = _run_all(evals, out / "logs-eval")
     print(f"\n{'run':<24} {'view':<8} {'steps':>7} {'input dB':>9} {'model dB':>9} {'gain':>7} {'SSIM':>7}")
     summary = {}
@@ -130,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         m = json.loads(mfile.read_text())
         summary[name] = {**m, "steps": steps[name]}
-        print(f"{name:<24} {m['view']:<8} {steps[name]:>7} {m['baseline_psnr']:>9.2f} {m['psnr']:>9.2f} "
-              f"{m['gain_db']:>+7.2f} {m['ssim']:>7.4f}")  # fmt: skip
+        print(
+            f"{name:<24} {m['view']:<8} {steps[name]:>7} {m['baseline_psnr']:>9.2f} {m['psnr']:>9.2f} "
+            f"{m['gain_db']:>+7.2f} {m['ssim']:>7.4f}"
+        )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return 0 if summary and all(v == 0 for v in ecodes.values()) else 1
 

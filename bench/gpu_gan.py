@@ -56,7 +56,7 @@ def parse_run(item: str) -> tuple[str, str, Path, dict[str, Any]]:
     if not path.is_file():
         raise SystemExit(f"--runs {item!r}: profile {path} not found")
     overrides: dict[str, Any] = {}
-    for kv in (parts[3].split(",") if len(parts) > 3 and parts[3] else []):
+    for kv in parts[3].split(",") if len(parts) > 3 and parts[3] else []:
         key, _, value = kv.partition("=")
         overrides[key.strip()] = yaml.safe_load(value) if value.strip() else ""  # k= means the empty string
     return task, name, path, overrides
@@ -98,17 +98,20 @@ def child(args: argparse.Namespace) -> int:
     """Train one run for the budget (in this process), write its model and profile, print one RESULT line."""
     import torch
 
+    from productgen.common.grids import make_grid, save_png
     from productgen.config import load_params
     from productgen.data.dataset import PreparedDataset
     from productgen.pipeline.steps import for_task
     from productgen.pipeline.train import train, write_model
-    from productgen.common.grids import make_grid, save_png
 
     t_start = time.monotonic()
     task, name, base, overrides = parse_run(args.child)
     run = args.out / name
-    extra = {"train.out": str(run / "train"), "evaluate.model": str(run / "train" / "model"),
-             "evaluate.out": str(run / "eval")}  # fmt: skip
+    extra = {
+        "train.out": str(run / "train"),
+        "evaluate.model": str(run / "train" / "model"),
+        "evaluate.out": str(run / "eval"),
+    }
     if args.device:
         extra["train.device"] = args.device
     if args.tiny:
@@ -116,7 +119,9 @@ def child(args: argparse.Namespace) -> int:
     if args.max_steps:
         extra["train.max_steps"] = args.max_steps
     write_profile(run / "profile.yaml", base, overrides, extra)
-    p = for_task(load_params("params.yaml" if Path("params.yaml").is_file() else None, profile=run / "profile.yaml"), task)
+    p = for_task(
+        load_params("params.yaml" if Path("params.yaml").is_file() else None, profile=run / "profile.yaml"), task
+    )
     ds = PreparedDataset(p.train.prepared or p.data.out)
     deadline = t_start + args.budget
     state: dict[str, Any] = {"step": 0, "timed_out": False, "next_note": time.monotonic() + 60}
@@ -131,11 +136,19 @@ def child(args: argparse.Namespace) -> int:
             return
         state["timed_out"] = True
         cfg = engine.cfg
-        config = {**model.config(), "step": done, "dataset": {"path": str(ds.root), "content_hash": ds.content_hash},
-                  "train": dataclasses.asdict(cfg), "mlflow_run_id": None}  # fmt: skip
+        config = {
+            **model.config(),
+            "step": done,
+            "dataset": {"path": str(ds.root), "content_hash": ds.content_hash},
+            "train": dataclasses.asdict(cfg),
+            "mlflow_run_id": None,
+        }
         write_model(Path(cfg.out) / "model", model.export(engine), config)  # what train() writes at the last step
         grid = model.sample_grid(engine, torch.Generator(device=engine.rt.device).manual_seed(cfg.seed + 12345))
-        save_png(make_grid(grid, ncol=8, scale=max(1, 64 // grid.shape[-2])), Path(cfg.out) / "samples" / f"step-{done:07d}.png")
+        save_png(
+            make_grid(grid, ncol=8, scale=max(1, 64 // grid.shape[-2])),
+            Path(cfg.out) / "samples" / f"step-{done:07d}.png",
+        )
         raise TimeUp
 
     try:
@@ -157,10 +170,19 @@ def child(args: argparse.Namespace) -> int:
     rows = [json.loads(ln) for ln in (Path(p.train.out) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     tail = rows[len(rows) // 2 :] or rows
     ips = sum(r["images_per_second"] for r in tail) / max(1, len(tail))
-    res = {"task": task, "run": name, "steps": steps, "batch_size": p.train.batch_size, "train_s": round(train_s, 1),
-           "timed_out": state["timed_out"], "images_per_s": round(ips, 1), "epochs": round(steps * p.train.batch_size
-           / len(ds.tensors(p.train.split)[0]), 1), "last_losses": {k: round(v, 4) for k, v in rows[-1].items()
-           if k not in ("step", "images_per_second")} if rows else {}}  # fmt: skip
+    res = {
+        "task": task,
+        "run": name,
+        "steps": steps,
+        "batch_size": p.train.batch_size,
+        "train_s": round(train_s, 1),
+        "timed_out": state["timed_out"],
+        "images_per_s": round(ips, 1),
+        "epochs": round(steps * p.train.batch_size / len(ds.tensors(p.train.split)[0]), 1),
+        "last_losses": {k: round(v, 4) for k, v in rows[-1].items() if k not in ("step", "images_per_second")}
+        if rows
+        else {},
+    }
     print("RESULT " + json.dumps(res), flush=True)
     return 0
 
@@ -186,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=0, help="override train.max_steps (0: the profile's)")
     ap.add_argument("--no-eval", action="store_true", help="train only (score the models elsewhere)")
     ap.add_argument("--eval-timeout", type=float, default=240.0)
-    ap.add_argument("--tiny", action="store_true", help="CPU rehearsal: batch 16, at most --tiny-steps steps, 30 vs 30 images")
+    ap.add_argument(
+        "--tiny", action="store_true", help="CPU rehearsal: batch 16, at most --tiny-steps steps, 30 vs 30 images"
+    )
     ap.add_argument("--tiny-steps", type=int, default=8)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -209,23 +233,41 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     py = [sys.executable]
     if evaluate and not args.tiny:  # real statistics once, before training, so every evaluation reads the cache
-        code = ("from productgen.config import load_params; from productgen.data.dataset import PreparedDataset; "
-                "from productgen.metrics import dataset_statistics; import sys; p = load_params('params.yaml'); "
-                "s = dataset_statistics(PreparedDataset(p.data.out), p.evaluate.split, p.evaluate.extractor, "
-                "batch_size=250, keep_features=True, device=sys.argv[1]); print('real statistics:', s.n, 'images')")  # fmt: skip
+        code = (
+            "from productgen.config import load_params; from productgen.data.dataset import PreparedDataset; "
+            "from productgen.metrics import dataset_statistics; import sys; p = load_params('params.yaml'); "
+            "s = dataset_statistics(PreparedDataset(p.data.out), p.evaluate.split, p.evaluate.extractor, "
+            "batch_size=250, keep_features=True, device=sys.argv[1]); print('real statistics:', s.n, 'images')"
+        )
         t = time.monotonic()
         subprocess.run([*py, "-c", code, args.eval_device], env=env, cwd=ROOT, check=False)
         print(f"real statistics ready in {time.monotonic() - t:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    common = ["--budget", str(args.budget), "--out", str(args.out), "--max-steps", str(args.max_steps),
-              "--tiny-steps", str(args.tiny_steps)] + (["--device", args.device] if args.device else []) \
-        + (["--tiny"] if args.tiny else [])  # fmt: skip
+    common = (
+        [
+            "--budget",
+            str(args.budget),
+            "--out",
+            str(args.out),
+            "--max-steps",
+            str(args.max_steps),
+            "--tiny-steps",
+            str(args.tiny_steps),
+        ]
+        + (["--device", args.device] if args.device else [])
+        + (["--tiny"] if args.tiny else [])
+    )
     procs = {}
     for item, task, name in runs:
         (args.out / name).mkdir(parents=True, exist_ok=True)
         log = open(args.out / name / "train.log", "w")
-        procs[name] = (subprocess.Popen([*py, __file__, "--child", item, *common], env=env, cwd=ROOT, stdout=log,
-                                        stderr=subprocess.STDOUT), log, task)  # fmt: skip
+        procs[name] = (
+            subprocess.Popen(
+                [*py, __file__, "--child", item, *common], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            ),
+            log,
+            task,
+        )
     results: dict[str, dict[str, Any]] = {}
     for name, (proc, log, task) in procs.items():
         try:
@@ -245,12 +287,25 @@ def main(argv: list[str] | None = None) -> int:
         for name, res in results.items():
             if "error" in res:
                 continue
-            cmd = [*py, "-m", "productgen", "evaluate", "--task", res["task"], "--profile", str(args.out / name / "profile.yaml"),
-                   "--no-track", "-q", "--device", args.eval_device]  # fmt: skip
+            cmd = [
+                *py,
+                "-m",
+                "productgen",
+                "evaluate",
+                "--task",
+                res["task"],
+                "--profile",
+                str(args.out / name / "profile.yaml"),
+                "--no-track",
+                "-q",
+                "--device",
+                args.eval_device,
+            ]
             if args.tiny:
                 cmd += ["--max-real", "30", "--num-fake", "30"]
-            evals[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(args.out / name / "eval.log", "w"),
-                                           stderr=subprocess.STDOUT)  # fmt: skip
+            evals[name] = subprocess.Popen(
+                cmd, env=env, cwd=ROOT, stdout=open(args.out / name / "eval.log", "w"), stderr=subprocess.STDOUT
+            )
         t_eval = time.monotonic()
         for name, proc in evals.items():
             timed_out = False
@@ -262,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             mfile = args.out / name / "eval" / "metrics.json"
             if mfile.is_file():
                 m = json.loads(mfile.read_text())
-                results[name] |= {k: m[k] for k in ("fid", "kid_mean", "n_real", "n_fake", "diversity", "d_acc")
-                                  if k in m}  # fmt: skip
+                results[name] |= {
+                    k: m[k] for k in ("fid", "kid_mean", "n_real", "n_fake", "diversity", "d_acc") if k in m
+                }
             else:
                 tail = (args.out / name / "eval.log").read_text(errors="replace").splitlines()[-2:]
                 why = f"timed out after {args.eval_timeout:.0f} s" if timed_out else f"exit {proc.returncode}"
@@ -275,10 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, res in results.items():
         if "fid" in res and (res["task"] not in best or res["fid"] < results[best[res["task"]]]["fid"]):
             best[res["task"]] = name
-    summary = {"bench": "gpu-gan-summary", "budget_s": args.budget, "best": best,
-               "fid": {n: round(r["fid"], 2) for n, r in results.items() if "fid" in r},
-               "protocol": "productgen evaluate defaults: 10,000 generated vs the 10,000-image test split, TF-Inception"
-               if not args.tiny else "tiny rehearsal: 30 vs 30", "wall_s": round(time.monotonic() - t0, 1)}  # fmt: skip
+    summary = {
+        "bench": "gpu-gan-summary",
+        "budget_s": args.budget,
+        "best": best,
+        "fid": {n: round(r["fid"], 2) for n, r in results.items() if "fid" in r},
+        "protocol": "productgen evaluate defaults: 10,000 generated vs the 10,000-image test split, TF-Inception"
+        if not args.tiny
+        else "tiny rehearsal: 30 vs 30",
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
     print(json.dumps(summary), flush=True)
     (args.out / "summary.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
     return 0 if all("error" not in r for r in results.values()) else 1

@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-ANCHORS = {"gan": "Lucic et al. 2018 best tuned GAN 21.5, PA-GAN 15.8 (target <= 15)",
-           "vae": "Dai & Wipf 2-stage VAE 29.3, plain VAE 43.6"}  # fmt: skip
+ANCHORS = {
+    "gan": "Lucic et al. 2018 best tuned GAN 21.5, PA-GAN 15.8 (target <= 15)",
+    "vae": "Dai & Wipf 2-stage VAE 29.3, plain VAE 43.6",
+}
 
 
 def extract(archive: Path, dest: Path) -> None:
@@ -61,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
         for d in (out / "B" / "models").glob("*/discriminator.safetensors"):
             t = load_file(str(d))
-            save_file({k: v.float() if v.is_floating_point() else v for k, v in t.items()}, str(d),
-                      metadata={"format": "productgen-weights"})  # fmt: skip
+            save_file(
+                {k: v.float() if v.is_floating_point() else v for k, v in t.items()},
+                str(d),
+                metadata={"format": "productgen-weights"},
+            )
     summary_file = out / "B" / "gen" / "summary.json"
     if not summary_file.is_file():
         print(f"no {summary_file}: call B's results are missing")
@@ -79,8 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     from productgen.registry import shipped
 
     log = args.files / "log-B.txt"  # nvidia-smi's CSV line names the GPU the runs trained on
-    gpu = next((ln.split(",")[0].strip() for ln in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
-                if ln.startswith("NVIDIA")), "a GPU")  # fmt: skip
+    gpu = next(
+        (
+            ln.split(",")[0].strip()
+            for ln in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
+            if ln.startswith("NVIDIA")
+        ),
+        "a GPU",
+    )
 
     for task in ("gan", "vae"):
         scored = {n: r for n, r in runs.items() if r.get("task") == task and "fid" in r and r.get("n_real") == 10000}
@@ -99,12 +110,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         metrics = json.loads((out / "B" / "gen" / name / "eval" / "metrics.json").read_text())
         profile = (model / "profile.yaml").read_text()
-        card = {"protocol": "FID, 10,000 generated vs the 10,000-image Fashion-MNIST test split (TF-Inception)",
-                "figure": f"FID {res['fid']:.2f}", "anchor": ANCHORS[task],
-                "device": f"one {gpu} (bench/gpu_checks.sh B)", "train_time": f"{res['train_s']:.0f} s",
-                "profile": f"flows/profiles/gpu-{task}.yaml + run {name}", "steps": res["steps"],
-                "command": f"productgen train {task} --profile <this run's profile.yaml>", "profile_yaml": profile,
-                "summary": f"GPU {task}, FID {res['fid']:.2f} (10k vs 10k)"}  # fmt: skip
+        card = {
+            "protocol": "FID, 10,000 generated vs the 10,000-image Fashion-MNIST test split (TF-Inception)",
+            "figure": f"FID {res['fid']:.2f}",
+            "anchor": ANCHORS[task],
+            "device": f"one {gpu} (bench/gpu_checks.sh B)",
+            "train_time": f"{res['train_s']:.0f} s",
+            "profile": f"flows/profiles/gpu-{task}.yaml + run {name}",
+            "steps": res["steps"],
+            "command": f"productgen train {task} --profile <this run's profile.yaml>",
+            "profile_yaml": profile,
+            "summary": f"GPU {task}, FID {res['fid']:.2f} (10k vs 10k)",
+        }
         dest = shipped.package(task, model, metrics, card, keep=("generator",))
         print(f"{task}: shipped {name} (FID {res['fid']:.2f}) to {dest}")
     return 0

@@ -11,10 +11,11 @@ from prefect.cache_policies import NONE
 
 
 @task(name="promote", cache_policy=NONE, retries=3, retry_delay_seconds=[5, 20, 60], timeout_seconds=600)
-def promote_version(model_task: str, version: str | None, margin: float | None, force: bool,
-                    model_name: str | None = None) -> dict[str, Any]:  # fmt: skip
-    from productgen.registry import promotion as registry
+def promote_version(
+    model_task: str, version: str | None, margin: float | None, force: bool, model_name: str | None = None
+) -> dict[str, Any]:
     from productgen.config import load_params
+    from productgen.registry import promotion as registry
 
     cfg = load_params("params.yaml").registry
     if margin is None:
@@ -23,15 +24,23 @@ def promote_version(model_task: str, version: str | None, margin: float | None, 
 
 
 @flow(name="promote", log_prints=True)
-def promote_flow(model_task: str = "gan", version: str | None = None, margin: float | None = None,
-                 force: bool = False, model_name: str | None = None) -> dict[str, Any]:  # fmt: skip
+def promote_flow(
+    model_task: str = "gan",
+    version: str | None = None,
+    margin: float | None = None,
+    force: bool = False,
+    model_name: str | None = None,
+) -> dict[str, Any]:
     """Promote ``version`` (default: the challenger) if it beats the champion; record the decision.
     ``model_name``: a task's second registered model (default productgen-<model_task>)."""
     d = promote_version(model_task, version, margin, force, model_name)
     verdict = "promoted" if d["promoted"] else "rejected"
-    create_markdown_artifact(key=f"{model_task}-promotion", description=f"{d['model']} v{d['version']}: {verdict}",
-                             markdown=f"**{d['model']} v{d['version']}: {verdict}** ({d['reason']})\n\n"
-                             f"champion v{d['champion_before']} -> v{d['champion_after']}")  # fmt: skip
+    create_markdown_artifact(
+        key=f"{model_task}-promotion",
+        description=f"{d['model']} v{d['version']}: {verdict}",
+        markdown=f"**{d['model']} v{d['version']}: {verdict}** ({d['reason']})\n\n"
+        f"champion v{d['champion_before']} -> v{d['champion_after']}",
+    )
     print(f"{d['model']} v{d['version']}: {verdict} ({d['reason']}); champion v{d['champion_after']}")
     return d
 

@@ -48,8 +48,11 @@ class RetrainParams(BaseModel):
     promote: bool = Field(True, description="promote the new model if the gate lets it through")
     margin: float | None = Field(None, description="override the registry margin of the task's primary metric")
     run_tag: str | None = Field(None, description="folder name for this run's outputs (default: a timestamp)")
-    model_name: str | None = Field(None, description="registered model (default productgen-<task>); a second model "
-                                   "of a task gets its own, e.g. productgen-restore-sr2 with an sr2 profile")
+    model_name: str | None = Field(
+        None,
+        description="registered model (default productgen-<task>); a second model "
+        "of a task gets its own, e.g. productgen-restore-sr2 with an sr2 profile",
+    )
     force: bool = Field(False, description="train even when data, code and params equal the champion's")
 
     @field_validator("task")
@@ -82,49 +85,66 @@ def validate_data(rp: RetrainParams) -> dict[str, Any]:
     prepared = prepare(p.data, show_progress=False)
     result = validate(prepared.out, p.validation, p.data)
     report = Path(p.validation.out) / "report.md"
-    create_markdown_artifact(key="data-validation", description=result.one_line(),
-                             markdown=f"**{result.one_line()}**\n\nReport: `{report.resolve()}`\n\n"
-                             + report.read_text(encoding="utf-8")[:20000])  # fmt: skip
+    create_markdown_artifact(
+        key="data-validation",
+        description=result.one_line(),
+        markdown=f"**{result.one_line()}**\n\nReport: `{report.resolve()}`\n\n"
+        + report.read_text(encoding="utf-8")[:20000],
+    )
     if not result.success:
         from productgen.common.errors import ValidationFailed
 
         raise ValidationFailed(f"{result.one_line()} (report: {report.resolve()})")
-    return {"prepared": str(prepared.out), "content_hash": prepared.content_hash, "counts": prepared.counts,
-            "classes": prepared.classes}  # fmt: skip
+    return {
+        "prepared": str(prepared.out),
+        "content_hash": prepared.content_hash,
+        "counts": prepared.counts,
+        "classes": prepared.classes,
+    }
 
 
 @task(name="snapshot-data", cache_policy=NONE, timeout_seconds=3600)
 def snapshot_data(rp: RetrainParams, data: dict[str, Any]) -> dict[str, str]:
     """Version the prepared data with DVC (add + push) and compute the run's key: its lineage."""
-    from productgen.tracking import lineage
     from productgen.config import to_dict
+    from productgen.tracking import lineage
 
     p = _params(rp)
     prepared = Path(data["prepared"])
-    tags: dict[str, str] = {"content_hash": data["content_hash"], "categories": json.dumps(data["classes"]),
-                            "manifest_sha256": lineage.file_sha256(prepared / "manifest.csv")}  # fmt: skip
+    tags: dict[str, str] = {
+        "content_hash": data["content_hash"],
+        "categories": json.dumps(data["classes"]),
+        "manifest_sha256": lineage.file_sha256(prepared / "manifest.csv"),
+    }
     if p.retrain.snapshot:
-        snap = lineage.snapshot_dataset(prepared, _model(rp), p.retrain.snapshot_dir, p.retrain.remote,
-                                        Path(p.retrain.dvc_repo))  # fmt: skip
+        snap = lineage.snapshot_dataset(
+            prepared, _model(rp), p.retrain.snapshot_dir, p.retrain.remote, Path(p.retrain.dvc_repo)
+        )
         root = lineage.dvc_root(Path(p.retrain.dvc_repo))
-        tags |= {"data_md5": snap.md5, "dvc_repo": str(root), "dvc_pointer": str(snap.pointer.relative_to(root)),
-                 "dvc_remote": snap.remote or "(default)", "dvc_pushed": str(snap.pushed).lower()}  # fmt: skip
+        tags |= {
+            "data_md5": snap.md5,
+            "dvc_repo": str(root),
+            "dvc_pointer": str(snap.pointer.relative_to(root)),
+            "dvc_remote": snap.remote or "(default)",
+            "dvc_pushed": str(snap.pushed).lower(),
+        }
     else:
         tags["data_md5"] = f"none (retrain.snapshot: false; content hash {data['content_hash'][:16]})"
     resolved = {k: v for k, v in to_dict(p).items() if k not in ("registry", "retrain", "web")}
     resolved["tune_trials"] = rp.tune_trials
     code = lineage.code_version()
     tags |= code | {"params_hash": lineage.params_hash(resolved)}
-    tags["key"] = lineage.run_key(rp.task, _model(rp), tags["data_md5"] if p.retrain.snapshot else data["content_hash"],
-                                  code, tags["params_hash"])  # fmt: skip
+    tags["key"] = lineage.run_key(
+        rp.task, _model(rp), tags["data_md5"] if p.retrain.snapshot else data["content_hash"], code, tags["params_hash"]
+    )
     return tags
 
 
 @task(name="champion-lineage", cache_policy=NONE, timeout_seconds=300, **TRANSIENT_RETRIES)
 def champion_lineage(rp: RetrainParams) -> dict[str, Any] | None:
     """The current champion's version and lineage tags (None: no champion yet)."""
-    from productgen.registry import promotion as registry
     from productgen.common.errors import UserError
+    from productgen.registry import promotion as registry
 
     try:
         return registry.lineage_of(rp.task, None, rp.model_name)
@@ -135,11 +155,10 @@ def champion_lineage(rp: RetrainParams) -> dict[str, Any] | None:
 @task(name="drift-report", cache_policy=NONE, timeout_seconds=3600)
 def drift_report(rp: RetrainParams, data: dict[str, Any], champion: dict[str, Any] | None, out: str) -> dict[str, Any]:
     """This week's data against the champion's training snapshot (restored with DVC); may stop the flow."""
-    from productgen.tracking import lineage
+    from productgen.common.errors import UserError
     from productgen.data.drift import drift_report as report
     from productgen.data.drift import one_line
-
-    from productgen.common.errors import UserError
+    from productgen.tracking import lineage
 
     p = _params(rp)
     old: Path | None = None
@@ -158,8 +177,11 @@ def drift_report(rp: RetrainParams, data: dict[str, Any], champion: dict[str, An
                 get_run_logger().warning("drift: no comparison with v%s's data (%s)", champion["version"], err)
                 label, old = f"{label} (not restorable: {str(err)[:200]})", None
     r = report(Path(data["prepared"]), old, p.retrain.drift, Path(out), old_label=label)
-    create_markdown_artifact(key=f"{rp.task}-drift", description=one_line(r),
-                             markdown=(Path(out) / "drift.md").read_text(encoding="utf-8")[:20000])  # fmt: skip
+    create_markdown_artifact(
+        key=f"{rp.task}-drift",
+        description=one_line(r),
+        markdown=(Path(out) / "drift.md").read_text(encoding="utf-8")[:20000],
+    )
     if r["stop"]:
         from productgen.common.errors import ValidationFailed
 
@@ -192,8 +214,13 @@ def train_model(rp: RetrainParams, overrides: dict[str, Any], lineage_tags: dict
         client = MlflowClient()
         for k, v in lineage_tags.items():
             client.set_tag(result.run_id, f"lineage.{k}", str(v)[:4900])
-    return {"out": str(result.out), "run_id": result.run_id, "model_uri": result.model_uri, "step": result.step,
-            "losses": result.final_losses}  # fmt: skip
+    return {
+        "out": str(result.out),
+        "run_id": result.run_id,
+        "model_uri": result.model_uri,
+        "step": result.step,
+        "losses": result.final_losses,
+    }
 
 
 @task(name="evaluate", cache_policy=NONE, timeout_seconds=6 * 3600, **TRANSIENT_RETRIES)
@@ -204,19 +231,32 @@ def evaluate_model(rp: RetrainParams, overrides: dict[str, Any]) -> dict[str, An
 
 
 @task(name="gate-and-promote", cache_policy=NONE, timeout_seconds=6 * 3600, **TRANSIENT_RETRIES)
-def gate_and_promote(rp: RetrainParams, overrides: dict[str, Any], trained: dict[str, Any], metrics: dict[str, Any],
-                     data: dict[str, Any], lineage_tags: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+def gate_and_promote(
+    rp: RetrainParams,
+    overrides: dict[str, Any],
+    trained: dict[str, Any],
+    metrics: dict[str, Any],
+    data: dict[str, Any],
+    lineage_tags: dict[str, str],
+) -> dict[str, Any]:
     """Register the challenger, score the champion beside it on this week's set, decide, promote if better."""
     from productgen.registry import gate
-    from productgen.tracking import lineage
     from productgen.registry import promotion as registry
     from productgen.registry.rescore import score_pair
+    from productgen.tracking import lineage
 
     p = _params(rp, overrides)
     name = _model(rp)
-    version = registry.register_challenger(rp.task, trained["model_uri"], metrics, data["content_hash"],
-                                           p.evaluate.split, metrics.get("mlflow_run_id"), rp.model_name,
-                                           lineage=lineage_tags)  # fmt: skip
+    version = registry.register_challenger(
+        rp.task,
+        trained["model_uri"],
+        metrics,
+        data["content_hash"],
+        p.evaluate.split,
+        metrics.get("mlflow_run_id"),
+        rp.model_name,
+        lineage=lineage_tags,
+    )
     tag = None
     if p.retrain.snapshot and p.retrain.git_tag:
         repo = Path(lineage_tags["dvc_repo"])
@@ -224,18 +264,26 @@ def gate_and_promote(rp: RetrainParams, overrides: dict[str, Any], trained: dict
         if tag:
             registry.tag_version(rp.task, version, "lineage.git_tag", tag, rp.model_name)
     eval_out = Path(p.evaluate.out)
-    challenger, champion = score_pair(p, rp.task, Path(p.evaluate.model), metrics, version, Path(data["prepared"]),
-                                      eval_out / "gate", rp.model_name)  # fmt: skip
+    challenger, champion = score_pair(
+        p, rp.task, Path(p.evaluate.model), metrics, version, Path(data["prepared"]), eval_out / "gate", rp.model_name
+    )
     margin = registry.margin_for(rp.task, p.registry) if rp.margin is None else rp.margin
     verdict = gate.decide(rp.task, challenger, champion, p.registry, margin)
     registry.record_verdict(rp.task, version, verdict, rp.model_name)
     _comparison_artifact(rp, name, version, verdict)
     decision = None
     if rp.promote:
-        decision = registry.decision_dict(registry.promote(rp.task, version, margin, name=rp.model_name,
-                                                           verdict=verdict, cfg=p.registry))  # fmt: skip
-    return {"model": name, "version": version, "decision": decision, "verdict": verdict.reason,
-            "evidence": verdict.evidence, "git_tag": tag}  # fmt: skip
+        decision = registry.decision_dict(
+            registry.promote(rp.task, version, margin, name=rp.model_name, verdict=verdict, cfg=p.registry)
+        )
+    return {
+        "model": name,
+        "version": version,
+        "decision": decision,
+        "verdict": verdict.reason,
+        "evidence": verdict.evidence,
+        "git_tag": tag,
+    }
 
 
 def _comparison_artifact(rp: RetrainParams, name: str, version: str, verdict: Any) -> None:
@@ -243,23 +291,39 @@ def _comparison_artifact(rp: RetrainParams, name: str, version: str, verdict: An
     metric = ev.get("metric", "?")
     champ = ev.get("champion") or {}
     chal = ev.get("challenger") or {}
-    rows = [{"category": "(all)", f"challenger v{version}": chal.get(metric),
-             f"champion v{champ.get('version')}" if champ else "champion": champ.get(metric, "-")}]  # fmt: skip
+    rows = [
+        {
+            "category": "(all)",
+            f"challenger v{version}": chal.get(metric),
+            f"champion v{champ.get('version')}" if champ else "champion": champ.get(metric, "-"),
+        }
+    ]
     for cat, vals in (chal.get("per_category") or {}).items():
         key = next((k for k in vals if k != "n"), metric)
         other = (champ.get("per_category") or {}).get(cat, {})
-        rows.append({"category": f"{cat} ({key})", f"challenger v{version}": vals.get(key),
-                     f"champion v{champ.get('version')}" if champ else "champion": other.get(key, "-")})  # fmt: skip
-    create_table_artifact(key=f"{rp.task}-challenger-vs-champion", table=rows,
-                          description=f"{name}: v{version} vs champion on {ev.get('eval_set')}: {verdict.reason}"[:900])  # fmt: skip
+        rows.append(
+            {
+                "category": f"{cat} ({key})",
+                f"challenger v{version}": vals.get(key),
+                f"champion v{champ.get('version')}" if champ else "champion": other.get(key, "-"),
+            }
+        )
+    create_table_artifact(
+        key=f"{rp.task}-challenger-vs-champion",
+        table=rows,
+        description=f"{name}: v{version} vs champion on {ev.get('eval_set')}: {verdict.reason}"[:900],
+    )
 
 
 def _grid_artifact(eval_out: Path, title: str) -> None:
     grid = next((g for g in (eval_out / "samples.png", eval_out / "before_after.png") if g.is_file()), None)
     if grid is not None:
         data = base64.b64encode(grid.read_bytes()).decode("ascii")
-        create_markdown_artifact(key="sample-grid", description=title,
-                                 markdown=f"### {title}\n\n![samples](data:image/png;base64,{data})\n\n`{grid.resolve()}`")  # fmt: skip
+        create_markdown_artifact(
+            key="sample-grid",
+            description=title,
+            markdown=f"### {title}\n\n![samples](data:image/png;base64,{data})\n\n`{grid.resolve()}`",
+        )
 
 
 def _notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
@@ -272,8 +336,16 @@ def _notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
         url = notify.notify_url(_params(rp).retrain.notify_url)
     except Exception:  # params that do not even load: only the environment can say where to send
         rp, url = None, notify.notify_url(None)
-    notify.post(url, "retrain-failed", {"flow_run": flow_run.name, "flow_run_id": str(flow_run.id),
-                                        "task": getattr(rp, "task", None), "message": str(state.message)[:1000]})  # fmt: skip
+    notify.post(
+        url,
+        "retrain-failed",
+        {
+            "flow_run": flow_run.name,
+            "flow_run_id": str(flow_run.id),
+            "task": getattr(rp, "task", None),
+            "message": str(state.message)[:1000],
+        },
+    )
 
 
 @flow(name="retrain", log_prints=True, on_failure=[_notify_failure], on_crashed=[_notify_failure])
@@ -291,12 +363,17 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     champion = champion_lineage(params)
     name = _model(params)
     if champion and champion.get("key") == lineage_tags["key"] and not params.force:
-        msg = f"skipped: nothing changed since v{champion['version']} (data {lineage_tags['data_md5']}, code " \
-              f"{lineage_tags['git_commit'][:12]}, params {lineage_tags['params_hash']}); force=true trains anyway"
+        msg = (
+            f"skipped: nothing changed since v{champion['version']} (data {lineage_tags['data_md5']}, code "
+            f"{lineage_tags['git_commit'][:12]}, params {lineage_tags['params_hash']}); force=true trains anyway"
+        )
         print(f"{name}: {msg}")
         create_markdown_artifact(key=f"{params.task}-skipped", markdown=f"**{name}: {msg}**", description=msg[:900])
-        return {"data": data, "lineage": lineage_tags, "registry": {"model": name, "skipped": True,
-                                                                    "champion": champion["version"], "reason": msg}}  # fmt: skip
+        return {
+            "data": data,
+            "lineage": lineage_tags,
+            "registry": {"model": name, "skipped": True, "champion": champion["version"], "reason": msg},
+        }
     eval_dir = base.evaluate.out.replace("{task}", params.task)
     overrides: dict[str, Any] = {
         "train.out": f"{base.train.out_for(params.task)}/{tag}",
@@ -313,8 +390,12 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         MlflowClient().log_artifacts(trained["run_id"], f"{eval_dir}/{tag}/drift", artifact_path="drift")
     metrics = evaluate_model(params, overrides)
     family = get(params.task).family
-    _grid_artifact(Path(overrides["evaluate.out"]), f"{params.task}: 4 real then 8 generated images per category"
-                   if family == "generation" else f"{params.task}: before / after")  # fmt: skip
+    _grid_artifact(
+        Path(overrides["evaluate.out"]),
+        f"{params.task}: 4 real then 8 generated images per category"
+        if family == "generation"
+        else f"{params.task}: before / after",
+    )
     result = gate_and_promote(params, overrides, trained, metrics, data, lineage_tags)
     d = result["decision"]
     verdict = ("promoted to champion" if d["promoted"] else "kept the champion") if d else "not promoted"
@@ -322,19 +403,38 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     metric = ev.get("metric", get(params.task).metric)
     champ = ev.get("champion")
     vs = f" (champion v{champ['version']} on the same set: {champ[metric]:.4g})" if champ else ""
-    print(f"{result['model']} v{result['version']}: {metric} {metrics[metric]:.4g}{vs}; {verdict}"
-          + (f" ({d['reason']})" if d else f" ({result['verdict']})"))  # fmt: skip
+    print(
+        f"{result['model']} v{result['version']}: {metric} {metrics[metric]:.4g}{vs}; {verdict}"
+        + (f" ({d['reason']})" if d else f" ({result['verdict']})")
+    )
     if d and d["promoted"]:
-        notify.post(notify.notify_url(base.retrain.notify_url), "promoted",
-                    {"model": result["model"], "version": result["version"], "reason": d["reason"],
-                     "champion_before": d["champion_before"], "metric": metric, "value": metrics[metric]})  # fmt: skip
-    return {"data": data, "lineage": lineage_tags, "drift": {k: drift[k] for k in ("new_categories", "removed_categories",
-            "duplicate_share", "alerts")}, "trained": trained,
-            "metrics": {k: v for k, v in metrics.items() if k != "extractor"}, "registry": result, "outputs": overrides}  # fmt: skip
+        notify.post(
+            notify.notify_url(base.retrain.notify_url),
+            "promoted",
+            {
+                "model": result["model"],
+                "version": result["version"],
+                "reason": d["reason"],
+                "champion_before": d["champion_before"],
+                "metric": metric,
+                "value": metrics[metric],
+            },
+        )
+    return {
+        "data": data,
+        "lineage": lineage_tags,
+        "drift": {k: drift[k] for k in ("new_categories", "removed_categories", "duplicate_share", "alerts")},
+        "trained": trained,
+        "metrics": {k: v for k, v in metrics.items() if k != "extractor"},
+        "registry": result,
+        "outputs": overrides,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the retrain flow once (Prefect ephemeral mode unless PREFECT_API_URL).")
+    ap = argparse.ArgumentParser(
+        description="Run the retrain flow once (Prefect ephemeral mode unless PREFECT_API_URL)."
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", default=None, help="e.g. quick-cpu (flows/profiles/quick-cpu.yaml)")
     ap.add_argument("--task", default="gan", choices=task_names())
@@ -344,14 +444,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="train even when nothing changed since the champion")
     ap.add_argument("--run-tag", default=None, help="folder name of this run's outputs (default: a timestamp)")
     args = ap.parse_args(argv)
-    rp = RetrainParams(task=args.task, params_file=args.params, profile=args.profile, tune_trials=args.tune_trials,
-                       promote=not args.no_promote, model_name=args.model_name, force=args.force,
-                       run_tag=args.run_tag)  # fmt: skip
+    rp = RetrainParams(
+        task=args.task,
+        params_file=args.params,
+        profile=args.profile,
+        tune_trials=args.tune_trials,
+        promote=not args.no_promote,
+        model_name=args.model_name,
+        force=args.force,
+        run_tag=args.run_tag,
+    )
     try:
         out = retrain(rp)
     except Exception as err:  # the flow run (and Prefect) already logged the details
-        print(f"error: retrain flow failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: retrain flow failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+            file=sys.stderr,
+        )
         return 1
     print(json.dumps(out["registry"], default=str))
     return 0

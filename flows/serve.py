@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prefect import serve  # noqa: E402
+
 from promote import promote_flow  # noqa: E402
 from retrain import RetrainParams, retrain  # noqa: E402
 
@@ -28,10 +29,19 @@ def deployments() -> list:
     # One retrain per deployment (task) at a time: a second run waits for the first (as prefect.yaml).
     one = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     return [
-        retrain.to_deployment(name="weekly-retrain", cron=WEEKLY, parameters={"params": RetrainParams().model_dump()},
-                              tags=["productgen", "scheduled"], concurrency_limit=one),  # fmt: skip
-        retrain.to_deployment(name="quick-retrain", parameters={"params": RetrainParams(profile="quick-cpu").model_dump()},
-                              tags=["productgen", "on-demand"], concurrency_limit=one),  # fmt: skip
+        retrain.to_deployment(
+            name="weekly-retrain",
+            cron=WEEKLY,
+            parameters={"params": RetrainParams().model_dump()},
+            tags=["productgen", "scheduled"],
+            concurrency_limit=one,
+        ),
+        retrain.to_deployment(
+            name="quick-retrain",
+            parameters={"params": RetrainParams(profile="quick-cpu").model_dump()},
+            tags=["productgen", "on-demand"],
+            concurrency_limit=one,
+        ),
         promote_flow.to_deployment(name="promote", tags=["productgen", "on-demand"]),
     ]
 

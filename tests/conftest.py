@@ -26,8 +26,12 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-for var, value in (("GIT_AUTHOR_NAME", "productgen-tests"), ("GIT_AUTHOR_EMAIL", "tests@productgen.invalid"),
-                   ("GIT_COMMITTER_NAME", "productgen-tests"), ("GIT_COMMITTER_EMAIL", "tests@productgen.invalid")):
+for var, value in (
+    ("GIT_AUTHOR_NAME", "productgen-tests"),
+    ("GIT_AUTHOR_EMAIL", "tests@productgen.invalid"),
+    ("GIT_COMMITTER_NAME", "productgen-tests"),
+    ("GIT_COMMITTER_EMAIL", "tests@productgen.invalid"),
+):
     os.environ.setdefault(var, value)
 
 # One throw-away MLflow store for the whole test session (never the project's ./mlflow.db).
@@ -73,17 +77,28 @@ def encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
 
 def png_with_size(width: int, height: int) -> bytes:
     """A valid PNG header declaring huge dimensions over a tiny body: a decompression bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def write_good_folder(root: Path, categories: dict[str, int], size: tuple[int, int] = (40, 30)) -> None:
     """``root/<category>/<i>.<ext>`` with a rotation of formats and modes, all decodable and distinct."""
-    formats = [("png", "PNG", "RGB"), ("jpg", "JPEG", "RGB"), ("webp", "WEBP", "RGB"), ("png", "PNG", "RGBA"),
-               ("png", "PNG", "L"), ("png", "PNG", "P"), ("jpg", "JPEG", "CMYK"), ("png", "PNG", "LA")]
+    formats = [
+        ("png", "PNG", "RGB"),
+        ("jpg", "JPEG", "RGB"),
+        ("webp", "WEBP", "RGB"),
+        ("png", "PNG", "RGBA"),
+        ("png", "PNG", "L"),
+        ("png", "PNG", "P"),
+        ("jpg", "JPEG", "CMYK"),
+        ("png", "PNG", "LA"),
+    ]
     seed = 0
     for cat, n in categories.items():
         (root / cat).mkdir(parents=True, exist_ok=True)
@@ -210,8 +225,10 @@ def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from productgen.config import DataConfig
     from productgen.data.prepare import prepare
 
-    prepare(DataConfig(source="folder", input=str(root / "shop"), out=str(root / "prepared"), mode="L",
-                       resolution=28), show_progress=False)  # fmt: skip
+    prepare(
+        DataConfig(source="folder", input=str(root / "shop"), out=str(root / "prepared"), mode="L", resolution=28),
+        show_progress=False,
+    )
     path = root / "params.yaml"
     path.write_text(TINY.format(prepared=root / "prepared"))
     return path

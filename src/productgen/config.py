@@ -235,18 +235,29 @@ def _default_spaces() -> dict[str, TuneSpace]:
     log-uniform). Mirrored in params.yaml ``tune.space``."""
     lr = TuneRange(5e-5, 1e-3)
     return {
-        "gan": {"lr_g": lr, "lr_d": lr, "beta1": [0.0, 0.5],
-                "diffaugment": ["translation,cutout", "color,translation,cutout"], "d_steps": [1, 2]},
+        "gan": {
+            "lr_g": lr,
+            "lr_d": lr,
+            "beta1": [0.0, 0.5],
+            "diffaugment": ["translation,cutout", "color,translation,cutout"],
+            "d_steps": [1, 2],
+        },
         "restore": {"lr": TuneRange(2e-4, 3e-3), "loss": ["l1", "charbonnier", "l2"], "blocks": [1, 2]},
         "vae": {"lr": TuneRange(2e-4, 3e-3), "beta": TuneRange(0.25, 4.0)},
         "vae-restore": {"lr": TuneRange(2e-4, 3e-3), "beta": TuneRange(0.01, 1.0)},
         "pix2pix": {"lr": lr, "lambda_l1": TuneRange(10.0, 300.0)},
         "cyclegan": {"lr": lr, "lambda_cycle": TuneRange(2.0, 20.0), "lambda_identity": [0.0, 0.5]},
-        "style": {"lr": TuneRange(3e-4, 3e-3), "style_weight": TuneRange(2.0, 100.0),
-                  "content_weight": TuneRange(0.5, 5.0)},
-        "adain": {"adain_lr": TuneRange(3e-5, 1e-3), "adain_style_weight": TuneRange(0.3, 10.0),
-                  "content_weight": TuneRange(0.5, 5.0)},
-    }  # fmt: skip
+        "style": {
+            "lr": TuneRange(3e-4, 3e-3),
+            "style_weight": TuneRange(2.0, 100.0),
+            "content_weight": TuneRange(0.5, 5.0),
+        },
+        "adain": {
+            "adain_lr": TuneRange(3e-5, 1e-3),
+            "adain_style_weight": TuneRange(0.3, 10.0),
+            "content_weight": TuneRange(0.5, 5.0),
+        },
+    }
 
 
 TunePruner = Literal["median", "hyperband", "none"]
@@ -382,9 +393,20 @@ class StyleConfig:
     invert_dark_background: bool = True  # products on black (Fashion-MNIST) become products on white
     style_size: int = 256  # style images are resized to this shorter side (AdaIN trains on image_size crops)
     style_image: str = "immunohistochemistry"  # style task: built-in style name (a colourful print) or a path
-    adain_styles: list[str] = field(default_factory=lambda: [
-        "hubble_deep_field", "immunohistochemistry", "coffee", "rocket", "astronaut", "chelsea", "retina",
-        "brick", "grass", "gravel"])  # adain: styles sampled per image (built-in names or paths)
+    adain_styles: list[str] = field(
+        default_factory=lambda: [
+            "hubble_deep_field",
+            "immunohistochemistry",
+            "coffee",
+            "rocket",
+            "astronaut",
+            "chelsea",
+            "retina",
+            "brick",
+            "grass",
+            "gravel",
+        ]
+    )  # adain: styles sampled per image (built-in names or paths)
     content_level: int = 2  # encoder level of the content loss (0 = shallowest)
     content_weight: float = 1.0
     style_weight: float = 20.0  # Gram loss weight (style task)
@@ -446,8 +468,17 @@ class WebConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise UserError(f"web.port: {self.port} is not a TCP port (0..65535)")
-        for name in ("max_file_bytes", "max_request_bytes", "max_files", "max_side", "restyle_size", "sketch_size",
-                     "workers", "max_pending", "result_bytes"):
+        for name in (
+            "max_file_bytes",
+            "max_request_bytes",
+            "max_files",
+            "max_side",
+            "restyle_size",
+            "sketch_size",
+            "workers",
+            "max_pending",
+            "result_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"web.{name}: must be at least 1")
         if self.max_pending < self.workers:
@@ -605,8 +636,10 @@ def _check_optimiser_numbers(params: Params, where: str) -> None:
             if f.name.startswith("lr") or f.name.endswith("_lr"):
                 floor_ok = value >= 0 if f.name == "lr_min" else value > 0
                 if not (math.isfinite(value) and floor_ok):
-                    raise UserError(f"{name}: {value!r} is not a usable learning rate; give a positive number "
-                                    f"such as 1e-4{' (or 0)' if f.name == 'lr_min' else ''}")  # fmt: skip
+                    raise UserError(
+                        f"{name}: {value!r} is not a usable learning rate; give a positive number "
+                        f"such as 1e-4{' (or 0)' if f.name == 'lr_min' else ''}"
+                    )
             elif f.name in ("beta1", "beta2") and not (math.isfinite(value) and 0.0 <= value < 1.0):
                 raise UserError(f"{name}: {value!r} must be in [0, 1) (an Adam beta)")
 
@@ -634,8 +667,10 @@ def _check_tune(params: Params, where: str) -> TuneConfig:
         if space is None:
             continue
         section = tasks.TASKS[task].section
-        spaces[task] = {name: _check_entry(params, section, name, entry, f"{where}.space.{task}.{name}")
-                        for name, entry in space.items()}  # fmt: skip
+        spaces[task] = {
+            name: _check_entry(params, section, name, entry, f"{where}.space.{task}.{name}")
+            for name, entry in space.items()
+        }
     return dataclasses.replace(t, space=spaces)
 
 
@@ -656,8 +691,9 @@ def _check_entry(params: Params, section: str, name: str, entry: Any, where: str
         if number == [int] and (entry.low != int(entry.low) or entry.high != int(entry.high)):
             raise UserError(f"{where}: {section}.{name} is an integer; give integer low and high")
         if not (0 < entry.low if entry.log else True) or entry.low > entry.high:
-            raise UserError(f"{where}: need {'0 < ' if entry.log else ''}low <= high "
-                            f"(got low={entry.low:g}, high={entry.high:g})")  # fmt: skip
+            raise UserError(
+                f"{where}: need {'0 < ' if entry.log else ''}low <= high (got low={entry.low:g}, high={entry.high:g})"
+            )
         candidates: list[Any] = [entry.low, entry.high]
         if number == [int]:
             entry = dataclasses.replace(entry, low=int(entry.low), high=int(entry.high))

@@ -76,8 +76,15 @@ class TaskSpec:
     def build(self, params: Params, engine: Engine, info: DatasetInfo) -> Any:
         return _resolve(self.builder)(params, engine, info)
 
-    def evaluate(self, params: Params, model_dir: Path, prepared: Path, out: Path,
-                 categories: list[str] | None = None, show_progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    def evaluate(
+        self,
+        params: Params,
+        model_dir: Path,
+        prepared: Path,
+        out: Path,
+        categories: list[str] | None = None,
+        show_progress: bool = True,
+    ) -> dict[str, Any]:
         """Score the model in ``model_dir`` on ``prepared`` (the ``evaluate.split`` split; only ``categories``
         when given); the metrics hold ``self.metric`` and ``per_category``."""
         return _resolve(self.evaluator)(params, self.name, model_dir, prepared, out, categories, show_progress)
@@ -85,8 +92,10 @@ class TaskSpec:
     def load_generator(self, folder: Path, device: Any) -> tuple[Any, dict[str, Any]]:
         """The network that samples ``G(z, labels)`` and the model's config."""
         if self.generator is None:
-            raise UserError(f"{folder}: holds a {self.name!r} model, which does not generate images from categories "
-                            f"(generators: {', '.join(t.name for t in TASKS.values() if t.generates)})")
+            raise UserError(
+                f"{folder}: holds a {self.name!r} model, which does not generate images from categories "
+                f"(generators: {', '.join(t.name for t in TASKS.values() if t.generates)})"
+            )
         net, cfg = _resolve(self.generator)(folder, device)
         return net, cfg
 
@@ -143,46 +152,141 @@ def for_model(kind: str) -> TaskSpec | None:
 _E = "productgen.evaluation.dispatch"
 _GAN, _VAE = "productgen.training.gan_task", "productgen.training.vae_task"
 _TR, _ST = "productgen.training.translate_task", "productgen.training.style_task"
-register(TaskSpec("gan", "generation", "gan", f"{_GAN}:build",
-                  "the class-conditional GAN (new product images per category)",
-                  "fid", "lower", f"{_E}:generation", ("fid", "max"), conditional=True,
-                  generator="productgen.models.gan:load_generator", page="generate", default=True))  # fmt: skip
-register(TaskSpec("restore", "restoration", "restore", "productgen.training.restore_task:build",
-                  "the U-Net restorer (denoise, deblur, JPEG artefacts, 2x/4x super-resolution)",
-                  "psnr", "higher", f"{_E}:restoration", ("gain_db", "min"),
-                  predictor="productgen.models.restore:load_predictor",
-                  quick_profile="flows/profiles/quick-cpu-restore.yaml", page="enhance",
-                  flow_profile="quick-cpu-restore"))  # fmt: skip
-register(TaskSpec("vae", "generation", "vae", f"{_VAE}:build_vae",
-                  "the conditional VAE (new product images per category, blurrier than the GAN)",
-                  "fid", "lower", f"{_E}:generation", ("fid", "max"), conditional=True,
-                  quick_profile="flows/profiles/quick-cpu.yaml", generator="productgen.models.vae:load_generator",
-                  page="generate"))  # fmt: skip
-register(TaskSpec("vae-restore", "restoration", "vae", f"{_VAE}:build_restore",
-                  "the VAE restorer (degraded -> clean through a latent bottleneck; the U-Net's comparison)",
-                  "psnr", "higher", f"{_E}:restoration", ("gain_db", "min"),
-                  predictor="productgen.models.vae:load_predictor", page="enhance",
-                  flow_profile="quick-cpu-restore"))  # fmt: skip
-register(TaskSpec("pix2pix", "translation", "translate", f"{_TR}:build_pix2pix",
-                  "pix2pix, paired image-to-image translation (default: edges -> product, sketch to product)",
-                  "psnr", "higher", f"{_E}:translation", ("gain_db", "min"),
-                  predictor="productgen.models.translate:load_predictor",
-                  quick_profile="flows/profiles/quick-cpu-translate.yaml", paired=True, page="sketch",
-                  flow_profile="quick-cpu-translate"))  # fmt: skip
-register(TaskSpec("cyclegan", "translation", "translate", f"{_TR}:build_cyclegan",
-                  "CycleGAN, unpaired translation between two categories or two image folders",
-                  "fid", "lower", f"{_E}:translation", ("fid_gain", "min"),
-                  predictor="productgen.models.translate:load_predictor",
-                  quick_profile="flows/profiles/quick-cpu-translate.yaml", paired=False, reversible=True,
-                  flow_profile="quick-cpu-translate"))  # fmt: skip
-register(TaskSpec("style", "style", "style", f"{_ST}:build_style",
-                  "a fast per-style transfer network (Johnson et al.) for style.style_image",
-                  "style_score", "lower", f"{_E}:style", ("style_score", "max"),
-                  predictor="productgen.models.style:load_predictor",
-                  quick_profile="flows/profiles/quick-cpu-style.yaml", page="restyle", flow_profile="quick-cpu-style"))  # fmt: skip
-register(TaskSpec("adain", "style", "style", f"{_ST}:build_adain",
-                  "an arbitrary-style AdaIN decoder (Huang & Belongie) over style.adain_styles",
-                  "style_score", "lower", f"{_E}:style", ("style_score", "max"),
-                  predictor="productgen.models.adain:load_predictor",
-                  quick_profile="flows/profiles/quick-cpu-style.yaml", style_input=True, page="restyle",
-                  flow_profile="quick-cpu-style"))  # fmt: skip
+register(
+    TaskSpec(
+        "gan",
+        "generation",
+        "gan",
+        f"{_GAN}:build",
+        "the class-conditional GAN (new product images per category)",
+        "fid",
+        "lower",
+        f"{_E}:generation",
+        ("fid", "max"),
+        conditional=True,
+        generator="productgen.models.gan:load_generator",
+        page="generate",
+        default=True,
+    )
+)
+register(
+    TaskSpec(
+        "restore",
+        "restoration",
+        "restore",
+        "productgen.training.restore_task:build",
+        "the U-Net restorer (denoise, deblur, JPEG artefacts, 2x/4x super-resolution)",
+        "psnr",
+        "higher",
+        f"{_E}:restoration",
+        ("gain_db", "min"),
+        predictor="productgen.models.restore:load_predictor",
+        quick_profile="flows/profiles/quick-cpu-restore.yaml",
+        page="enhance",
+        flow_profile="quick-cpu-restore",
+    )
+)
+register(
+    TaskSpec(
+        "vae",
+        "generation",
+        "vae",
+        f"{_VAE}:build_vae",
+        "the conditional VAE (new product images per category, blurrier than the GAN)",
+        "fid",
+        "lower",
+        f"{_E}:generation",
+        ("fid", "max"),
+        conditional=True,
+        quick_profile="flows/profiles/quick-cpu.yaml",
+        generator="productgen.models.vae:load_generator",
+        page="generate",
+    )
+)
+register(
+    TaskSpec(
+        "vae-restore",
+        "restoration",
+        "vae",
+        f"{_VAE}:build_restore",
+        "the VAE restorer (degraded -> clean through a latent bottleneck; the U-Net's comparison)",
+        "psnr",
+        "higher",
+        f"{_E}:restoration",
+        ("gain_db", "min"),
+        predictor="productgen.models.vae:load_predictor",
+        page="enhance",
+        flow_profile="quick-cpu-restore",
+    )
+)
+register(
+    TaskSpec(
+        "pix2pix",
+        "translation",
+        "translate",
+        f"{_TR}:build_pix2pix",
+        "pix2pix, paired image-to-image translation (default: edges -> product, sketch to product)",
+        "psnr",
+        "higher",
+        f"{_E}:translation",
+        ("gain_db", "min"),
+        predictor="productgen.models.translate:load_predictor",
+        quick_profile="flows/profiles/quick-cpu-translate.yaml",
+        paired=True,
+        page="sketch",
+        flow_profile="quick-cpu-translate",
+    )
+)
+register(
+    TaskSpec(
+        "cyclegan",
+        "translation",
+        "translate",
+        f"{_TR}:build_cyclegan",
+        "CycleGAN, unpaired translation between two categories or two image folders",
+        "fid",
+        "lower",
+        f"{_E}:translation",
+        ("fid_gain", "min"),
+        predictor="productgen.models.translate:load_predictor",
+        quick_profile="flows/profiles/quick-cpu-translate.yaml",
+        paired=False,
+        reversible=True,
+        flow_profile="quick-cpu-translate",
+    )
+)
+register(
+    TaskSpec(
+        "style",
+        "style",
+        "style",
+        f"{_ST}:build_style",
+        "a fast per-style transfer network (Johnson et al.) for style.style_image",
+        "style_score",
+        "lower",
+        f"{_E}:style",
+        ("style_score", "max"),
+        predictor="productgen.models.style:load_predictor",
+        quick_profile="flows/profiles/quick-cpu-style.yaml",
+        page="restyle",
+        flow_profile="quick-cpu-style",
+    )
+)
+register(
+    TaskSpec(
+        "adain",
+        "style",
+        "style",
+        f"{_ST}:build_adain",
+        "an arbitrary-style AdaIN decoder (Huang & Belongie) over style.adain_styles",
+        "style_score",
+        "lower",
+        f"{_E}:style",
+        ("style_score", "max"),
+        predictor="productgen.models.adain:load_predictor",
+        quick_profile="flows/profiles/quick-cpu-style.yaml",
+        style_input=True,
+        page="restyle",
+        flow_profile="quick-cpu-style",
+    )
+)

@@ -46,7 +46,13 @@ def test_apply_keeps_names_sizes_and_reports_bad_files(tmp_path: Path, scale: in
     model = Invert(scale=scale)
     report = apply_to_folder(model, src, tmp_path / "out", batch_size=2, show_progress=False)
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in report.written) == [
-        "a0.png", "a1.png", "a2.png", "a3.png", "a4.png", "shoes/red.png"]  # fmt: skip
+        "a0.png",
+        "a1.png",
+        "a2.png",
+        "a3.png",
+        "a4.png",
+        "shoes/red.png",
+    ]
     assert [p.name for p, _ in report.failed] == ["broken.jpg"]
     a0 = np.asarray(Image.open(tmp_path / "out" / "a0.png"))
     assert a0.shape == (30 * scale, 22 * scale)

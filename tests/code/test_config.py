@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from productgen.config import Params, load_params
 from productgen.common.errors import UserError
+from productgen.config import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,19 @@ from tests.conftest import encode, png_with_size, product_image
 
 @pytest.mark.parametrize(
     ("fmt", "mode"),
-    [("PNG", "RGB"), ("JPEG", "RGB"), ("WEBP", "RGB"), ("PNG", "RGBA"), ("PNG", "L"), ("PNG", "LA"),
-     ("PNG", "P"), ("JPEG", "CMYK"), ("JPEG", "L"), ("WEBP", "RGBA"), ("PNG", "1")],
+    [
+        ("PNG", "RGB"),
+        ("JPEG", "RGB"),
+        ("WEBP", "RGB"),
+        ("PNG", "RGBA"),
+        ("PNG", "L"),
+        ("PNG", "LA"),
+        ("PNG", "P"),
+        ("JPEG", "CMYK"),
+        ("JPEG", "L"),
+        ("WEBP", "RGBA"),
+        ("PNG", "1"),
+    ],
 )
 @pytest.mark.parametrize("target", ["RGB", "L"])
 def test_supported_modes_normalise_to_target(fmt: str, mode: str, target: str) -> None:

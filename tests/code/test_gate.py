@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from productgen import tasks
 from productgen.config import RegistryConfig
 from productgen.registry.gate import Scored, decide
-from productgen import tasks
 from tests.conftest import ROOT
 
 CFG = RegistryConfig(psnr_margin=0.05, category_psnr_margin=0.2, gain_db_min=0.5)
@@ -23,7 +23,12 @@ def restorer(psnr: float, per_cat: dict[str, float], gain: float = 3.0, version:
 
 
 def test_better_overall_and_in_every_category_is_promoted() -> None:
-    v = decide("restore", restorer(28.0, {"bags": 28.1, "shoes": 27.9}), restorer(27.5, {"bags": 27.6, "shoes": 27.4}, version="1"), CFG)
+    v = decide(
+        "restore",
+        restorer(28.0, {"bags": 28.1, "shoes": 27.9}),
+        restorer(27.5, {"bags": 27.6, "shoes": 27.4}, version="1"),
+        CFG,
+    )
     assert v.promote and "better by 0.5" in v.reason
     assert v.evidence["champion"]["psnr"] == 27.5 and v.evidence["eval_set"] == SET
 
@@ -37,7 +42,12 @@ def test_better_overall_but_worse_in_one_category_is_rejected_naming_it() -> Non
 
 
 def test_a_category_within_its_margin_does_not_block() -> None:
-    v = decide("restore", restorer(28.5, {"bags": 29.0, "shirts": 28.4}), restorer(27.5, {"bags": 27.0, "shirts": 28.5}, version="1"), CFG)
+    v = decide(
+        "restore",
+        restorer(28.5, {"bags": 29.0, "shirts": 28.4}),
+        restorer(27.5, {"bags": 27.0, "shirts": 28.5}, version="1"),
+        CFG,
+    )
     assert v.promote
 
 
@@ -56,8 +66,18 @@ def test_absolute_bar_applies_even_to_the_first_champion() -> None:
 
 
 def test_new_categories_are_judged_by_the_absolute_bar_and_removed_ones_named() -> None:
-    chal = Scored("2", {"psnr": 28.0, "gain_db": 3.0, "per_category": {
-        "bags": {"psnr": 28.0, "gain_db": 3.0, "n": 50}, "hats": {"psnr": 22.0, "gain_db": 0.2, "n": 20}}}, SET)  # fmt: skip
+    chal = Scored(
+        "2",
+        {
+            "psnr": 28.0,
+            "gain_db": 3.0,
+            "per_category": {
+                "bags": {"psnr": 28.0, "gain_db": 3.0, "n": 50},
+                "hats": {"psnr": 22.0, "gain_db": 0.2, "n": 20},
+            },
+        },
+        SET,
+    )
     champ = Scored("1", {"psnr": 27.0, "per_category": {"bags": {"psnr": 27.0, "n": 50}}}, SET, ["bags", "belts"])
     v = decide("restore", chal, champ, CFG)
     assert not v.promote and "new categories fail the absolute bar: hats" in v.reason
@@ -97,7 +117,9 @@ def test_every_task_has_one_registry_entry_that_everything_reads() -> None:
 
     for spec in tasks.TASKS.values():
         assert registry.primary_metric(spec.name) == (spec.metric, spec.direction)
-        assert spec.absolute[1] in ("min", "max") and hasattr(RegistryConfig(), f"{spec.absolute[0]}_{spec.absolute[1]}")
+        assert spec.absolute[1] in ("min", "max") and hasattr(
+            RegistryConfig(), f"{spec.absolute[0]}_{spec.absolute[1]}"
+        )
     sys.path.insert(0, str(ROOT / "flows"))
     try:
         spec_ = importlib.util.spec_from_file_location("retrain_under_test", ROOT / "flows" / "retrain.py")
@@ -114,14 +136,17 @@ def test_every_task_has_one_registry_entry_that_everything_reads() -> None:
     assert stages["train-model"]["foreach"] == expected == stages["evaluate-model"]["foreach"]
     for path in expected.values():
         assert (ROOT / path).is_file()
-    src = (ROOT / "src" / "productgen" / "models" / "predict.py").read_text() + (ROOT / "flows" / "retrain.py").read_text()
+    src = (ROOT / "src" / "productgen" / "models" / "predict.py").read_text() + (
+        ROOT / "flows" / "retrain.py"
+    ).read_text()
     assert "LOADERS" not in src and '"cyclegan", "style"' not in src  # no parallel task tables left
     assert not (Path(registry.__file__).read_text().count("PRIMARY_METRIC"))
 
 
 def test_the_first_champion_is_judged_on_the_whole_set_not_on_biased_small_categories() -> None:
     """make run's first GAN (FID 145 on 300 vs 300) had one category at FID > 300 on its 30 images: still promoted."""
-    first = Scored("1", {"fid": 145.3, "per_category": {"pullover": {"fid": 320.0, "n": 30},
-                                                        "bag": {"fid": 180.0, "n": 30}}}, SET)  # fmt: skip
+    first = Scored(
+        "1", {"fid": 145.3, "per_category": {"pullover": {"fid": 320.0, "n": 30}, "bag": {"fid": 180.0, "n": 30}}}, SET
+    )
     v = decide("gan", first, None, RegistryConfig())
     assert v.promote and v.reason.startswith("no champion yet, fid 145.3 clears max 300")

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from productgen.data import fashion_mnist
 from productgen.common.errors import UserError
+from productgen.data import fashion_mnist
 
 
 def _idx(arr: np.ndarray) -> bytes:

@@ -53,8 +53,9 @@ def _invoke(*args: str, stdout_only: bool = False) -> tuple[int, str]:
     return result.exit_code, result.stdout if stdout_only else result.output
 
 
-def test_bad_input_is_a_one_line_error_before_any_network_loads(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_bad_input_is_a_one_line_error_before_any_network_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_load(*a: object, **k: object) -> None:
         raise AssertionError("the network must not load for bad input")
 
@@ -109,12 +110,23 @@ def test_prepared_dataset_argument_uses_its_split_and_the_cache(tmp_path: Path, 
     from tests.conftest import write_good_folder
 
     write_good_folder(tmp_path / "shop", {"bags": 10, "shoes": 10})
-    cfg = DataConfig(source="folder", input=str(tmp_path / "shop"), out=str(tmp_path / "prep"), mode="RGB",
-                     resolution=32)  # fmt: skip
+    cfg = DataConfig(
+        source="folder", input=str(tmp_path / "shop"), out=str(tmp_path / "prep"), mode="RGB", resolution=32
+    )
     n_train = prepare(cfg, show_progress=False).counts["train"]  # the content-hash split: about 16 of 20
     gen = _folder(tmp_path / "gen", 4)
-    args = [str(tmp_path / "prep"), str(gen), "--extractor", "test-pooled", "--split", "train",
-            "--cache-dir", str(tmp_path / "cache"), "--json", "--kid"]  # fmt: skip
+    args = [
+        str(tmp_path / "prep"),
+        str(gen),
+        "--extractor",
+        "test-pooled",
+        "--split",
+        "train",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+        "--kid",
+    ]
     code, out = _invoke(*args, stdout_only=True)
     assert code == 0, out
     res = json.loads(out)

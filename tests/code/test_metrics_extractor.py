@@ -72,8 +72,9 @@ def test_features_are_2048_dim_float32_pool_activations(features: torch.Tensor) 
 
 
 @needs_tf_inception
-def test_features_do_not_depend_on_batch_size(tf_net: ex.FeatureExtractor, images: torch.Tensor,
-                                              features: torch.Tensor) -> None:  # fmt: skip
+def test_features_do_not_depend_on_batch_size(
+    tf_net: ex.FeatureExtractor, images: torch.Tensor, features: torch.Tensor
+) -> None:
     from productgen.metrics import compute_features
 
     f7 = compute_features(images, tf_net, batch_size=7)  # batches of 7 and 1

@@ -101,8 +101,9 @@ def test_folder_with_mixed_sizes_gives_same_features_as_one_by_one(tmp_path: Pat
     _folder(root / "big", 2, (48, 40), offset=10)
     net = pooled_extractor()
     feats = compute_features(root, net, batch_size=4)
-    single = np.concatenate([net(torch.from_numpy(load_image(p)).permute(2, 0, 1)[None]).numpy()
-                             for p in list_images(root)])  # fmt: skip
+    single = np.concatenate(
+        [net(torch.from_numpy(load_image(p)).permute(2, 0, 1)[None]).numpy() for p in list_images(root)]
+    )
     assert feats.shape == (5, 48)
     np.testing.assert_array_equal(feats, single)
 

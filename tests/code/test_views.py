@@ -33,8 +33,9 @@ def test_noise_depends_on_index_not_on_batch() -> None:
     cfg = ViewsConfig()
     x = _images(8)
     whole = make_view(x, "noise25", cfg, torch.arange(8))
-    halves = torch.cat([make_view(x[:3], "noise25", cfg, torch.arange(3)),
-                        make_view(x[3:], "noise25", cfg, torch.arange(3, 8))])
+    halves = torch.cat(
+        [make_view(x[:3], "noise25", cfg, torch.arange(3)), make_view(x[3:], "noise25", cfg, torch.arange(3, 8))]
+    )
     assert torch.equal(whole, halves)
     again = PairedViews(x, torch.zeros(8, dtype=torch.long), "noise25", cfg, batch=5).view
     assert torch.equal(whole, again)
@@ -74,6 +75,7 @@ def test_export_writes_the_evaluated_view_and_never_overwrites(params: Path, tmp
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "never overwrite" in again.output
     assert {f: f.read_bytes() for f in files} == before
-    bad = CliRunner().invoke(app, ["data", "export", "--params", str(params), "--view", "sepia",
-                                   "--out", str(tmp_path / "o2")])  # fmt: skip
+    bad = CliRunner().invoke(
+        app, ["data", "export", "--params", str(params), "--view", "sepia", "--out", str(tmp_path / "o2")]
+    )
     assert bad.exit_code == 2 and "sepia" in bad.output and not (tmp_path / "o2").exists()

@@ -21,8 +21,17 @@ pytestmark = needs_builtin
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("builtin") / "prepared"
-    p = run_cli("data", "prepare", "--params", str(ROOT / "params.yaml"), "--input", str(builtin_dir()),
-                "--out", str(out), "--quiet")  # fmt: skip
+    p = run_cli(
+        "data",
+        "prepare",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--input",
+        str(builtin_dir()),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert p.returncode == 0, p.stderr
     assert "prepared 70,000 images (train 53,275, val 6,725, test 10,000) in 10 categories" in p.stdout
     return out
@@ -42,8 +51,16 @@ def test_builtin_prepare_and_validate(prepared: Path, tmp_path: Path) -> None:
     assert all(600 <= n <= 740 for n in torch.bincount(ds.tensors("val")[1]).tolist())
     fractions = ds.meta["split_fractions"]
     assert set(fractions) == set(fashion_mnist.CLASSES) and all(f["n"] == 6000 for f in fractions.values())
-    v = run_cli("data", "validate", "--params", str(ROOT / "params.yaml"), "--prepared", str(prepared),
-                "--out", str(tmp_path / "report"))  # fmt: skip
+    v = run_cli(
+        "data",
+        "validate",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--prepared",
+        str(prepared),
+        "--out",
+        str(tmp_path / "report"),
+    )
     assert v.returncode == 0, v.stderr
     assert v.stdout.startswith("validation passed: 37/37 checks passed on 70,000 files")
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
@@ -56,8 +73,13 @@ def test_views_reproduce_reference_baselines(prepared: Path) -> None:
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
     x, y = PreparedDataset(prepared).tensors("test")
-    reference = {"sr2": (19.36, 0.780), "sr4": (16.05, 0.504), "noise15": (26.10, 0.699),
-                 "noise25": (21.78, 0.607), "noise50": (16.13, 0.458)}  # fmt: skip
+    reference = {
+        "sr2": (19.36, 0.780),
+        "sr4": (16.05, 0.504),
+        "noise15": (26.10, 0.699),
+        "noise25": (21.78, 0.607),
+        "noise50": (16.13, 0.458),
+    }
     for kind, (psnr_ref, ssim_ref) in reference.items():
         v = PairedViews(x, y, kind, ViewsConfig()).view.float()
         mse = ((v - x.float()) ** 2).mean(dim=(1, 2, 3))

@@ -7,14 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from productgen.common.errors import UserError
 from productgen.config import DataConfig, ValidationConfig
 from productgen.data.prepare import prepare
 from productgen.data.validate import validate
-from productgen.common.errors import UserError
 from tests.conftest import encode, product_image, run_cli, tree_digest
 
-HEADER = ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year", "usage",
-          "productDisplayName"]  # fmt: skip
+HEADER = [
+    "id",
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "year",
+    "usage",
+    "productDisplayName",
+]
 
 
 def make_styles(root: Path, n_per_type: int = 5) -> Path:
@@ -22,10 +32,10 @@ def make_styles(root: Path, n_per_type: int = 5) -> Path:
     (root / "images").mkdir(parents=True)
     lines = [",".join(HEADER)]
     next_id = 1000
-    for k, (master, sub, article) in enumerate(
+    for _k, (master, sub, article) in enumerate(
         [("Apparel", "Topwear", "Tshirts"), ("Footwear", "Shoes", "Casual Shoes"), ("Accessories", "Bags", "Handbags")]
     ):
-        for i in range(n_per_type):
+        for _i in range(n_per_type):
             pid = next_id
             next_id += 1
             (root / "images" / f"{pid}.jpg").write_bytes(encode(product_image(pid, (60, 80)), "JPEG", quality=92))
@@ -41,9 +51,17 @@ def make_styles(root: Path, n_per_type: int = 5) -> Path:
 
 
 def _cfg(catalog: Path, out: Path, **kw: object) -> DataConfig:
-    base = dict(source="catalog", input=str(catalog), out=str(out), image_column="id", image_pattern="images/{}.jpg",
-                category_column="articleType", mode="RGB", resolution=32,
-                categories=["Tshirts", "Casual Shoes", "Handbags"])  # fmt: skip
+    base = dict(
+        source="catalog",
+        input=str(catalog),
+        out=str(out),
+        image_column="id",
+        image_pattern="images/{}.jpg",
+        category_column="articleType",
+        mode="RGB",
+        resolution=32,
+        categories=["Tshirts", "Casual Shoes", "Handbags"],
+    )
     base.update(kw)
     return DataConfig(**base)  # type: ignore[arg-type]
 
@@ -75,8 +93,18 @@ def test_parquet_catalog_with_paths(tmp_path: Path) -> None:
         (root / name).write_bytes(encode(product_image(i, (30, 50)), "PNG"))
         rows.append({"path": name, "kind": "bag" if i % 2 else "shoe"})
     pd.DataFrame(rows).to_parquet(root / "catalog.parquet")
-    res = prepare(DataConfig(source="catalog", input=str(root / "catalog.parquet"), out=str(tmp_path / "prep"),
-                             image_column="path", category_column="kind", mode="L", resolution=28), show_progress=False)  # fmt: skip
+    res = prepare(
+        DataConfig(
+            source="catalog",
+            input=str(root / "catalog.parquet"),
+            out=str(tmp_path / "prep"),
+            image_column="path",
+            category_column="kind",
+            mode="L",
+            resolution=28,
+        ),
+        show_progress=False,
+    )
     assert res.classes == ["bag", "shoe"] and sum(res.counts.values()) == 12 and res.n_rejected == 0
     assert validate(tmp_path / "prep", ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1)).success
 
@@ -85,7 +113,18 @@ def test_missing_column_is_one_clear_error(tmp_path: Path) -> None:
     catalog = make_styles(tmp_path / "fashion", n_per_type=1)
     with pytest.raises(UserError, match="no column 'category'.*set data.category_column or --category-column"):
         prepare(_cfg(catalog, tmp_path / "prep", category_column="category"), show_progress=False)
-    p = run_cli("data", "prepare", "--source", "catalog", "--input", str(catalog), "--image-column", "sku",
-                "--out", str(tmp_path / "prep"), cwd=tmp_path)  # fmt: skip
+    p = run_cli(
+        "data",
+        "prepare",
+        "--source",
+        "catalog",
+        "--input",
+        str(catalog),
+        "--image-column",
+        "sku",
+        "--out",
+        str(tmp_path / "prep"),
+        cwd=tmp_path,
+    )
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "no column 'sku'" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1

@@ -6,14 +6,13 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from productgen.common.errors import UserError
 from productgen.config import DataConfig, ValidationConfig
 from productgen.data.dataset import PreparedDataset
 from productgen.data.prepare import prepare, split_of
 from productgen.data.validate import validate
-from productgen.common.errors import UserError
 from tests.conftest import product_image, run_cli, tree_digest, write_bad_files, write_good_folder
 
 
@@ -83,7 +82,11 @@ def test_bad_files_quarantined_with_reasons_and_source_untouched(tmp_path: Path)
     assert "FAILED" in md and (report / "report.html").is_file()
     summary = json.loads((report / "summary.json").read_text())
     failed = {c["check"] for c in summary["checks"] if not c["success"]}
-    assert {"could not be read or decoded", "blank or constant image", "duplicate content (same sha256 as another image)"} <= failed
+    assert {
+        "could not be read or decoded",
+        "blank or constant image",
+        "duplicate content (same sha256 as another image)",
+    } <= failed
 
 
 def test_thresholds_decide_the_verdict(tmp_path: Path) -> None:
@@ -93,11 +96,13 @@ def test_thresholds_decide_the_verdict(tmp_path: Path) -> None:
     out = tmp_path / "prep"
     prepare(_cfg(src, out), show_progress=False)
     strict = validate(out, ValidationConfig(out=str(tmp_path / "r1"), min_images_per_category=1))
-    lenient = validate(out, ValidationConfig(out=str(tmp_path / "r2"), min_images_per_category=1,
-                                             max_rejected_fraction=0.05))
+    lenient = validate(
+        out, ValidationConfig(out=str(tmp_path / "r2"), min_images_per_category=1, max_rejected_fraction=0.05)
+    )
     assert not strict.success and lenient.success
-    too_few = validate(out, ValidationConfig(out=str(tmp_path / "r3"), max_rejected_fraction=0.05,
-                                             min_images_per_category=25))
+    too_few = validate(
+        out, ValidationConfig(out=str(tmp_path / "r3"), max_rejected_fraction=0.05, min_images_per_category=25)
+    )
     assert not too_few.success and "too few images in category" in too_few.one_line()
 
 
@@ -106,10 +111,12 @@ def test_class_imbalance_bound(tmp_path: Path) -> None:
     write_good_folder(src, {"big": 24, "small": 3})
     out = tmp_path / "prep"
     prepare(_cfg(src, out), show_progress=False)
-    assert not validate(out, ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1,
-                                              max_class_imbalance=4.0)).success
-    assert validate(out, ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1,
-                                          max_class_imbalance=8.0)).success
+    assert not validate(
+        out, ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1, max_class_imbalance=4.0)
+    ).success
+    assert validate(
+        out, ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1, max_class_imbalance=8.0)
+    ).success
 
 
 def test_splits_never_move_when_the_catalog_grows_shrinks_or_is_renamed(tmp_path: Path) -> None:
@@ -152,8 +159,9 @@ def test_leakage_between_splits_is_caught(tmp_path: Path) -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    res = validate(out, ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1,
-                                         max_duplicate_fraction=0.5))
+    res = validate(
+        out, ValidationConfig(out=str(tmp_path / "r"), min_images_per_category=1, max_duplicate_fraction=0.5)
+    )
     assert not res.success
     assert any("leakage" in q["reason"] for q in res.quarantine)
 

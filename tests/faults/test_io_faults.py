@@ -46,15 +46,19 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def run(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None,
-        timeout: float = 240) -> tuple[int, str, str, float]:  # fmt: skip
+def run(
+    args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 240
+) -> tuple[int, str, str, float]:
     """Run a command to the end; (exit code, stdout, stderr, peak RSS in MB of that process alone)."""
-    with subprocess.Popen(args, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:  # fmt: skip
+    with subprocess.Popen(
+        args, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
         out_buf: list[str] = []
         err_buf: list[str] = []
-        readers = [threading.Thread(target=lambda s=s, b=b: b.append(s.read()))
-                   for s, b in ((proc.stdout, out_buf), (proc.stderr, err_buf))]  # fmt: skip
+        readers = [
+            threading.Thread(target=lambda s=s, b=b: b.append(s.read()))
+            for s, b in ((proc.stdout, out_buf), (proc.stderr, err_buf))
+        ]
         for t in readers:
             t.start()
         deadline = time.monotonic() + timeout
@@ -65,7 +69,9 @@ def run(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None,
         while True:
             with contextlib.suppress(OSError, ValueError, StopIteration):
                 status_text = Path(f"/proc/{proc.pid}/status").read_text()
-                hwm_kb = max(hwm_kb, int(next(ln for ln in status_text.splitlines() if ln.startswith("VmHWM:")).split()[1]))
+                hwm_kb = max(
+                    hwm_kb, int(next(ln for ln in status_text.splitlines() if ln.startswith("VmHWM:")).split()[1])
+                )
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -91,8 +97,11 @@ def assert_one_line(stderr: str, *fragments: str) -> str:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}  # fmt: skip
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def restore_model(folder: Path, norm: str = "none", width: int = 2, levels: int = 1, view: str = "noise25") -> Path:
@@ -101,8 +110,13 @@ def restore_model(folder: Path, norm: str = "none", width: int = 2, levels: int 
     net = UNet(3, width, width * 2, levels, 1, norm)
     for p in net.head.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    cfg = {"model": "restore", "channels": 3, "view": view, "resolution": 64,
-           "restore": {"channels": width, "max_channels": width * 2, "levels": levels, "blocks": 1, "norm": norm}}  # fmt: skip
+    cfg = {
+        "model": "restore",
+        "channels": 3,
+        "view": view,
+        "resolution": 64,
+        "restore": {"channels": width, "max_channels": width * 2, "levels": levels, "blocks": 1, "norm": norm},
+    }
     return save_model(folder, {"restore": net}, cfg)
 
 
@@ -219,7 +233,9 @@ def _big_photo(path: Path, n: int = 6000) -> None:
     ramp = np.linspace(0, 200, n, dtype=np.float32)
     noise = np.random.default_rng(0).integers(0, 40, (256, 256, 3), dtype=np.uint8)
     img = np.tile(noise, (n // 256 + 1, n // 256 + 1, 1))[:n, :n]
-    img = (img + (ramp[:, None, None] * 0.5 + ramp[None, :, None] * np.array([0.2, 0.4, 0.6], np.float32))).astype(np.uint8)
+    img = (img + (ramp[:, None, None] * 0.5 + ramp[None, :, None] * np.array([0.2, 0.4, 0.6], np.float32))).astype(
+        np.uint8
+    )
     Image.fromarray(img).save(path, quality=85)
 
 
@@ -238,8 +254,23 @@ def test_6000px_photo_through_enhance_in_bounded_memory(tmp_path: Path) -> None:
     (src / "link.png").symlink_to(outside)
     before = tree_digest(src)
     model = restore_model(tmp_path / "model", width=1)
-    rc, out, err, peak_mb = run([PRODUCTGEN, "enhance", "--in", str(src), "--out", str(tmp_path / "out"),
-                                 "--task", "denoise", "--model", str(model), "--memory-mb", "256", "-q"])  # fmt: skip
+    rc, out, err, peak_mb = run(
+        [
+            PRODUCTGEN,
+            "enhance",
+            "--in",
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--task",
+            "denoise",
+            "--model",
+            str(model),
+            "--memory-mb",
+            "256",
+            "-q",
+        ]
+    )
     assert rc == 0, (out, err)
     assert "Traceback" not in err
     assert "2 written" in out and "1 failed" in out, out
@@ -269,8 +300,21 @@ def test_full_disk_enhance_is_one_line_and_leaves_no_partial_file(tmp_path: Path
     src = _noise_folder(tmp_path / "in", 4, 256)  # noise PNGs of ~200 KB each: the third does not fit
     before = tree_digest(src)
     model = restore_model(tmp_path / "model")
-    rc, out, err, _ = run([PRODUCTGEN, "enhance", "--in", str(src), "--out", str(disk / "out"), "--task", "denoise",
-                           "--model", str(model), "-q"])  # fmt: skip
+    rc, out, err, _ = run(
+        [
+            PRODUCTGEN,
+            "enhance",
+            "--in",
+            str(src),
+            "--out",
+            str(disk / "out"),
+            "--task",
+            "denoise",
+            "--model",
+            str(model),
+            "-q",
+        ]
+    )
     assert rc == 1, (out, err)
     assert_one_line(err, str(disk / "out"), "no space left on the device", "free some space")
     leftovers = [p.name for p in (disk / "out").iterdir() if ".tmp-" in p.name]
@@ -292,8 +336,20 @@ def test_full_disk_prepare_refuses_before_starting_and_cleans_up_mid_run(tmp_pat
             Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(src / cat / f"{i}.jpg", quality=90)
     before = tree_digest(src)
     small = tmpfs("4m")
-    args = [PRODUCTGEN, "data", "prepare", "--source", "folder", "-i", str(src), "--mode", "RGB", "--resolution",
-            "128", "-q"]  # fmt: skip
+    args = [
+        PRODUCTGEN,
+        "data",
+        "prepare",
+        "--source",
+        "folder",
+        "-i",
+        str(src),
+        "--mode",
+        "RGB",
+        "--resolution",
+        "128",
+        "-q",
+    ]
     rc, out, err, _ = run([*args, "-o", str(small / "ds")])
     assert rc == 2, (out, err)
     assert_one_line(err, "MB free", "prepare needs about", "free some space")
@@ -360,10 +416,20 @@ def test_long_catalog_file_name_is_rejected_per_row(tmp_path: Path) -> None:
         rows.append(f"ok{i}.png,{'bag' if i % 2 else 'shoe'}")
     rows.append(f"{'x' * 300}.png,bag")
     (tmp_path / "catalog.csv").write_text("\n".join(rows) + "\n")
-    cfg = load_params(ROOT / "params.yaml", {
-        "data.source": "catalog", "data.input": str(tmp_path / "catalog.csv"), "data.image_column": "image",
-        "data.image_pattern": "{}", "data.category_column": "category", "data.image_root": str(images),
-        "data.out": str(tmp_path / "ds"), "data.mode": "RGB", "data.resolution": 28}).data  # fmt: skip
+    cfg = load_params(
+        ROOT / "params.yaml",
+        {
+            "data.source": "catalog",
+            "data.input": str(tmp_path / "catalog.csv"),
+            "data.image_column": "image",
+            "data.image_pattern": "{}",
+            "data.category_column": "category",
+            "data.image_root": str(images),
+            "data.out": str(tmp_path / "ds"),
+            "data.mode": "RGB",
+            "data.resolution": 28,
+        },
+    ).data
     result = prepare(cfg, show_progress=False)
     assert sum(result.counts.values()) == 4 and result.n_rejected == 1
     rejected = (tmp_path / "ds" / "rejected.csv").read_text()
@@ -387,8 +453,9 @@ def test_symlinks_leaving_the_input_folder_are_listed(tmp_path: Path) -> None:
     assert [p.name for p in report.written] == ["a.png"]
 
 
-@pytest.mark.parametrize("override", [{"gan.lr_g": -2e-4}, {"restore.lr": 0.0}, {"translate.lr": float("nan")},
-                                      {"gan.beta2": 1.5}])  # fmt: skip
+@pytest.mark.parametrize(
+    "override", [{"gan.lr_g": -2e-4}, {"restore.lr": 0.0}, {"translate.lr": float("nan")}, {"gan.beta2": 1.5}]
+)
 def test_bad_learning_rates_are_one_line(override: dict[str, float]) -> None:
     from productgen.config import load_params
 
@@ -444,8 +511,12 @@ def test_guarded_scoring_server_answers_400_and_short_errors(tmp_path: Path) -> 
     import mlflow
 
     model = restore_model(tmp_path / "weights")
-    mlflow.pyfunc.save_model(str(tmp_path / "pyfunc"), python_model=str(ROOT / "src/productgen/serving/image_pyfunc.py"),
-                             artifacts={"model_dir": str(model)}, pip_requirements=["productgen"])  # fmt: skip
+    mlflow.pyfunc.save_model(
+        str(tmp_path / "pyfunc"),
+        python_model=str(ROOT / "src/productgen/serving/image_pyfunc.py"),
+        artifacts={"model_dir": str(model)},
+        pip_requirements=["productgen"],
+    )
     import uvicorn
 
     from productgen.serving.server import build_app
@@ -491,8 +562,9 @@ def test_guarded_scoring_server_answers_400_and_short_errors(tmp_path: Path) -> 
         thread.join(timeout=30)
 
 
-@pytest.mark.parametrize("script", ["mlflow/start.sh", "prefect/start.sh", "minio/init.sh", "worker.sh",
-                                    "postgres/init-databases.sh"])  # fmt: skip
+@pytest.mark.parametrize(
+    "script", ["mlflow/start.sh", "prefect/start.sh", "minio/init.sh", "worker.sh", "postgres/init-databases.sh"]
+)
 def test_infra_start_scripts_refuse_the_example_placeholders(tmp_path: Path, script: str) -> None:
     """Every start script of the team deployment, given infra/.env.example's values as compose would pass them,
     stops at once with one line naming the variable (before any server, database or user is created)."""
@@ -500,21 +572,26 @@ def test_infra_start_scripts_refuse_the_example_placeholders(tmp_path: Path, scr
 
     example = env_file(ROOT / "infra" / ".env.example")
     pg = f"{example['POSTGRES_USER']}:{example['POSTGRES_PASSWORD']}"
-    env = {"PATH": os.environ["PATH"], **example,
-           # mlflow/start.sh
-           "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg://mlflow:{example['MLFLOW_DB_PASSWORD']}@db/mlflow",
-           "MLFLOW_AUTH_DATABASE_URI": f"postgresql+psycopg://mlflow:{example['MLFLOW_DB_PASSWORD']}@db/mlflow_auth",
-           "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/artifacts",
-           "MLFLOW_AUTH_ADMIN_PASSWORD": example["MLFLOW_ADMIN_PASSWORD"],
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": example["MLFLOW_FLASK_SECRET_KEY"],
-           "MLFLOW_WORKER_USERNAME": example["MLFLOW_WORKER_USER"], "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "a.ini"),
-           # prefect/start.sh, worker.sh
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{pg}@db/prefect",
-           "PREFECT_SERVER_API_AUTH_STRING": example["PREFECT_AUTH_STRING"],
-           "PREFECT_API_AUTH_STRING": example["PREFECT_AUTH_STRING"], "PREFECT_API_URL": "http://127.0.0.1:9/api",
-           "MLFLOW_TRACKING_USERNAME": example["MLFLOW_WORKER_USER"],
-           "MLFLOW_TRACKING_PASSWORD": example["MLFLOW_WORKER_PASSWORD"],
-           "AWS_SECRET_ACCESS_KEY": example["S3_SECRET_KEY"]}  # fmt: skip
+    env = {
+        "PATH": os.environ["PATH"],
+        **example,
+        # mlflow/start.sh
+        "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg://mlflow:{example['MLFLOW_DB_PASSWORD']}@db/mlflow",
+        "MLFLOW_AUTH_DATABASE_URI": f"postgresql+psycopg://mlflow:{example['MLFLOW_DB_PASSWORD']}@db/mlflow_auth",
+        "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/artifacts",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": example["MLFLOW_ADMIN_PASSWORD"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": example["MLFLOW_FLASK_SECRET_KEY"],
+        "MLFLOW_WORKER_USERNAME": example["MLFLOW_WORKER_USER"],
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "a.ini"),
+        # prefect/start.sh, worker.sh
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{pg}@db/prefect",
+        "PREFECT_SERVER_API_AUTH_STRING": example["PREFECT_AUTH_STRING"],
+        "PREFECT_API_AUTH_STRING": example["PREFECT_AUTH_STRING"],
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",
+        "MLFLOW_TRACKING_USERNAME": example["MLFLOW_WORKER_USER"],
+        "MLFLOW_TRACKING_PASSWORD": example["MLFLOW_WORKER_PASSWORD"],
+        "AWS_SECRET_ACCESS_KEY": example["S3_SECRET_KEY"],
+    }
     args = ["sh", str(ROOT / "infra" / script)] + (["productgen"] if script == "worker.sh" else [])
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, (done.stdout, done.stderr)
@@ -525,8 +602,8 @@ def test_infra_start_scripts_refuse_the_example_placeholders(tmp_path: Path, scr
 def test_run_folder_metadata_keeps_no_credentials() -> None:
     """What run folders record of a server (``mlflow.json``'s tracking URI, the tune marker's storage URL)
     goes through these two helpers: the password never reaches the file."""
-    from productgen.tracking.runs import display_uri
     from productgen.pipeline.tune import mask_url
+    from productgen.tracking.runs import display_uri
 
     secret = "s3cret-pass-123"
     assert secret not in display_uri(f"http://productgen-worker:{secret}@mlflow:5000")

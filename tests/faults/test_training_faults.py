@@ -65,8 +65,15 @@ def cli(*args: str) -> Any:
 
 
 def spawn(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(BIN / "productgen"), *args], env=env or _env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [str(BIN / "productgen"), *args],
+        env=env or _env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def one_error_line(stderr: str, *fragments: str) -> str:
@@ -154,8 +161,9 @@ def _damage(path: Path, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["truncated", "tensor-bytes", "header-byte"])
-def test_resume_skips_a_damaged_newest_checkpoint(kind: str, base_run: Path, variants: dict[str, Path],
-                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_resume_skips_a_damaged_newest_checkpoint(
+    kind: str, base_run: Path, variants: dict[str, Path], tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(base_run, run)
     newest = run / "checkpoints" / "ckpt-00000006.safetensors"
@@ -236,8 +244,9 @@ def test_non_finite_loss_stops_naming_the_step(variants: dict[str, Path], tmp_pa
     assert not log.exists() or "NaN" not in log.read_text()  # nothing of the diverged step was logged
 
 
-def test_a_valid_checkpoint_with_nan_weights_never_exports(base_run: Path, variants: dict[str, Path],
-                                                            tmp_path: Path) -> None:  # fmt: skip
+def test_a_valid_checkpoint_with_nan_weights_never_exports(
+    base_run: Path, variants: dict[str, Path], tmp_path: Path
+) -> None:
     """Non-finite weights that slipped into a checkpoint (written intact, checksum and all) stop at the first
     step: the exported model from before stays as it was."""
     run = tmp_path / "run"
@@ -329,9 +338,16 @@ def test_second_prepare_into_one_folder_is_refused_and_a_dead_holder_does_not_bl
     shop = params.parent / "shop"
     out = tmp_path / "prepared"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from productgen.common.locks import folder_lock\n"
-         "with folder_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(120)", str(out)],
-        stdout=subprocess.PIPE, text=True)  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from productgen.common.locks import folder_lock\n"
+            "with folder_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(120)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         r = cli("data", "prepare", "--source", "folder", "--input", str(shop), "--out", str(out))
@@ -355,8 +371,13 @@ def test_tracking_uri_with_nothing_listening_stops_in_one_line_before_any_work(
     run = tmp_path / "run"
     uri = f"http://127.0.0.1:{_free_port()}"
     t0 = time.monotonic()
-    proc = subprocess.run([str(BIN / "productgen"), *train_args(variants["keep3"], run, 4)], capture_output=True,
-                          text=True, timeout=120, env=_env(MLFLOW_TRACKING_URI=uri))  # fmt: skip
+    proc = subprocess.run(
+        [str(BIN / "productgen"), *train_args(variants["keep3"], run, 4)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(MLFLOW_TRACKING_URI=uri),
+    )
     elapsed = time.monotonic() - t0
     assert proc.returncode == 2, proc.stderr
     one_error_line(proc.stderr, uri, "does not answer", "--no-track")
@@ -387,9 +408,25 @@ def _launch_mlflow_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art")],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "art"),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 

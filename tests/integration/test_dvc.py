@@ -17,7 +17,6 @@ import yaml
 from tests.conftest import BIN, ROOT, tree_digest, write_good_folder
 
 
-
 def project_params(**changes: dict[str, object]) -> str:
     """The project's own params.yaml with some sections changed, as a user would edit it."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -28,12 +27,25 @@ def project_params(**changes: dict[str, object]) -> str:
 
 # The quick CPU profile of the train / evaluate stages, shrunk to seconds for the test.
 TINY_PROFILE = {
-    "train": {"batch_size": 4, "max_steps": 4, "device": "cpu", "log_every": 2, "sample_every": 4,
-              "checkpoint_every": 4},
+    "train": {
+        "batch_size": 4,
+        "max_steps": 4,
+        "device": "cpu",
+        "log_every": 2,
+        "sample_every": 4,
+        "checkpoint_every": 4,
+    },
     "gan": {"z_dim": 16, "g_channels": 8, "d_channels": 8, "max_channels": 16, "embed_dim": 8},
-    "evaluate": {"split": "train", "max_real": 12, "num_fake": 12, "batch_size": 12, "device": "cpu", "kid": False,
-                 "per_category": False},
-}  # fmt: skip
+    "evaluate": {
+        "split": "train",
+        "max_real": 12,
+        "num_fake": 12,
+        "batch_size": 12,
+        "device": "cpu",
+        "kid": False,
+        "per_category": False,
+    },
+}
 
 PARAMS = project_params(
     data={"source": "folder", "input": "data/shop", "mode": "RGB", "resolution": 32},
@@ -59,8 +71,11 @@ def repo(tmp_path: Path) -> Path:
     (repo / "params.yaml").write_text(PARAMS)
     (repo / "flows/profiles").mkdir(parents=True)
     (repo / "flows/profiles/quick-cpu.yaml").write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
-    tiny_restore = {"train": TINY_PROFILE["train"], "restore": {"channels": 8, "max_channels": 16},
-                    "evaluate": {"split": "train", "max_real": 12, "batch_size": 12, "device": "cpu"}}  # fmt: skip
+    tiny_restore = {
+        "train": TINY_PROFILE["train"],
+        "restore": {"channels": 8, "max_channels": 16},
+        "evaluate": {"split": "train", "max_real": 12, "batch_size": 12, "device": "cpu"},
+    }
     (repo / "flows/profiles/quick-cpu-restore.yaml").write_text(yaml.safe_dump(tiny_restore, sort_keys=False))
     write_good_folder(repo / "data" / "shop", {"bags": 5, "shoes": 5, "shirts": 5})
     sh("git", "init", "-q", "-b", "main", cwd=repo)

@@ -29,12 +29,22 @@ retrain: {{snapshot: false, drift: {{enabled: false}}}}
 
 
 def _run_flow(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"),
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+    }
     env.pop("PREFECT_API_URL", None)
-    return subprocess.run([sys.executable, str(ROOT / "flows" / "retrain.py"), "--params", str(root / "params.yaml"),
-                           *args], env=env, capture_output=True, text=True, timeout=600, cwd=root)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "flows" / "retrain.py"), "--params", str(root / "params.yaml"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
 
 
 def test_retrain_flow_validates_trains_evaluates_registers_and_promotes(tmp_path: Path) -> None:

@@ -17,8 +17,19 @@ def test_tracked_training_run_and_pyfunc_model(params: Path, tmp_path: Path) -> 
     from mlflow import MlflowClient
 
     run_dir = tmp_path / "run"
-    p = run_cli("train", "gan", "--params", str(params), "--max-steps", "4", "--out", str(run_dir), "-q",
-                "--register", "productgen-gan-test")  # fmt: skip
+    p = run_cli(
+        "train",
+        "gan",
+        "--params",
+        str(params),
+        "--max-steps",
+        "4",
+        "--out",
+        str(run_dir),
+        "-q",
+        "--register",
+        "productgen-gan-test",
+    )
     assert p.returncode == 0, p.stderr
     assert "MLflow run" in p.stdout
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])

@@ -56,9 +56,12 @@ def test_gate_rollback_and_history(model_uri: str, monkeypatch: pytest.MonkeyPat
     assert rb.champion_before == v2 and rb.champion_after == v1
     events = registry.history(task)
     assert [(e["action"], e["promoted"], e["version"]) for e in events] == [
-        ("promote", True, v1), ("promote", True, v2), ("promote", False, v3), ("promote", False, v4),
+        ("promote", True, v1),
+        ("promote", True, v2),
+        ("promote", False, v3),
+        ("promote", False, v4),
         ("rollback", True, v1),
-    ]  # fmt: skip
+    ]
     from mlflow import MlflowClient
 
     tags = MlflowClient().get_model_version(registry.model_name(task), v3).tags
@@ -84,8 +87,10 @@ def test_two_racing_promotions_leave_one_champion_and_a_consistent_history(
     registry.promote(task, margin=0.5)
     a = registry.register_challenger(task, model_uri, {**EVAL, "fid": 30.0}, "c" * 64, "test")
     b = registry.register_challenger(task, model_uri, {**EVAL, "fid": 35.0}, "c" * 64, "test")
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, v], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for v in (a, b)]  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACE, v], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for v in (a, b)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     from mlflow import MlflowClient
@@ -112,8 +117,10 @@ def test_registry_cli_and_champion_loads_in_a_fresh_process(model_uri: str, monk
     for args in (("rollback", "gan", "--to", "99"), ("lineage", "gan", "--version", "99")):
         p = run_cli("registry", *args)
         assert p.returncode == 2 and "no version '99'" in p.stderr and "Traceback" not in p.stderr, p.stderr
-    code = ("import mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/productgen-gan@champion'); "
-            "print(len(m.predict(pd.DataFrame({'category': ['bags'], 'count': [2], 'seed': [1]}))))")  # fmt: skip
+    code = (
+        "import mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/productgen-gan@champion'); "
+        "print(len(m.predict(pd.DataFrame({'category': ['bags'], 'count': [2], 'seed': [1]}))))"
+    )
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0 and fresh.stdout.strip().splitlines()[-1] == "2", fresh.stderr[-2000:]
 

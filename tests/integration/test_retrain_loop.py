@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from productgen.metrics.extractors import installed_tf_inception
-from tests.conftest import BIN, ROOT, product_image, tree_digest
+from tests.conftest import BIN, ROOT, tree_digest
 
 pytestmark = pytest.mark.skipif(installed_tf_inception() is None, reason="TF-Inception weights missing (make setup)")
 
@@ -111,10 +111,14 @@ def weeks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (root / "params.yaml").write_text(PARAMS.format(root=root))
     (root / "worse.yaml").write_text(WORSE)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
-                [str(BIN / "dvc"), "remote", "add", "-d", "local", str(root / "remote")],
-                [str(BIN / "dvc"), "config", "core.autostage", "true"],  # as the project's .dvc/config
-                ["git", "add", "-A"], ["git", "commit", "-q", "-m", "project"]):  # fmt: skip
+    for cmd in (
+        ["git", "init", "-q"],
+        [str(BIN / "dvc"), "init", "-q"],
+        [str(BIN / "dvc"), "remote", "add", "-d", "local", str(root / "remote")],
+        [str(BIN / "dvc"), "config", "core.autostage", "true"],  # as the project's .dvc/config
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "project"],
+    ):
         subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
     head_before = _git(root, "rev-parse", "HEAD").strip()
     k = {c: 1000 * i for i, c in enumerate(CATEGORIES)}
@@ -129,19 +133,43 @@ def weeks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Receiver.events = []
-    run_env = {**env, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-               "PRODUCTGEN_NOTIFY_URL": f"http://127.0.0.1:{server.server_port}/hook",
-               "PRODUCTGEN_FID_STATS_DIR": str(root / "fid-cache")}  # fmt: skip
+    run_env = {
+        **env,
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "PRODUCTGEN_NOTIFY_URL": f"http://127.0.0.1:{server.server_port}/hook",
+        "PRODUCTGEN_FID_STATS_DIR": str(root / "fid-cache"),
+    }
     run_env.pop("PREFECT_API_URL", None)
-    p = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT / "flows"), str(root), str(root / "plan.json"),
-                        str(root / "results.json")], cwd=root, env=run_env, capture_output=True, text=True,
-                       timeout=900)  # fmt: skip
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            DRIVER,
+            str(ROOT / "flows"),
+            str(root),
+            str(root / "plan.json"),
+            str(root / "results.json"),
+        ],
+        cwd=root,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     server.shutdown()
     log = p.stdout + p.stderr
     assert p.returncode == 0, log[-6000:]
-    return {"root": root, "results": json.loads((root / "results.json").read_text()), "log": log,
-            "events": list(_Receiver.events), "env": run_env, "head_before": head_before}  # fmt: skip
+    return {
+        "root": root,
+        "results": json.loads((root / "results.json").read_text()),
+        "log": log,
+        "events": list(_Receiver.events),
+        "env": run_env,
+        "head_before": head_before,
+    }
 
 
 def _client(weeks: dict[str, Any]) -> Any:
@@ -221,15 +249,40 @@ def test_a_failed_run_notifies_the_webhook(weeks: dict[str, Any]) -> None:
 def test_lineage_restores_week1_data_byte_for_byte_and_the_tag_leaves_the_checkout_alone(weeks: dict[str, Any]) -> None:
     root = weeks["root"]
     env = weeks["env"]
-    shown = subprocess.run([str(BIN / "productgen"), "registry", "lineage", "restore", "--version", "1"], cwd=root,
-                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    shown = subprocess.run(
+        [str(BIN / "productgen"), "registry", "lineage", "restore", "--version", "1"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert shown.returncode == 0, shown.stderr
     md5 = _client(weeks).get_model_version("productgen-restore", "1").tags["lineage.data_md5"]
-    assert md5 in shown.stdout and "dvc pull" in shown.stdout and "git checkout productgen/productgen-restore/v1" in shown.stdout
+    assert (
+        md5 in shown.stdout
+        and "dvc pull" in shown.stdout
+        and "git checkout productgen/productgen-restore/v1" in shown.stdout
+    )
     # the local DVC cache would make this trivial: restore from the remote alone
     shutil.rmtree(root / ".dvc" / "cache")
-    p = subprocess.run([str(BIN / "productgen"), "registry", "lineage", "restore", "--version", "1", "--restore",
-                        str(root / "restored-v1")], cwd=root, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    p = subprocess.run(
+        [
+            str(BIN / "productgen"),
+            "registry",
+            "lineage",
+            "restore",
+            "--version",
+            "1",
+            "--restore",
+            str(root / "restored-v1"),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert tree_digest(root / "restored-v1") == tree_digest(root / "week1-prepared")
     assert tree_digest(root / "restored-v1") != tree_digest(root / "week2-prepared")
@@ -238,6 +291,20 @@ def test_lineage_restores_week1_data_byte_for_byte_and_the_tag_leaves_the_checko
     assert md5 in pointer
     assert _git(root, "rev-parse", "HEAD").strip() == weeks["head_before"]
     assert _git(root, "diff", "--cached", "--name-only").strip() == ""
-    again = subprocess.run([str(BIN / "productgen"), "registry", "lineage", "restore", "--version", "1", "--restore",
-                            str(root / "restored-v1")], cwd=root, env=env, capture_output=True, text=True)  # fmt: skip
+    again = subprocess.run(
+        [
+            str(BIN / "productgen"),
+            "registry",
+            "lineage",
+            "restore",
+            "--version",
+            "1",
+            "--restore",
+            str(root / "restored-v1"),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr

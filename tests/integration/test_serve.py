@@ -39,8 +39,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def request(url: str, body: bytes | None = None, content_type: str = "application/json",
-            timeout: float = 60) -> tuple[int, bytes]:  # fmt: skip
+def request(
+    url: str, body: bytes | None = None, content_type: str = "application/json", timeout: float = 60
+) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, method="GET" if body is None else "POST")
     if body is not None:
         req.add_header("Content-Type", content_type)
@@ -98,11 +99,29 @@ def serving(model_uri: str, workdir: Path) -> Iterator[str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(DO_NOT_TRACK="true", MLFLOW_DISABLE_TELEMETRY="true")
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-           "--host", HOST, "--port", str(port)]  # fmt: skip
+    cmd = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         base = f"http://{HOST}:{port}"
         deadline = time.monotonic() + START_TIMEOUT
@@ -130,8 +149,19 @@ def registered(params: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 
     name = f"productgen-gan-serve-{uuid.uuid4().hex[:8]}"
     root = tmp_path_factory.mktemp("serve")
-    p = run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(root / "run"), "-q",
-                "--register", name)  # fmt: skip
+    p = run_cli(
+        "train",
+        "gan",
+        "--params",
+        str(params),
+        "--max-steps",
+        "2",
+        "--out",
+        str(root / "run"),
+        "-q",
+        "--register",
+        name,
+    )
     assert p.returncode == 0, p.stderr
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     client = MlflowClient()
@@ -167,7 +197,12 @@ def test_health_and_generation_in_both_dataframe_formats(champion: str) -> None:
     assert status == 200, split
     preds = split["predictions"]
     assert [(p["category"], p["seed"], p["index"]) for p in preds] == [
-        ("shoes", 7, 0), ("shoes", 7, 1), ("shoes", 7, 2), ("bags", 1, 0), ("bags", 1, 1)]  # fmt: skip
+        ("shoes", 7, 0),
+        ("shoes", 7, 1),
+        ("shoes", 7, 2),
+        ("bags", 1, 0),
+        ("bags", 1, 1),
+    ]
     images = decode(preds)
     assert all(im.format == "PNG" and im.size == (28, 28) and im.mode == "L" for im in images)
     assert len({im.tobytes() for im in images}) == 5  # different noise per image
@@ -185,8 +220,9 @@ def test_same_seed_same_bytes(champion: str) -> None:
     other = invoke(champion, {"dataframe_records": [{"category": "shirts", "count": 4, "seed": 124}]})[1]
     assert other["predictions"][0]["image"] != first[1]["predictions"][0]["image"]
     # the limits themselves are allowed: 64 per row, 256 in one request
-    status, full = invoke(champion, {"dataframe_records": [{"category": "bags", "count": 64, "seed": s}
-                                                           for s in range(4)]})  # fmt: skip
+    status, full = invoke(
+        champion, {"dataframe_records": [{"category": "bags", "count": 64, "seed": s} for s in range(4)]}
+    )
     assert status == 200 and len(full["predictions"]) == 256
 
 
@@ -202,16 +238,20 @@ BAD = {
     "count negative": (_records(("shoes", -3, 0)), "count must be between 1 and 64"),
     "over 256 images": (_records(*[("shoes", 64, s) for s in range(5)]), "too many images: 320"),
     "too many rows": (_records(*[("shoes", 1, s) for s in range(257)]), "too many rows: 257"),
-    "missing column": (json.dumps({"dataframe_records": [{"category": "shoes", "count": 1}]}).encode(),
-                       "missing inputs ['seed']"),
+    "missing column": (
+        json.dumps({"dataframe_records": [{"category": "shoes", "count": 1}]}).encode(),
+        "missing inputs ['seed']",
+    ),
     "count not a number": (_records(("shoes", "two", 0)), "column count"),
     "seed null": (_records(("shoes", 1, None)), "column seed"),
     "count too large for int64": (_records(("shoes", 10**30, 0)), "column count"),
     "not JSON": (b"category=shoes&count=1", "valid JSON"),
     "JSON list": (b"[1, 2]", "JSON dictionary"),
     "no input field": (b'{"rows": [["shoes", 1, 0]]}', "exactly one of the input fields"),
-    "split shape": (json.dumps({"dataframe_split": {"columns": COLUMNS, "data": [["shoes", 1]]}}).encode(),
-                    "dataframe_split"),
+    "split shape": (
+        json.dumps({"dataframe_split": {"columns": COLUMNS, "data": [["shoes", 1]]}}).encode(),
+        "dataframe_split",
+    ),
     "no rows": (json.dumps({"dataframe_split": {"columns": COLUMNS, "data": []}}).encode(), "no rows"),
 }
 

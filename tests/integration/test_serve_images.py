@@ -30,8 +30,9 @@ def _register(params: Path, task: str, root: Path) -> str:
     from mlflow import MlflowClient
 
     name = f"productgen-{task}-serve-{uuid.uuid4().hex[:8]}"
-    p = run_cli("train", task, "--params", str(params), "--max-steps", "2", "--out", str(root / task), "-q",
-                "--register", name)  # fmt: skip
+    p = run_cli(
+        "train", task, "--params", str(params), "--max-steps", "2", "--out", str(root / task), "-q", "--register", name
+    )
     assert p.returncode == 0, p.stderr
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     client = MlflowClient()

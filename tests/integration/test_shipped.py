@@ -13,8 +13,16 @@ import pytest
 from productgen.registry import shipped
 from tests.conftest import BIN, run_cli
 
-CARD = {"summary": "tiny test GAN", "protocol": "none (test)", "figure": "FID 50.0", "profile": "tests", "steps": 2,
-        "device": "cpu", "train_time": "1 s", "eval_set": {"content_hash": "c" * 64, "split": "test"}}  # fmt: skip
+CARD = {
+    "summary": "tiny test GAN",
+    "protocol": "none (test)",
+    "figure": "FID 50.0",
+    "profile": "tests",
+    "steps": 2,
+    "device": "cpu",
+    "train_time": "1 s",
+    "eval_set": {"content_hash": "c" * 64, "split": "test"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,9 @@ def test_generate_falls_back_to_the_shipped_champion_and_ship_registers_it_once(
     none = run_cli("generate", "--n", "2", "--out", "g.png", cwd=tmp_path)
     assert none.returncode != 0 and "Traceback" not in none.stderr  # nothing trained, nothing shipped: one line
 
-    dest = shipped.package("gan", trained, {"fid": 50.0, "n_real": 100, "n_fake": 100}, CARD,
-                           keep=("generator", "discriminator"))  # fmt: skip
+    dest = shipped.package(
+        "gan", trained, {"fid": 50.0, "n_real": 100, "n_fake": 100}, CARD, keep=("generator", "discriminator")
+    )
     assert dest == Path("champions/gan") and not (dest / "generator_raw.safetensors").exists()
     card = json.loads((dest / "card.json").read_text())
     assert card["metrics"]["fid"] == 50.0 and len(card["weights_sha256"]) == 64
@@ -55,8 +64,14 @@ def test_generate_falls_back_to_the_shipped_champion_and_ship_registers_it_once(
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
 
     def ship(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "productgen"), "registry", "ship", *args, "--params", str(params)],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [str(BIN / "productgen"), "registry", "ship", *args, "--params", str(params)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     first = ship()
     assert first.returncode == 0, first.stderr

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from productgen.config import load_params
 from productgen.common.errors import UserError
+from productgen.config import load_params
 from productgen.metrics.extractors import installed_tf_inception
 from tests.conftest import run_cli
 
@@ -68,8 +68,14 @@ def tuned(params: Path, tmp_path_factory: pytest.TempPathFactory, stats_cache: P
     pfile = _params_file(params, root, storage, root / "out")
     proc = run_cli("tune", "gan", "--params", str(pfile), "--trials", "2", "-q")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {"root": root, "storage": storage, "params": pfile, "out": root / "out", "stdout": proc.stdout,
-            "trials": _trials(storage, "productgen-gan")}  # fmt: skip
+    return {
+        "root": root,
+        "storage": storage,
+        "params": pfile,
+        "out": root / "out",
+        "stdout": proc.stdout,
+        "trials": _trials(storage, "productgen-gan"),
+    }
 
 
 def test_study_completes_its_trials_and_exports_the_best_params(tuned: dict[str, Any]) -> None:
@@ -126,8 +132,11 @@ def test_trials_are_nested_mlflow_runs_under_the_session_run(tuned: dict[str, An
     parent = client.get_run(match.group(1))
     assert parent.data.tags["kind"] == "tune" and parent.data.tags["optuna.study"] == "productgen-gan"
     assert parent.data.tags["dataset.content_hash"] and "git.commit" in parent.data.tags
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                  order_by=["attributes.start_time ASC"])  # fmt: skip
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
     assert [c.info.run_name for c in children] == ["trial-0", "trial-1"]
     for child, trial in zip(children, tuned["trials"], strict=True):
         assert child.data.tags["state"] == "complete" and child.data.tags["kind"] == "tune-trial"
@@ -192,8 +201,21 @@ def test_dry_run_and_pruner_choice(tuned: dict[str, Any]) -> None:
 
     from productgen.pipeline.tune import make_pruner, storage_url
 
-    proc = run_cli("tune", "gan", "--params", str(tuned["params"]), "--trials", "7", "--study", "s2",
-                   "--storage", "other.db", "--pruner", "hyperband", "--dry-run")  # fmt: skip
+    proc = run_cli(
+        "tune",
+        "gan",
+        "--params",
+        str(tuned["params"]),
+        "--trials",
+        "7",
+        "--study",
+        "s2",
+        "--storage",
+        "other.db",
+        "--pruner",
+        "hyperband",
+        "--dry-run",
+    )
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)["tune"]
     assert (cfg["trials"], cfg["study"], cfg["storage"], cfg["pruner"]) == (7, "s2", "other.db", "hyperband")
@@ -288,7 +310,10 @@ def test_restore_study_maximises_psnr_prunes_and_exports_a_profile(params: Path,
     [
         ("    restore:\n      bogus: [1, 2]\n", "tune.space.restore.bogus: restore: has no field 'bogus'"),
         ("    nosuch:\n      lr: [0.1]\n", "tune.space.nosuch: unknown task"),
-        ("    lr_g: {low: 0.0001, high: 0.001}\n", "tune.space.lr_g: unknown task (choose from gan, restore"),  # old layout
+        (
+            "    lr_g: {low: 0.0001, high: 0.001}\n",
+            "tune.space.lr_g: unknown task (choose from gan, restore",
+        ),  # old layout
         ("    restore:\n      loss: [l1, l3]\n", "tune.space.restore.loss[1]: 'l3' is not one of"),
         ("    restore:\n      view: {low: 1, high: 2}\n", "tune.space.restore.view: restore.view is not a number"),
         ("    restore:\n      lr: {low: 0, high: 0.1}\n", "tune.space.restore.lr: need 0 < low <= high"),
@@ -296,8 +321,9 @@ def test_restore_study_maximises_psnr_prunes_and_exports_a_profile(params: Path,
         ("    restore:\n      blocks: 3\n", "tune.space.restore.blocks: expected a mapping or a list, got 3"),
     ],
 )
-def test_bad_space_entries_are_one_line_errors_naming_the_field(params: Path, tmp_path: Path, space: str,
-                                                                 fragment: str) -> None:  # fmt: skip
+def test_bad_space_entries_are_one_line_errors_naming_the_field(
+    params: Path, tmp_path: Path, space: str, fragment: str
+) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(params.read_text() + "tune:\n  space:\n" + space)
     with pytest.raises(UserError) as err:
@@ -354,7 +380,10 @@ def test_style_network_is_tuned_on_its_style_score(params: Path, tmp_path: Path)
         assert 0 < t.value == t.intermediate_values[4]
     best = min(trials, key=lambda t: t.value)
     assert result.overrides() == {"style.style_weight": best.params["style_weight"]}
-    assert load_params(path, profile=tmp_path / "out" / "best_params.yaml").style.style_weight == best.params["style_weight"]
+    assert (
+        load_params(path, profile=tmp_path / "out" / "best_params.yaml").style.style_weight
+        == best.params["style_weight"]
+    )
 
 
 def test_ranges_on_integer_and_optional_fields_draw_integers(tmp_path: Path) -> None:
@@ -365,8 +394,10 @@ def test_ranges_on_integer_and_optional_fields_draw_integers(tmp_path: Path) -> 
     from productgen.pipeline.tune import suggest
 
     path = tmp_path / "params.yaml"
-    path.write_text("tune:\n  space:\n    cyclegan:\n      unet_depth: {low: 2, high: 4, log: false}\n"
-                    "      lambda_cycle: {low: 2, high: 20}\n      lambda_identity: {low: 0.0, high: 1.0, log: false}\n")
+    path.write_text(
+        "tune:\n  space:\n    cyclegan:\n      unet_depth: {low: 2, high: 4, log: false}\n"
+        "      lambda_cycle: {low: 2, high: 20}\n      lambda_identity: {low: 0.0, high: 1.0, log: false}\n"
+    )
     p = load_params(path)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):

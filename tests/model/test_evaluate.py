@@ -19,10 +19,30 @@ pytestmark = pytest.mark.skipif(
 
 def test_evaluate_writes_metrics_report_and_mlflow_run(params: Path, tmp_path: Path) -> None:
     run_dir, out = tmp_path / "run", tmp_path / "eval"
-    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run_dir), "-q",
-                   "--no-track").returncode == 0  # fmt: skip
-    p = run_cli("evaluate", "--params", str(params), "--model", str(run_dir / "model"), "--out", str(out),
-                "--split", "train", "--max-real", "12", "--num-fake", "12", "--device", "cpu", "-q")  # fmt: skip
+    assert (
+        run_cli(
+            "train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run_dir), "-q", "--no-track"
+        ).returncode
+        == 0
+    )
+    p = run_cli(
+        "evaluate",
+        "--params",
+        str(params),
+        "--model",
+        str(run_dir / "model"),
+        "--out",
+        str(out),
+        "--split",
+        "train",
+        "--max-real",
+        "12",
+        "--num-fake",
+        "12",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("FID ")
     m = json.loads((out / "metrics.json").read_text())
@@ -44,8 +64,12 @@ def test_evaluate_writes_metrics_report_and_mlflow_run(params: Path, tmp_path: P
 
 def test_evaluate_refuses_a_model_of_another_dataset(params: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run_dir), "-q",
-                   "--no-track").returncode == 0  # fmt: skip
+    assert (
+        run_cli(
+            "train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run_dir), "-q", "--no-track"
+        ).returncode
+        == 0
+    )
     cfg = json.loads((run_dir / "model" / "config.json").read_text())
     cfg["classes"] = ["x", "y", "z"]
     (run_dir / "model" / "config.json").write_text(json.dumps(cfg))
@@ -62,15 +86,20 @@ def test_a_champion_that_never_saw_a_category_is_scored_on_the_ones_it_knows(par
     from productgen.evaluation.generation import evaluate
 
     run_dir = tmp_path / "run"
-    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run_dir), "-q",
-                   "--no-track").returncode == 0  # fmt: skip
+    assert (
+        run_cli(
+            "train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run_dir), "-q", "--no-track"
+        ).returncode
+        == 0
+    )
     cfg = json.loads((run_dir / "model" / "config.json").read_text())
     assert cfg["classes"] == ["bags", "shirts", "shoes"]
     cfg["classes"] = ["shoes", "bags", "hats"]  # hats: gone from the data; shirts: new in the data
     (run_dir / "model" / "config.json").write_text(json.dumps(cfg))
     p = load_params(params)
-    e = dataclasses.replace(p.evaluate, model=str(run_dir / "model"), out=str(tmp_path / "eval"), split="train",
-                            device="cpu", kid=False)  # fmt: skip
+    e = dataclasses.replace(
+        p.evaluate, model=str(run_dir / "model"), out=str(tmp_path / "eval"), split="train", device="cpu", kid=False
+    )
     m = evaluate(e, Path(p.data.out), show_progress=False, categories=["bags", "shoes"])
     assert m["categories"] == ["bags", "shoes"] and set(m["per_category"]) == {"bags", "shoes"}
     n_train = sum(v["n"] for v in m["per_category"].values())

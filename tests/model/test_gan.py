@@ -16,6 +16,7 @@ from productgen.models.gan import Discriminator, Generator, diffaugment
 from productgen.training.checkpoint import load_state, save_state
 from tests.conftest import BIN, run_cli
 
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     out = {}
     for name in ("generator", "discriminator", "generator_raw"):
@@ -32,7 +33,9 @@ def test_train_resume_is_bit_identical(params: Path, tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     again = run_cli("train", "gan", "--params", str(params), "--max-steps", "4", "--out", str(b), "-q", "--no-track")
     assert again.returncode == 2 and "--resume" in again.stderr  # never overwrites a run silently
-    resumed = run_cli("train", "gan", "--params", str(params), "--max-steps", "6", "--out", str(b), "--resume", "-q", "--no-track")
+    resumed = run_cli(
+        "train", "gan", "--params", str(params), "--max-steps", "6", "--out", str(b), "--resume", "-q", "--no-track"
+    )
     assert resumed.returncode == 0, resumed.stderr
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
@@ -45,20 +48,56 @@ def test_train_resume_is_bit_identical(params: Path, tmp_path: Path) -> None:
 
 def test_resume_with_other_settings_is_refused(params: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
-    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run), "-q", "--no-track").returncode == 0
-    p = run_cli("train", "gan", "--params", str(params), "--max-steps", "4", "--out", str(run), "--resume",
-                "--seed", "5", "-q", "--no-track")  # fmt: skip
+    assert (
+        run_cli(
+            "train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run), "-q", "--no-track"
+        ).returncode
+        == 0
+    )
+    p = run_cli(
+        "train",
+        "gan",
+        "--params",
+        str(params),
+        "--max-steps",
+        "4",
+        "--out",
+        str(run),
+        "--resume",
+        "--seed",
+        "5",
+        "-q",
+        "--no-track",
+    )
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and "different settings" in p.stderr and len(p.stderr.splitlines()) == 1
 
 
 def test_generate_grid_and_folder(params: Path, tmp_path: Path) -> None:
     run = tmp_path / "g"
-    assert run_cli("train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run), "-q", "--no-track").returncode == 0
+    assert (
+        run_cli(
+            "train", "gan", "--params", str(params), "--max-steps", "2", "--out", str(run), "-q", "--no-track"
+        ).returncode
+        == 0
+    )
     outs = []
     for i in range(2):
-        p = run_cli("generate", "--model", str(run / "model"), "--category", "shoes", "--n", "8", "--seed", "0",
-                    "--out", str(tmp_path / f"grid{i}.png"), "--folder", str(tmp_path / f"gen{i}"))  # fmt: skip
+        p = run_cli(
+            "generate",
+            "--model",
+            str(run / "model"),
+            "--category",
+            "shoes",
+            "--n",
+            "8",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / f"grid{i}.png"),
+            "--folder",
+            str(tmp_path / f"gen{i}"),
+        )
         assert p.returncode == 0, p.stderr
         outs.append(sorted((tmp_path / f"gen{i}" / "shoes").glob("*.png")))
     assert len(outs[0]) == 8
@@ -76,9 +115,26 @@ def _free_port() -> int:
 def test_ddp_two_gloo_processes(params: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-           str(_free_port()), "-m", "productgen", "train", "gan", "--params", str(params), "--max-steps", "4",
-           "--out", str(run), "-q"]  # fmt: skip
+    cmd = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "productgen",
+        "train",
+        "gan",
+        "--params",
+        str(params),
+        "--max-steps",
+        "4",
+        "--out",
+        str(run),
+        "-q",
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "trained to step 4" in p.stdout

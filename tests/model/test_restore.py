@@ -17,14 +17,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from productgen.common.errors import UserError
 from productgen.config import Params, ViewsConfig, load_params
 from productgen.data.dataset import PreparedDataset
 from productgen.data.views import make_view
-from productgen.common.errors import UserError
+from productgen.evaluation.restoration import evaluate_restoration
 from productgen.metrics.quality import psnr, ssim
 from productgen.models.predict import load_predictor
 from productgen.models.restore import UNet, degrade, parse_view
-from productgen.evaluation.restoration import evaluate_restoration
 from productgen.pipeline.train import train
 from tests.conftest import product_image, tree_digest
 
@@ -102,8 +102,15 @@ def test_restore_learns_and_evaluates_against_exact_baseline(params: Path, tmp_p
     grid = Image.open(tmp_path / "eval" / "before_after.png")
     assert grid.height > 3 * 28  # three rows
 
-    sub = evaluate_restoration(run / "model", p.data.out, split="train", out=tmp_path / "eval2", max_images=5,
-                               batch_size=2, show_progress=False)  # fmt: skip
+    sub = evaluate_restoration(
+        run / "model",
+        p.data.out,
+        split="train",
+        out=tmp_path / "eval2",
+        max_images=5,
+        batch_size=2,
+        show_progress=False,
+    )
     assert sub["images"] == 5 and sub["subset_seed"] == 0
 
 
@@ -113,7 +120,10 @@ def test_restore_resume_is_bit_identical(params: Path, tmp_path: Path) -> None:
     train(tiny(params, b, 4, view="noise25"), "restore", show_progress=False)
     train(tiny(params, b, 6, view="noise25"), "restore", resume=True, show_progress=False)
     for name in ("restore", "restore_raw"):
-        wa, wb = load_file(str(a / "model" / f"{name}.safetensors")), load_file(str(b / "model" / f"{name}.safetensors"))
+        wa, wb = (
+            load_file(str(a / "model" / f"{name}.safetensors")),
+            load_file(str(b / "model" / f"{name}.safetensors")),
+        )
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     with pytest.raises(UserError, match="different settings"):
         train(tiny(params, b, 8, view="noise15"), "restore", resume=True, show_progress=False)
@@ -148,8 +158,24 @@ def test_enhance_command_on_a_folder_with_a_bad_file(params: Path, tmp_path: Pat
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     before = tree_digest(src)
     out, grid = tmp_path / "out", tmp_path / "grid.png"
-    r = CliRunner().invoke(_app(), ["--in", str(src), "--out", str(out), "--task", "denoise", "--model",
-                                    str(run / "model"), "--grid", str(grid), "-q", "--batch-size", "2"])  # fmt: skip
+    r = CliRunner().invoke(
+        _app(),
+        [
+            "--in",
+            str(src),
+            "--out",
+            str(out),
+            "--task",
+            "denoise",
+            "--model",
+            str(run / "model"),
+            "--grid",
+            str(grid),
+            "-q",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "3 written" in r.output and "1 failed" in r.output and "broken.jpg" in r.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "c.png", "sub/b.png"]
@@ -157,12 +183,14 @@ def test_enhance_command_on_a_folder_with_a_bad_file(params: Path, tmp_path: Pat
     assert grid.is_file()
     assert tree_digest(src) == before  # inputs untouched
 
-    wrong = CliRunner().invoke(_app(), ["--in", str(src), "--out", str(tmp_path / "o2"), "--task", "sr2",
-                                        "--model", str(run / "model")])  # fmt: skip
+    wrong = CliRunner().invoke(
+        _app(), ["--in", str(src), "--out", str(tmp_path / "o2"), "--task", "sr2", "--model", str(run / "model")]
+    )
     assert wrong.exit_code == 2 and "sr2" in wrong.output and "noise25" in wrong.output
     assert not (tmp_path / "o2").exists()
-    inside = CliRunner().invoke(_app(), ["--in", str(src), "--out", str(src / "x"), "--task", "denoise",
-                                         "--model", str(run / "model")])  # fmt: skip
+    inside = CliRunner().invoke(
+        _app(), ["--in", str(src), "--out", str(src / "x"), "--task", "denoise", "--model", str(run / "model")]
+    )
     assert inside.exit_code == 2 and tree_digest(src) == before
 
 

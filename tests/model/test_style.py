@@ -17,12 +17,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from productgen.config import load_params
 from productgen.common.errors import UserError
+from productgen.config import load_params
+from productgen.evaluation.style import style_report
 from productgen.models.encoders import VGG19, build_encoder, load_encoder
 from productgen.models.predict import load_predictor
 from productgen.models.styles import product_mask
-from productgen.evaluation.style import style_report
 from productgen.pipeline.train import train
 from tests.conftest import tree_digest
 
@@ -128,7 +128,10 @@ def test_training_improves_the_loss(trained: dict[str, Path], task: str) -> None
     losses = [r["loss"] for r in log]
     first, last = np.mean(losses[:2]), np.mean(losses[-2:])
     # 16 steps of batch 8: the loss falls 8-15% (AdaIN's is noisier: one style per batch) and trends down
-    assert last < 0.93 * first and np.polyfit(np.arange(len(losses)), losses, 1)[0] < 0, (task, [round(v, 2) for v in losses])
+    assert last < 0.93 * first and np.polyfit(np.arange(len(losses)), losses, 1)[0] < 0, (
+        task,
+        [round(v, 2) for v in losses],
+    )
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["model"] == task and config["step"] == 16 and config["style"]["image_size"] == 32
     assert (run / "samples" / "step-0000015.png").is_file()
@@ -217,12 +220,15 @@ def test_style_report_numbers(params: Path, tmp_path: Path) -> None:
     cats = same["per_category"]
     assert sum(v["n"] for v in cats.values()) == 6 and set(cats) <= set(ds.classes)
     assert all(v["content_ssim"] > 0.999 and v["style_score"] == pytest.approx(1.0, abs=1e-3) for v in cats.values())
-    assert same["style_distance_rel"] == pytest.approx(1.0, abs=1e-4) and same["style_score"] == pytest.approx(1.0, abs=1e-3)
+    assert same["style_distance_rel"] == pytest.approx(1.0, abs=1e-4) and same["style_score"] == pytest.approx(
+        1.0, abs=1e-3
+    )
     pasted = style_report(_PasteStyle(style), content, style, tmp_path / "paste")
     assert pasted["style_distance_rel"] < 0.5  # much closer to the style ...
     assert pasted["product_ssim"] < pasted["ssim_floor"] and pasted["style_score"] > same["style_score"]  # gate says no
     assert pasted["style_score"] == pytest.approx(
-        pasted["style_distance_rel"] + 10 * (pasted["ssim_floor"] - pasted["product_ssim"]), abs=1e-6)
+        pasted["style_distance_rel"] + 10 * (pasted["ssim_floor"] - pasted["product_ssim"]), abs=1e-6
+    )
     for name in ("metrics.json", "report.md", "before_after.png"):
         assert (tmp_path / "id" / name).is_file()
     assert json.loads((tmp_path / "id" / "metrics.json").read_text())["primary_metric"] == "style_score"
@@ -232,8 +238,8 @@ def test_style_report_numbers(params: Path, tmp_path: Path) -> None:
 
 def test_masked_ssim_is_the_ssim_of_the_masked_pixels() -> None:
     """A full mask gives metrics.quality.ssim's number; a mask over an untouched region gives 1."""
-    from productgen.metrics.quality import ssim
     from productgen.evaluation.style import masked_ssim
+    from productgen.metrics.quality import ssim
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(2, 1, 40, 40, generator=g), torch.rand(2, 1, 40, 40, generator=g)
@@ -247,8 +253,9 @@ def test_masked_ssim_is_the_ssim_of_the_masked_pixels() -> None:
     assert float(masked_ssim(c, a, 1 - top)) < 0.7
 
 
-def test_evaluator_scores_the_view_the_model_trained_on(style_params: Path, trained: dict[str, Path],
-                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_evaluator_scores_the_view_the_model_trained_on(
+    style_params: Path, trained: dict[str, Path], tmp_path: Path
+) -> None:
     """The style evaluator shows each model its training view (style.image_size, dark-on-white) and reports
     content SSIM, product SSIM and the style distance, overall and per category."""
     from productgen.evaluation import dispatch as evaluators
@@ -299,17 +306,55 @@ def test_stylize_cli(trained: dict[str, Path], tmp_path: Path, monkeypatch: pyte
     before = tree_digest(src)
     runner = CliRunner()
     out, grid = tmp_path / "out", tmp_path / "grid.png"
-    r = runner.invoke(_app(), ["stylize", "--in", str(src), "--out", str(out), "--style", "coffee", "--model",
-                               str(trained["adain"] / "model"), "--alpha", "0.7", "--grid", str(grid), "-q",
-                               "--device", "cpu", "--batch-size", "2"])  # fmt: skip
+    r = runner.invoke(
+        _app(),
+        [
+            "stylize",
+            "--in",
+            str(src),
+            "--out",
+            str(out),
+            "--style",
+            "coffee",
+            "--model",
+            str(trained["adain"] / "model"),
+            "--alpha",
+            "0.7",
+            "--grid",
+            str(grid),
+            "-q",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "4 images stylised" in r.output and "1 skipped" in r.output and "broken.jpg" in r.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
-        "bags/p1.png", "bags/p2.png", "gray.png", "p0.png"]  # fmt: skip
+        "bags/p1.png",
+        "bags/p2.png",
+        "gray.png",
+        "p0.png",
+    ]
     assert np.asarray(Image.open(out / "p0.png")).shape == (36, 44, 3) and grid.is_file()
     assert tree_digest(src) == before  # inputs untouched
-    r = runner.invoke(_app(), ["stylize", "--in", str(src), "--out", str(tmp_path / "o2"), "--model",
-                               str(trained["style"] / "model"), "--size", "32", "--no-preserve-product", "-q"])  # fmt: skip
+    r = runner.invoke(
+        _app(),
+        [
+            "stylize",
+            "--in",
+            str(src),
+            "--out",
+            str(tmp_path / "o2"),
+            "--model",
+            str(trained["style"] / "model"),
+            "--size",
+            "32",
+            "--no-preserve-product",
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert max(Image.open(tmp_path / "o2" / "p0.png").size) == 32
     monkeypatch.chdir(tmp_path)  # no artifacts/train/adain/model here

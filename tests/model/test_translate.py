@@ -15,13 +15,19 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from productgen.config import Params, ViewsConfig, load_params
 from productgen.common.errors import UserError
+from productgen.config import Params, ViewsConfig, load_params
 from productgen.pipeline.train import train
 from tests.conftest import product_image, tree_digest
 
-TINY_NETS = {"translate.g_channels": 8, "translate.d_channels": 8, "translate.max_channels": 32,
-             "translate.resnet_blocks": 2, "translate.domain_a": "bags", "translate.domain_b": "shoes"}  # fmt: skip
+TINY_NETS = {
+    "translate.g_channels": 8,
+    "translate.d_channels": 8,
+    "translate.max_channels": 32,
+    "translate.resnet_blocks": 2,
+    "translate.domain_a": "bags",
+    "translate.domain_b": "shoes",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,8 +59,11 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def pix2pix_run(params: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("p2p") / "run"
-    train(_params(params, run, 30, translate__lr=1e-3, translate__dropout=0.0, train__log_every=5), "pix2pix",
-          show_progress=False)  # fmt: skip
+    train(
+        _params(params, run, 30, translate__lr=1e-3, translate__dropout=0.0, train__log_every=5),
+        "pix2pix",
+        show_progress=False,
+    )
     return run
 
 
@@ -103,8 +112,14 @@ def test_residual_generator_starts_at_the_identity_and_learns(kind: str) -> None
     """translate.cyclegan_residual: out = clamp(x + 2 r(x)), r zero at the start but with a gradient."""
     from productgen.models.translate import ResidualGenerator, build_generator
 
-    t = {"g_channels": 8, "resnet_blocks": 2, "norm": "instance", "unet_depth": None, "max_channels": 32,
-         "dropout": 0.0}  # fmt: skip
+    t = {
+        "g_channels": 8,
+        "resnet_blocks": 2,
+        "norm": "instance",
+        "unet_depth": None,
+        "max_channels": 32,
+        "dropout": 0.0,
+    }
     torch.manual_seed(0)
     g = build_generator(kind, 1, 28, t, residual=True)
     assert isinstance(g, ResidualGenerator) and g.multiple == (4 if kind == "resnet" else 16)
@@ -120,11 +135,14 @@ def test_residual_generator_starts_at_the_identity_and_learns(kind: str) -> None
     assert not torch.equal(y2, x) and y2.min() >= -1 and y2.max() <= 1  # it moved, and stays in [-1, 1]
 
 
-@pytest.mark.parametrize("task, extra", [
-    ("pix2pix", {"translate__source_view": "noise25"}),  # dropout on, noise drawn per step: both must replay
-    # the image history fills, then swaps: it must be checkpointed; residual generators (the cpu-cyclegan recipe)
-    ("cyclegan", {"translate__pool_size": 4, "translate__cyclegan_residual": True}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "task, extra",
+    [
+        ("pix2pix", {"translate__source_view": "noise25"}),  # dropout on, noise drawn per step: both must replay
+        # the image history fills, then swaps: it must be checkpointed; residual generators (the cpu-cyclegan recipe)
+        ("cyclegan", {"translate__pool_size": 4, "translate__cyclegan_residual": True}),
+    ],
+)
 def test_resume_is_bit_identical(params: Path, tmp_path: Path, task: str, extra: dict[str, Any]) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     train(_params(params, a, 4, **extra), task, show_progress=False)
@@ -156,13 +174,14 @@ def test_bad_settings_are_one_line_errors(params: Path, tmp_path: Path) -> None:
 def test_evaluate_pix2pix_psnr_ssim(pix2pix_run: Path, params: Path, tmp_path: Path) -> None:
     from productgen.data.dataset import PreparedDataset
     from productgen.data.views import make_view
+    from productgen.evaluation.translation import evaluate_translation
     from productgen.metrics.quality import psnr, ssim
     from productgen.models.predict import load_predictor
-    from productgen.evaluation.translation import evaluate_translation
 
     prepared = load_params(params).data.out
-    m = evaluate_translation(pix2pix_run / "model", prepared, split="train", out=tmp_path / "e", max_images=8,
-                             fid=False, batch_size=3)  # fmt: skip
+    m = evaluate_translation(
+        pix2pix_run / "model", prepared, split="train", out=tmp_path / "e", max_images=8, fid=False, batch_size=3
+    )
     assert m["n_images"] == 8 and m["primary_metric"] == {"name": "psnr", "direction": "higher"} and "fid" not in m
     # The same number from first principles: the seeded subset, its edge views at split indices, the predictor.
     images, _ = PreparedDataset(prepared).tensors("train")
@@ -181,8 +200,9 @@ def test_evaluate_cyclegan_with_fid(cyclegan_run: Path, params: Path, tmp_path: 
     from productgen.evaluation.translation import evaluate_translation
 
     prepared = load_params(params).data.out
-    m = evaluate_translation(cyclegan_run / "model", prepared, split="train", out=tmp_path / "e", max_images=3,
-                             fid=True, batch_size=8)  # fmt: skip
+    m = evaluate_translation(
+        cyclegan_run / "model", prepared, split="train", out=tmp_path / "e", max_images=3, fid=True, batch_size=8
+    )
     assert m["n_a"] == 3 and m["n_b"] == 3 and m["primary_metric"] == {"name": "fid", "direction": "lower"}
     assert m["fid"] > 0 and m["fid_identity"] > 0 and m["fid_gain"] == pytest.approx(m["fid_identity"] - m["fid"])
     assert 0 < m["cycle_psnr"] < 100 and -1 <= m["cycle_ssim"] <= 1
@@ -204,16 +224,46 @@ def test_translate_cli_folder_with_bad_file(pix2pix_run: Path, cyclegan_run: Pat
     (src / "notes.jpg").write_text("not an image\n")
     before = tree_digest(src)
     runner = CliRunner()
-    r = runner.invoke(app, ["--model", str(pix2pix_run / "model"), "--in", str(src), "--out", str(tmp_path / "o"),
-                            "--grid", str(tmp_path / "grid.png"), "--batch-size", "2", "-q"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "--model",
+            str(pix2pix_run / "model"),
+            "--in",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            "--grid",
+            str(tmp_path / "grid.png"),
+            "--batch-size",
+            "2",
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "3 written" in r.output and "1 failed" in r.output and "notes.jpg" in r.output
     assert Image.open(tmp_path / "o" / "sub" / "b.png").size == (40, 30)
     assert {p.name for p in (tmp_path / "o").rglob("*.png")} == {"a.png", "b.png", "c.png"}
     assert (tmp_path / "grid.png").is_file() and tree_digest(src) == before
-    bad = runner.invoke(app, ["--model", str(pix2pix_run / "model"), "--in", str(src), "--out", str(tmp_path / "x"),
-                              "--direction", "ba"])  # fmt: skip
+    bad = runner.invoke(
+        app,
+        ["--model", str(pix2pix_run / "model"), "--in", str(src), "--out", str(tmp_path / "x"), "--direction", "ba"],
+    )
     assert bad.exit_code == 2 and "one way only" in bad.output and not (tmp_path / "x").exists()
-    back = runner.invoke(app, ["--model", str(cyclegan_run / "model"), "--in", str(src), "--out", str(tmp_path / "y"),
-                               "--direction", "ba", "--size", "16", "-q"])  # fmt: skip
+    back = runner.invoke(
+        app,
+        [
+            "--model",
+            str(cyclegan_run / "model"),
+            "--in",
+            str(src),
+            "--out",
+            str(tmp_path / "y"),
+            "--direction",
+            "ba",
+            "--size",
+            "16",
+            "-q",
+        ],
+    )
     assert back.exit_code == 0 and Image.open(tmp_path / "y" / "sub" / "b.png").size == (16, 12)

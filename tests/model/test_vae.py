@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from productgen.config import Params, load_params
-from productgen.common.errors import UserError
 from productgen.apply.generation import sample
+from productgen.common.errors import UserError
+from productgen.config import Params, load_params
+from productgen.evaluation.restoration import evaluate_restoration
 from productgen.models.predict import load_predictor
 from productgen.models.vae import VaeDecoder, load_generator
-from productgen.evaluation.restoration import evaluate_restoration
 from productgen.pipeline.train import train
 
 

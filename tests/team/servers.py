@@ -8,6 +8,7 @@ deadline (its log tail in the error when it dies or times out) and is stopped by
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import secrets
@@ -29,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 # No telemetry or update checks (the machines are offline) in any server or client the tests start.
-QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-         "DVC_NO_ANALYTICS": "1", "PREFECT_UI_ENABLED": "false"}  # fmt: skip
+QUIET = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_UI_ENABLED": "false",
+}
 
 
 class Unavailable(Exception):
@@ -143,8 +149,14 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-def start(name: str, cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None,
-          stop_signal: int = signal.SIGTERM) -> Server:  # fmt: skip
+def start(
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    log: Path,
+    cwd: Path | None = None,
+    stop_signal: int = signal.SIGTERM,
+) -> Server:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as fh:
         popen = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
@@ -173,8 +185,10 @@ def postgres_bindir() -> Path:
             subprocess.run(cmd, env=env, capture_output=True, timeout=600)
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(p.split("/")[4]))
     if not found:
-        raise Unavailable("PostgreSQL is not installed (Debian: apt-get install postgresql) and cannot be installed "
-                          "here (not root or no apt-get)")  # fmt: skip
+        raise Unavailable(
+            "PostgreSQL is not installed (Debian: apt-get install postgresql) and cannot be installed "
+            "here (not root or no apt-get)"
+        )
     return Path(found[-1]).parent
 
 
@@ -210,15 +224,47 @@ def start_postgres(root: Path, databases: tuple[str, ...]) -> Postgres:
     if prefix:
         for p in (home, home / "pwfile"):
             os.chown(p, pw.pw_uid, pw.pw_gid)
-    init = subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(home / "data"), "-U", "productgen",
-                           "--auth=scram-sha-256", f"--pwfile={home / 'pwfile'}", "-E", "UTF8", "--no-sync"],
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    init = subprocess.run(
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(home / "data"),
+            "-U",
+            "productgen",
+            "--auth=scram-sha-256",
+            f"--pwfile={home / 'pwfile'}",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if init.returncode != 0:
         raise RuntimeError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
     port = free_port()
-    cmd = [*prefix, str(bindir / "postgres"), "-D", str(home / "data"), "-h", "127.0.0.1", "-p", str(port),
-           "-k", str(home), "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-           "-c", "max_connections=200"]  # fmt: skip
+    cmd = [
+        *prefix,
+        str(bindir / "postgres"),
+        "-D",
+        str(home / "data"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-k",
+        str(home),
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "max_connections=200",
+    ]
     # SIGINT is PostgreSQL's fast shutdown (SIGTERM waits for every client to disconnect).
     server = start("postgres", cmd, base_env(), root / "logs" / "postgres.log", stop_signal=signal.SIGINT)
     pg = Postgres(server, port, "productgen", password, databases)
@@ -250,10 +296,14 @@ class S3:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=access_key or self.access_key,
-                            aws_secret_access_key=secret_key or self.secret_key,
-                            config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30))  # fmt: skip
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
+        )
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -261,9 +311,13 @@ class S3:
 
     def env(self) -> dict[str, str]:
         """What boto3-based clients (MLflow's S3 artifact store, dvc-s3) read."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
-                "AWS_ENDPOINT_URL_S3": self.endpoint}  # fmt: skip
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+        }
 
 
 def weed_binary() -> Path:
@@ -283,16 +337,35 @@ def start_s3(root: Path, buckets: tuple[str, ...]) -> S3:
     data = root / "s3"
     data.mkdir()
     access, secret = "pg" + secrets.token_hex(8), secrets.token_hex(20)
-    (data / "s3.json").write_text(
-        '{"identities": [{"name": "productgen", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], '
-        '"actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}' % (access, secret)
-    )
+    identity = {
+        "name": "productgen",
+        "credentials": [{"accessKey": access, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    (data / "s3.json").write_text(json.dumps({"identities": [identity]}))
     p = free_ports(8)
-    cmd = [str(exe), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}", "-master.telemetry=false",
-           f"-master.port={p[0]}", f"-master.port.grpc={p[1]}", f"-volume.port={p[2]}", f"-volume.port.grpc={p[3]}",
-           f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}", "-s3", f"-s3.port={p[6]}", f"-s3.port.grpc={p[7]}",
-           "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={data / 's3.json'}", "-volume.max=8",
-           "-master.volumeSizeLimitMB=64"]  # fmt: skip
+    cmd = [
+        str(exe),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data}",
+        "-master.telemetry=false",
+        f"-master.port={p[0]}",
+        f"-master.port.grpc={p[1]}",
+        f"-volume.port={p[2]}",
+        f"-volume.port.grpc={p[3]}",
+        f"-filer.port={p[4]}",
+        f"-filer.port.grpc={p[5]}",
+        "-s3",
+        f"-s3.port={p[6]}",
+        f"-s3.port.grpc={p[7]}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={data / 's3.json'}",
+        "-volume.max=8",
+        "-master.volumeSizeLimitMB=64",
+    ]
     server = start("seaweedfs", cmd, base_env(), root / "logs" / "seaweedfs.log")
     s3 = S3(server, f"http://127.0.0.1:{p[6]}", access, secret, buckets)
 
@@ -320,20 +393,33 @@ class Mlflow:
     bucket: str
 
     def client_env(self) -> dict[str, str]:
-        return {"MLFLOW_TRACKING_URI": self.url, "MLFLOW_TRACKING_USERNAME": self.username,
-                "MLFLOW_TRACKING_PASSWORD": self.password}  # fmt: skip
+        return {
+            "MLFLOW_TRACKING_URI": self.url,
+            "MLFLOW_TRACKING_USERNAME": self.username,
+            "MLFLOW_TRACKING_PASSWORD": self.password,
+        }
 
 
 def start_mlflow(root: Path, pg: Postgres, s3: S3, bucket: str) -> Server:
     """infra/mlflow/start.sh, exactly as the compose service runs it, with loopback values; returns at once
     (wait with ``wait_mlflow``) so that it starts while other servers do."""
     port = free_port()
-    env = base_env(**s3.env(), MLFLOW_BACKEND_STORE_URI=pg.url("mlflow"), MLFLOW_AUTH_DATABASE_URI=pg.url("mlflow_auth"),
-                   MLFLOW_ARTIFACTS_DESTINATION=f"s3://{bucket}/artifacts", MLFLOW_AUTH_ADMIN_USERNAME="admin",
-                   MLFLOW_AUTH_ADMIN_PASSWORD=secrets.token_hex(12), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
-                   MLFLOW_WORKER_USERNAME="productgen-worker", MLFLOW_WORKER_PASSWORD=secrets.token_hex(12),
-                   MLFLOW_AUTH_CONFIG_PATH=str(root / "mlflow-basic-auth.ini"), MLFLOW_HOST="127.0.0.1",
-                   MLFLOW_PORT=str(port), MLFLOW_WORKERS="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # fmt: skip
+    env = base_env(
+        **s3.env(),
+        MLFLOW_BACKEND_STORE_URI=pg.url("mlflow"),
+        MLFLOW_AUTH_DATABASE_URI=pg.url("mlflow_auth"),
+        MLFLOW_ARTIFACTS_DESTINATION=f"s3://{bucket}/artifacts",
+        MLFLOW_AUTH_ADMIN_USERNAME="admin",
+        MLFLOW_AUTH_ADMIN_PASSWORD=secrets.token_hex(12),
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+        MLFLOW_WORKER_USERNAME="productgen-worker",
+        MLFLOW_WORKER_PASSWORD=secrets.token_hex(12),
+        MLFLOW_AUTH_CONFIG_PATH=str(root / "mlflow-basic-auth.ini"),
+        MLFLOW_HOST="127.0.0.1",
+        MLFLOW_PORT=str(port),
+        MLFLOW_WORKERS="1",
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+    )
     server = start("mlflow", ["sh", str(ROOT / "infra" / "mlflow" / "start.sh")], env, root / "logs" / "mlflow.log")
     server.meta = {"url": f"http://127.0.0.1:{port}", "password": env["MLFLOW_AUTH_ADMIN_PASSWORD"]}
     return server
@@ -357,17 +443,23 @@ class Prefect:
     home: Path
 
     def client_env(self) -> dict[str, str]:
-        return {"PREFECT_API_URL": self.api_url, "PREFECT_API_AUTH_STRING": self.auth_string,
-                "PREFECT_HOME": str(self.home)}  # fmt: skip
+        return {
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_API_AUTH_STRING": self.auth_string,
+            "PREFECT_HOME": str(self.home),
+        }
 
     def api(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
         """One REST call (JSON in and out) with the auth string as HTTP basic auth, as Prefect's client sends it."""
         import base64
         import json
 
-        req = urllib.request.Request(self.api_url + path, method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        req = urllib.request.Request(
+            self.api_url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         if auth:
             req.add_header("Authorization", "Basic " + base64.b64encode(self.auth_string.encode()).decode())
         with LOOPBACK.open(req, timeout=30) as r:
@@ -381,9 +473,14 @@ def start_prefect(root: Path, pg: Postgres) -> Server:
     port = free_port()
     home = root / "prefect-server-home"
     auth = f"admin:{secrets.token_hex(12)}"
-    env = base_env(PREFECT_HOME=str(home), PREFECT_API_DATABASE_CONNECTION_URL=pg.url("prefect", "asyncpg"),
-                   PREFECT_SERVER_API_AUTH_STRING=auth, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
-                   PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))  # fmt: skip
+    env = base_env(
+        PREFECT_HOME=str(home),
+        PREFECT_API_DATABASE_CONNECTION_URL=pg.url("prefect", "asyncpg"),
+        PREFECT_SERVER_API_AUTH_STRING=auth,
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+    )
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
     server = start("prefect-server", cmd, env, root / "logs" / "prefect-server.log")
     server.meta = {"api": f"http://127.0.0.1:{port}/api", "auth": auth}

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.team
 
 def call(url: str, body: dict[str, Any] | None = None, auth: tuple[str, str] | None = None) -> tuple[int, Any]:
     """(status, JSON or text) of a GET (or a POST with a JSON body)."""
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    req = urllib.request.Request(
+        url, data=None if body is None else json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     if auth:
         req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
     try:
@@ -66,8 +67,12 @@ def test_mlflow_users_read_by_default_and_cannot_delete_others_experiments(stack
     assert call(api + f"/experiments/get?experiment_id={made['experiment_id']}", auth=user)[0] == 200  # READ
     status, body = call(api + "/experiments/delete", {"experiment_id": made["experiment_id"]}, auth=user)
     assert status == 403, body
-    assert call(api + f"/experiments/get?experiment_id={made['experiment_id']}", auth=admin)[1]["experiment"][
-        "lifecycle_stage"] == "active"  # fmt: skip
+    assert (
+        call(api + f"/experiments/get?experiment_id={made['experiment_id']}", auth=admin)[1]["experiment"][
+            "lifecycle_stage"
+        ]
+        == "active"
+    )
     assert call(api + "/users/create", {"username": "x", "password": "x-password-1234"}, auth=user)[0] == 403
 
 
@@ -99,14 +104,21 @@ def _sh(*args: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_dvc_push_and_pull_round_trip_through_the_s3_remote(stack: servers.Stack, tmp_path: Path) -> None:
     """Credentials in .dvc/config.local (git-ignored) in one checkout, from the environment in the other."""
-    env = servers.base_env(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@productgen.invalid", GIT_COMMITTER_NAME="t",
-                           GIT_COMMITTER_EMAIL="t@productgen.invalid")  # fmt: skip
+    env = servers.base_env(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@productgen.invalid",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@productgen.invalid",
+    )
     repo = tmp_path / "project"
     (repo / "data" / "shop").mkdir(parents=True)
     for i in range(5):

@@ -141,7 +141,11 @@ def test_servers_are_wired_to_postgres_s3_and_auth(compose: dict[str, Any]) -> N
     assert {d["work_pool"]["name"] for d in deployments} == {"productgen"}  # the CPU worker's pool
     pg = _env(s["postgres"])
     assert {pg["MLFLOW_DB"], pg["MLFLOW_AUTH_DB"], pg["PREFECT_DB"], pg["OPTUNA_DB"]} == {
-        "mlflow", "mlflow_auth", "prefect", "optuna"}  # fmt: skip
+        "mlflow",
+        "mlflow_auth",
+        "prefect",
+        "optuna",
+    }
     init = s["minio-init"]
     assert init["depends_on"]["minio"]["condition"] == "service_healthy" and init["restart"] == "no"
     assert {_env(init)["MLFLOW_BUCKET"], _env(init)["DVC_BUCKET"]} == {"mlflow", "dvc"}
@@ -217,7 +221,12 @@ def test_web_page_service_serves_the_team_registry_with_its_users(compose: dict[
     assert web["depends_on"]["mlflow"]["condition"] == "service_healthy"
     assert "8000/health" in " ".join(web["healthcheck"]["test"])
     assert web["build"]["dockerfile"] == "infra/Dockerfile"
-    helptext = subprocess.run([str(Path(sys.executable).parent / "productgen"), "web", "--help"], capture_output=True, text=True,
-                              env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}, timeout=60).stdout  # fmt: skip
+    helptext = subprocess.run(
+        [str(Path(sys.executable).parent / "productgen"), "web", "--help"],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    ).stdout
     for option in ("--host", "--port", "--auth", "--cache-dir", "--log-level"):
         assert option in helptext, option

@@ -92,9 +92,17 @@ def killed_study(stack: servers.Stack, params: Path, tmp_path_factory: pytest.Te
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(timeout=30)
-    return {"storage": storage, "study": study, "victim": victim, "victim_worker": victim_id, "rc_b": rc_b,
-            "out": root / "out", "b_worker": f"{socket.gethostname()}:{procs['b'].pid}", "b_took": b_took,
-            "logs": {w: p.read_text(errors="replace") for w, p in logs.items()}}  # fmt: skip
+    return {
+        "storage": storage,
+        "study": study,
+        "victim": victim,
+        "victim_worker": victim_id,
+        "rc_b": rc_b,
+        "out": root / "out",
+        "b_worker": f"{socket.gethostname()}:{procs['b'].pid}",
+        "b_took": b_took,
+        "logs": {w: p.read_text(errors="replace") for w, p in logs.items()},
+    }
 
 
 def test_the_surviving_worker_finishes_the_study(killed_study: dict[str, Any]) -> None:
@@ -132,8 +140,10 @@ def test_every_trial_ran_in_exactly_one_worker(killed_study: dict[str, Any]) -> 
     workers = {killed_study["victim_worker"], killed_study["b_worker"]}
     assert {t.user_attrs["worker"] for t in trials} <= workers
     assert len({t.number for t in trials}) == len(trials)
-    said = {w: set(map(int, re.findall(r"^trial (\d+) (?:complete|pruned)", log, re.M)))
-            for w, log in killed_study["logs"].items()}  # fmt: skip
+    said = {
+        w: set(map(int, re.findall(r"^trial (\d+) (?:complete|pruned)", log, re.M)))
+        for w, log in killed_study["logs"].items()
+    }
     assert not said["a"] & said["b"]  # no trial was finished by both
     for t in trials:
         if t.state.name == "COMPLETE":

@@ -30,10 +30,17 @@ def test_each_service_role_reaches_only_its_databases() -> None:
     import psycopg
 
     try:
-        env = {"PATH": f"{servers.postgres_bindir()}{os.pathsep}{os.environ['PATH']}", "PGHOST": "127.0.0.1",
-               "PGPORT": str(pg.port), "PGPASSWORD": pg.password, "POSTGRES_USER": pg.user,
-               "POSTGRES_PASSWORD": pg.password, "MLFLOW_DB_PASSWORD": "change-me-mlflow-db",
-               "PREFECT_DB_PASSWORD": "prefect-secret-1", "OPTUNA_DB_PASSWORD": "optuna-secret-1"}  # fmt: skip
+        env = {
+            "PATH": f"{servers.postgres_bindir()}{os.pathsep}{os.environ['PATH']}",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(pg.port),
+            "PGPASSWORD": pg.password,
+            "POSTGRES_USER": pg.user,
+            "POSTGRES_PASSWORD": pg.password,
+            "MLFLOW_DB_PASSWORD": "change-me-mlflow-db",
+            "PREFECT_DB_PASSWORD": "prefect-secret-1",
+            "OPTUNA_DB_PASSWORD": "optuna-secret-1",
+        }
         script = ["sh", str(ROOT / "infra" / "postgres" / "init-databases.sh")]
         refused = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and "MLFLOW_DB_PASSWORD still holds the example placeholder" in refused.stderr
@@ -47,7 +54,9 @@ def test_each_service_role_reaches_only_its_databases() -> None:
                 if db in own:
                     with psycopg.connect(url, autocommit=True, connect_timeout=5) as c:
                         c.execute("CREATE TABLE owned (x int)")  # the owner can build its schema
-                        assert c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+                        assert c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (
+                            False,
+                        )
                 else:
                     with pytest.raises(psycopg.OperationalError, match="CONNECT privilege"):
                         psycopg.connect(url, connect_timeout=5).close()

@@ -43,8 +43,9 @@ retrain: {{dvc_repo: {root}/repo, drift: {{enabled: false}}}}
 
 
 def _prefect(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)  # fmt: skip
+    p = subprocess.run(
+        [str(BIN / "prefect"), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert p.returncode == 0, f"prefect {' '.join(args)}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p
 
@@ -65,19 +66,44 @@ def scheduled_run(stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory
     # The data snapshots go to a DVC repository (not a git checkout: md5 only) whose default remote is the S3 bucket.
     dvc = str(BIN / "dvc")
     (root / "repo").mkdir()
-    for args in (("init", "-q", "--no-scm"), ("remote", "add", "-d", "team", "s3://dvc/retrain"),
-                 ("remote", "modify", "team", "endpointurl", stack.s3.endpoint),
-                 ("remote", "modify", "--local", "team", "access_key_id", stack.s3.access_key),
-                 ("remote", "modify", "--local", "team", "secret_access_key", stack.s3.secret_key)):  # fmt: skip
+    for args in (
+        ("init", "-q", "--no-scm"),
+        ("remote", "add", "-d", "team", "s3://dvc/retrain"),
+        ("remote", "modify", "team", "endpointurl", stack.s3.endpoint),
+        ("remote", "modify", "--local", "team", "access_key_id", stack.s3.access_key),
+        ("remote", "modify", "--local", "team", "secret_access_key", stack.s3.secret_key),
+    ):
         subprocess.run([dvc, *args], cwd=root / "repo", check=True, capture_output=True)
-    env = stack.client_env(PRODUCTGEN_DIR=str(ROOT), PREFECT_WORKER_QUERY_SECONDS="2",
-                           PREFECT_WORKER_PREFETCH_SECONDS="60",
-                           PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")  # fmt: skip
+    env = stack.client_env(
+        PRODUCTGEN_DIR=str(ROOT),
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_WORKER_PREFETCH_SECONDS="60",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    )
     _prefect(env, "work-pool", "create", "productgen", "--type", "process")
-    params = {"params": {"task": "gan", "params_file": str(root / "params.yaml"), "profile": None, "tune_trials": 0,
-                         "promote": True, "run_tag": "scheduled"}}  # fmt: skip
-    _prefect(env, "--no-prompt", "deploy", "--name", "weekly-retrain", "--cron", "* * * * *", "--timezone", "UTC",
-             "--params", json.dumps(params))  # fmt: skip
+    params = {
+        "params": {
+            "task": "gan",
+            "params_file": str(root / "params.yaml"),
+            "profile": None,
+            "tune_trials": 0,
+            "promote": True,
+            "run_tag": "scheduled",
+        }
+    }
+    _prefect(
+        env,
+        "--no-prompt",
+        "deploy",
+        "--name",
+        "weekly-retrain",
+        "--cron",
+        "* * * * *",
+        "--timezone",
+        "UTC",
+        "--params",
+        json.dumps(params),
+    )
 
     # The server's scheduler (every 2 s here) creates the cron's upcoming runs.
     deadline = time.monotonic() + 60
@@ -90,9 +116,25 @@ def scheduled_run(stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory
     # One polling pass: the worker takes the first scheduled run (within its 60 s prefetch), runs it, exits.
     log = root / "worker.log"
     with open(log, "wb") as fh:
-        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "productgen", "--type", "process",
-                                   "--limit", "1", "--run-once"], env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
-                                  start_new_session=True)  # fmt: skip
+        worker = subprocess.Popen(
+            [
+                str(BIN / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                "productgen",
+                "--type",
+                "process",
+                "--limit",
+                "1",
+                "--run-once",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     w = servers.Server("prefect-worker", worker, log)
     try:
         worker.wait(timeout=480)
@@ -104,8 +146,13 @@ def scheduled_run(stack: servers.Stack, tmp_path_factory: pytest.TempPathFactory
     deployment = stack.prefect.api("GET", "/deployments/name/retrain/weekly-retrain")
     # No more scheduled runs (the server keeps running for the other tests): deleting the deployment drops them.
     _prefect(env, "deployment", "delete", "retrain/weekly-retrain")
-    return {"root": root, "scheduled": runs, "final": final, "worker_log": log.read_text(errors="replace"),
-            "deployment": deployment}  # fmt: skip
+    return {
+        "root": root,
+        "scheduled": runs,
+        "final": final,
+        "worker_log": log.read_text(errors="replace"),
+        "deployment": deployment,
+    }
 
 
 def _finished(scheduled_run: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +194,9 @@ def test_champion_is_in_the_mlflow_server_with_its_artifacts_in_s3(
     assert md5.endswith(".dir") and "lineage.git_tag" not in champion.tags
     dvc_keys = on_team_servers.s3.keys("dvc", "retrain/")
     assert any(k.endswith(md5.removesuffix(".dir")[2:] + ".dir") for k in dvc_keys), dvc_keys[:20]
-    model = client.get_logged_model(champion.source.split("/")[-1]) if champion.source.startswith("models:/m-") else None
+    model = (
+        client.get_logged_model(champion.source.split("/")[-1]) if champion.source.startswith("models:/m-") else None
+    )
     location = model.artifact_location if model else champion.source
     assert location.startswith("mlflow-artifacts:/"), location  # proxied by the server, stored in S3
     prefix = "artifacts/" + location[len("mlflow-artifacts:/") :].strip("/") + "/"
@@ -175,17 +224,19 @@ def test_two_racing_promotions_against_the_server_leave_one_champion(
     scheduled_run: dict[str, Any], on_team_servers: servers.Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As tests/integration/test_registry.py, but two processes promoting against the tracking server."""
-    from mlflow import MlflowClient
-
-    from productgen.registry import promotion as registry
-
     import dataclasses
 
+    from mlflow import MlflowClient
+
     from productgen import tasks
+    from productgen.registry import promotion as registry
 
     monkeypatch.setitem(tasks.TASKS, "teamrace", dataclasses.replace(tasks.get("gan"), name="teamrace"))
-    uri = MlflowClient(tracking_uri=on_team_servers.mlflow.url).get_model_version_by_alias("productgen-gan",
-                                                                                          "champion").source  # fmt: skip
+    uri = (
+        MlflowClient(tracking_uri=on_team_servers.mlflow.url)
+        .get_model_version_by_alias("productgen-gan", "champion")
+        .source
+    )
     ev = {"n_real": 100, "n_fake": 100, "extractor": {"sha": "a16e4d89c0ec"}}
     base = registry.register_challenger("teamrace", uri, {**ev, "fid": 60.0}, "c" * 64, "test")
     registry.promote("teamrace", margin=0.5)
@@ -194,12 +245,19 @@ def test_two_racing_promotions_against_the_server_leave_one_champion(
     # The cross-machine lock: a PostgreSQL advisory lock in the team database (not a file on this machine).
     lock_url = on_team_servers.pg.url(on_team_servers.pg.databases[0])
     env = on_team_servers.client_env(PRODUCTGEN_PROMOTION_LOCK_URL=lock_url)
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, v], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for v in (a, b)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, v], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for v in (a, b)
+    ]
     outs = [p.communicate(timeout=240) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    champion = MlflowClient(tracking_uri=on_team_servers.mlflow.url).get_model_version_by_alias(
-        registry.model_name("teamrace"), "champion").version  # fmt: skip
+    champion = (
+        MlflowClient(tracking_uri=on_team_servers.mlflow.url)
+        .get_model_version_by_alias(registry.model_name("teamrace"), "champion")
+        .version
+    )
     assert str(champion) == a  # the better one wins whatever the order
     events = registry.history("teamrace")
     assert len(events) == 3 and events[0]["version"] == base

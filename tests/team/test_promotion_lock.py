@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from productgen.registry import promotion as registry
 from productgen.common.errors import UserError
+from productgen.registry import promotion as registry
 from tests.team import servers
 
 
@@ -19,8 +19,9 @@ def test_advisory_lock_is_exclusive_across_sessions(stack: servers.Stack, monkey
 
     url = stack.pg.url(stack.pg.databases[0])
     monkeypatch.setenv(registry.LOCK_URL_ENV, url)
-    key = int.from_bytes(hashlib.sha256(f"productgen-promotion|{tracking_uri()}".encode()).digest()[:8], "big",
-                         signed=True)  # fmt: skip
+    key = int.from_bytes(
+        hashlib.sha256(f"productgen-promotion|{tracking_uri()}".encode()).digest()[:8], "big", signed=True
+    )
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.connect() as other:  # another machine holding the lock
         assert other.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()

@@ -123,15 +123,33 @@ def server(store: Store) -> Iterator[str]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("PRODUCTGEN_WEB_USERS", None)
     log = open(store.root / "server.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([str(BIN / "productgen"), "web", "--params", str(store.params), "--port", str(port),
-                             "--users-file", str(store.users), "--log-level", "warning"], cwd=store.root, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            str(BIN / "productgen"),
+            "web",
+            "--params",
+            str(store.params),
+            "--port",
+            str(port),
+            "--users-file",
+            str(store.users),
+            "--log-level",
+            "warning",
+        ],
+        cwd=store.root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     try:
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"productgen web exited {proc.returncode}:\n{(store.root / 'server.log').read_text()}")
+                raise AssertionError(
+                    f"productgen web exited {proc.returncode}:\n{(store.root / 'server.log').read_text()}"
+                )
             with contextlib.suppress(OSError):
                 if get(base + "/health", 1.0)[0] == 200:
                     break
@@ -155,12 +173,19 @@ def server(store: Store) -> Iterator[str]:
 def _train_and_register(store: Store, task: str, metrics: dict[str, Any]) -> tuple[str, str]:
     """Train ``task`` for 2 steps with MLflow tracking (lineage tags and all), register it with ``metrics`` as its
     evaluation and promote it through the gate; returns (version, model URI)."""
-    from productgen.registry import promotion as registry
     from productgen.config import load_params
     from productgen.pipeline.train import train
+    from productgen.registry import promotion as registry
 
-    p = load_params(store.params, {"train.out": str(store.root / "train" / task), "train.max_steps": 2,
-                                   "train.checkpoint_every": 1000, "train.sample_every": 2})  # fmt: skip
+    p = load_params(
+        store.params,
+        {
+            "train.out": str(store.root / "train" / task),
+            "train.max_steps": 2,
+            "train.checkpoint_every": 1000,
+            "train.sample_every": 2,
+        },
+    )
     result = train(p, task, show_progress=False, track=True)
     version = registry.register_challenger(task, result.model_uri, {**EVAL, **metrics}, CONTENT_HASH, "test")
     from productgen.web.app import _gate_settings
@@ -184,13 +209,15 @@ def champions(store: Store, server: str) -> dict[str, str]:
             out = {}
             gan, gan_uri = _train_and_register(store, "gan", {"fid": 40.0})
             out["gan"] = gan
-            out["restore"] = _train_and_register(store, "restore", {"psnr": 30.0, "gain_db": 5.0, "view": "noise25",
-                                                                    "images": 36})[0]  # fmt: skip
+            out["restore"] = _train_and_register(
+                store, "restore", {"psnr": 30.0, "gain_db": 5.0, "view": "noise25", "images": 36}
+            )[0]
             out["pix2pix"] = _train_and_register(store, "pix2pix", {"psnr": 20.0, "gain_db": 5.0, "images": 36})[0]
             out["adain"] = _train_and_register(store, "adain", {"style_score": 0.5, "content_ssim": 0.7})[0]
             # a better challenger of the GAN (same weights, a better evaluation): the Models page promotes it
-            out["gan-challenger"] = registry.register_challenger("gan", gan_uri, {**EVAL, "fid": 30.0}, CONTENT_HASH,
-                                                                 "test")  # fmt: skip
+            out["gan-challenger"] = registry.register_challenger(
+                "gan", gan_uri, {**EVAL, "fid": 30.0}, CONTENT_HASH, "test"
+            )
     finally:
         torch.set_num_threads(threads)
     deadline = time.monotonic() + 60  # the server loads them in the background once its alias check sees them
@@ -214,6 +241,18 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     """Debian's chromium through executable_path (``playwright install`` would download a browser)."""
     if CHROMIUM is None:
         pytest.skip("chromium not installed (apt-get install chromium; make test installs it where it can)")
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True,
-            "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                     "--disable-extensions", "--disable-sync", "--no-first-run", "--disable-component-update"]}  # fmt: skip
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "headless": True,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-extensions",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-component-update",
+        ],
+    }

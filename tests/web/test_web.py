@@ -69,7 +69,11 @@ def form_token(client: httpx.Client, base: str, path: str = "/generate") -> str:
 def test_generate_page_grid_downloads_and_zip(page: Any, server: str) -> None:
     page.goto("/generate")
     assert "productgen-gan v1" in page.inner_text("#model-label")
-    assert page.eval_on_selector_all("#category option", "els => els.map(e => e.textContent)") == ["bags", "shirts", "shoes"]
+    assert page.eval_on_selector_all("#category option", "els => els.map(e => e.textContent)") == [
+        "bags",
+        "shirts",
+        "shoes",
+    ]
     page.select_option("#category", "shoes")
     page.fill("#count", "6")
     page.fill("#seed", "3")
@@ -101,7 +105,9 @@ def test_enhance_page_before_after_and_zip_with_original_names(page: Any, server
     assert page.locator("img.before").count() == 2 and page.locator("img.after").count() == 2
     shot(page, "enhance")
     assert zip_names(download(page, "#zip")) == ["shoot/front.png", "shoot/sub/side.png"]
-    page.set_input_files("#photos", files(("a.webp", encode(product_image(3), "WEBP")), ("b.png", png(product_image(4)))))
+    page.set_input_files(
+        "#photos", files(("a.webp", encode(product_image(3), "WEBP")), ("b.png", png(product_image(4))))
+    )
     page.click("#go")
     page.wait_for_selector("#result")
     out = zipfile.ZipFile(io.BytesIO(download(page, "#zip")))
@@ -114,9 +120,15 @@ def test_bad_uploads_are_named_on_the_page_and_the_server_keeps_serving(page: An
     big = png(noise)
     assert len(big) > 262144  # over the tests' web.max_file_bytes
     page.goto("/enhance")
-    page.set_input_files("#photos", files(("notes.png", b"this is not an image\n"),
-                                          ("bomb.png", png_with_size(20000, 20000)),
-                                          ("huge.png", big), ("good.png", png(product_image(5)))))  # fmt: skip
+    page.set_input_files(
+        "#photos",
+        files(
+            ("notes.png", b"this is not an image\n"),
+            ("bomb.png", png_with_size(20000, 20000)),
+            ("huge.png", big),
+            ("good.png", png(product_image(5))),
+        ),
+    )
     page.click("#go")
     page.wait_for_selector("#errors")
     errors = page.inner_text("#errors")
@@ -136,8 +148,11 @@ def test_bad_uploads_are_named_on_the_page_and_the_server_keeps_serving(page: An
     # a request over web.max_request_bytes: 413 with a message, and the server answers the next request
     with httpx.Client() as c:
         token = form_token(c, server, "/enhance")
-        r = c.post(server + "/enhance", data={"csrf_token": token, "model": "denoise|productgen-restore"},
-                   files=[("photos", (f"p{i}.png", big, "image/png")) for i in range(20)])  # fmt: skip
+        r = c.post(
+            server + "/enhance",
+            data={"csrf_token": token, "model": "denoise|productgen-restore"},
+            files=[("photos", (f"p{i}.png", big, "image/png")) for i in range(20)],
+        )
         assert r.status_code == 413 and "limit per request" in r.text and "Traceback" not in r.text
         assert c.get(server + "/generate").status_code == 200
 
@@ -266,8 +281,11 @@ def test_busy_server_answers_503_with_retry_after(server: str) -> None:
 
     def one() -> None:
         with httpx.Client(cookies=cookies, timeout=60) as c:
-            r = c.post(server + "/enhance", data={"csrf_token": token, "model": "denoise|productgen-restore"},
-                       files=[("photos", (f"p{i}.png", photo, "image/png")) for i in range(12)])  # fmt: skip
+            r = c.post(
+                server + "/enhance",
+                data={"csrf_token": token, "model": "denoise|productgen-restore"},
+                files=[("photos", (f"p{i}.png", photo, "image/png")) for i in range(12)],
+            )
             statuses.append((r.status_code, r.headers.get("retry-after")))
 
     threads = [threading.Thread(target=one) for _ in range(8)]
@@ -297,7 +315,9 @@ def test_bad_form_values_get_messages_never_tracebacks(server: str) -> None:
             assert r.status_code == 400 and message in text and "Traceback" not in text, (fields, text[-800:])
         r = c.post(server + "/enhance", data={"csrf_token": token}, files=[("other", ("x.txt", b"x", "text/plain"))])
         assert r.status_code == 400 and "choose at least one image" in r.text
-        r = c.post(server + "/enhance", content=b"--x\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=x"})
+        r = c.post(
+            server + "/enhance", content=b"--x\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=x"}
+        )
         assert r.status_code in (400, 403) and "Traceback" not in r.text
         assert c.get(server + "/nowhere").status_code == 404
         assert c.get(server + "/results/nope.zip").status_code == 404

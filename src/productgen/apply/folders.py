@@ -101,7 +101,9 @@ def read_image(path: Path, channels: int, max_pixels: int = 50_000_000, max_side
     return read_image_bytes(data, channels, max_pixels, max_side)
 
 
-def read_image_bytes(data: bytes, channels: int, max_pixels: int = 50_000_000, max_side: int | None = None) -> np.ndarray:
+def read_image_bytes(
+    data: bytes, channels: int, max_pixels: int = 50_000_000, max_side: int | None = None
+) -> np.ndarray:
     """Decode untrusted image bytes (JPEG/PNG/WebP) into uint8 HWC; ``ValueError`` with a one-line reason."""
     from productgen.data.decode import Rejected, decode
 
@@ -141,8 +143,9 @@ def write_png(array: np.ndarray, path: Path) -> None:
         raise
 
 
-def _batches(files: list[Path], read: Callable[[Path], np.ndarray], batch_size: int,
-             report: ApplyReport) -> Iterator[list[tuple[Path, np.ndarray]]]:  # fmt: skip
+def _batches(
+    files: list[Path], read: Callable[[Path], np.ndarray], batch_size: int, report: ApplyReport
+) -> Iterator[list[tuple[Path, np.ndarray]]]:
     """Readable images grouped into batches of equal size (mixed sizes form separate batches)."""
     pending: dict[tuple[int, ...], list[tuple[Path, np.ndarray]]] = {}
     for path in files:
@@ -168,8 +171,9 @@ def _pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
     return F.pad(x.float(), (0, pw, 0, ph), mode=mode).round().to(torch.uint8)
 
 
-def run_batch(predictor: Any, arrays: list[np.ndarray], device: torch.device | str = "cpu",
-              **options: Any) -> list[np.ndarray]:  # fmt: skip
+def run_batch(
+    predictor: Any, arrays: list[np.ndarray], device: torch.device | str = "cpu", **options: Any
+) -> list[np.ndarray]:
     """Pad a batch of equal-size HWC uint8 images to the model's multiple, run it, crop back; HWC uint8 out."""
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     h, w = x.shape[-2:]
@@ -285,7 +289,7 @@ class _GlobalNorms:
         for net in self.nets:
             self._handles.append(net.register_forward_pre_hook(self._record_size))
         for m in self.norms:
-            m.forward = (lambda x, m=m: self._forward(m, x))  # type: ignore[method-assign]
+            m.forward = lambda x, m=m: self._forward(m, x)  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -364,8 +368,9 @@ def _ramp(lo: int, hi: int, lo_band: int, hi_band: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def plan_tile(predictor: Any, height: int, width: int, memory_mb: float, bpp: float,
-              margin: int = TILE_MARGIN) -> int | None:  # fmt: skip
+def plan_tile(
+    predictor: Any, height: int, width: int, memory_mb: float, bpp: float, margin: int = TILE_MARGIN
+) -> int | None:
     """The tile core side (input px) that fits ``memory_mb``, or ``None`` when the whole image fits at once.
     Raises :class:`TileError` when not even the smallest tile fits."""
     budget = memory_mb * _MB
@@ -378,14 +383,24 @@ def plan_tile(predictor: Any, height: int, width: int, memory_mb: float, bpp: fl
     smallest = max(align, math.ceil(max(TILE_BLEND, 2 * margin) / align) * align)
     if core < smallest:
         need = (smallest + 2 * margin) ** 2 * bpp / _MB
-        raise TileError(f"{width}x{height} px does not fit a memory budget of {memory_mb:g} MB even in tiles "
-                        f"(the smallest tile needs {need:.0f} MB); raise --memory-mb")  # fmt: skip
+        raise TileError(
+            f"{width}x{height} px does not fit a memory budget of {memory_mb:g} MB even in tiles "
+            f"(the smallest tile needs {need:.0f} MB); raise --memory-mb"
+        )
     return core
 
 
-def predict_image(predictor: Any, image: np.ndarray, device: torch.device | str = "cpu",
-                  memory_mb: float = DEFAULT_MEMORY_MB, tile: int | None = None, margin: int = TILE_MARGIN,
-                  blend: int = TILE_BLEND, exact: bool = True, **options: Any) -> np.ndarray:  # fmt: skip
+def predict_image(
+    predictor: Any,
+    image: np.ndarray,
+    device: torch.device | str = "cpu",
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    tile: int | None = None,
+    margin: int = TILE_MARGIN,
+    blend: int = TILE_BLEND,
+    exact: bool = True,
+    **options: Any,
+) -> np.ndarray:
     """Run ``predictor`` on one HWC uint8 image of any size within ``memory_mb``; HWC uint8 out.
 
     When the forward pass fits the budget (:func:`bytes_per_pixel`), this is :func:`run_batch` on the image.
@@ -438,8 +453,10 @@ def predict_image(predictor: Any, image: np.ndarray, device: torch.device | str 
                 gn.start_pass(None)
                 gn.calls = 0  # count the norm calls of one forward, on a small corner (the count is size-free)
                 corner = xp[: min(hp, 2 * align), : min(wp, 2 * align)]
-                predictor(torch.from_numpy(np.ascontiguousarray(corner)).permute(2, 0, 1)[None].contiguous().to(device),
-                          **options)  # fmt: skip
+                predictor(
+                    torch.from_numpy(np.ascontiguousarray(corner)).permute(2, 0, 1)[None].contiguous().to(device),
+                    **options,
+                )
                 n_calls = gn.calls
                 for k in range(n_calls):
                     gn.start_pass(k)
@@ -452,9 +469,18 @@ def predict_image(predictor: Any, image: np.ndarray, device: torch.device | str 
         return _blend_pass(rows, cols, hp, wp, h, w, c, s, blend, run_tile)  # type: ignore[arg-type]
 
 
-def _blend_pass(rows: list[tuple[int, int]], cols: list[tuple[int, int]], hp: int, wp: int, h: int, w: int,
-                c: int, s: int, band: int,
-                run: Callable[[tuple[int, int], tuple[int, int]], tuple[np.ndarray, int, int]]) -> np.ndarray:  # fmt: skip
+def _blend_pass(
+    rows: list[tuple[int, int]],
+    cols: list[tuple[int, int]],
+    hp: int,
+    wp: int,
+    h: int,
+    w: int,
+    c: int,
+    s: int,
+    band: int,
+    run: Callable[[tuple[int, int], tuple[int, int]], tuple[np.ndarray, int, int]],
+) -> np.ndarray:
     """Run every tile once and cross-fade them into the output, one row of tiles at a time (the float
     accumulator covers one row of tiles, not the image)."""
     out = np.empty((hp * s, wp * s, c), dtype=np.uint8)
@@ -492,14 +518,24 @@ def _thumbnail(a: np.ndarray, side: int = 256) -> np.ndarray:
 
 def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or (
-        isinstance(err, RuntimeError) and ("can't allocate memory" in str(err) or "out of memory" in str(err)))  # fmt: skip
+        isinstance(err, RuntimeError) and ("can't allocate memory" in str(err) or "out of memory" in str(err))
+    )
 
 
 def apply_to_folder(
-    predictor: Any, in_dir: Path, out_dir: Path, batch_size: int = 16, max_side: int | None = None,
-    device: torch.device | str = "cpu", show_progress: bool = True, keep_pairs: int = 8,
-    memory_mb: float = DEFAULT_MEMORY_MB, max_pixels: int = 50_000_000, exact_tiles: bool = True, **options: Any,
-) -> ApplyReport:  # fmt: skip
+    predictor: Any,
+    in_dir: Path,
+    out_dir: Path,
+    batch_size: int = 16,
+    max_side: int | None = None,
+    device: torch.device | str = "cpu",
+    show_progress: bool = True,
+    keep_pairs: int = 8,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    max_pixels: int = 50_000_000,
+    exact_tiles: bool = True,
+    **options: Any,
+) -> ApplyReport:
     """Run ``predictor`` over every image under ``in_dir``; outputs ``out_dir/<relative path>/<stem>.png``.
 
     Batches are cut to fit ``memory_mb``; an image too large for one pass goes through :func:`predict_image`
@@ -516,8 +552,10 @@ def apply_to_folder(
     files, skipped = scan_images(in_dir)
     dst = check_out_dir(in_dir, out_dir)
     if not files:
-        raise UserError(f"{in_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found"
-                        + (f" ({len(skipped)} skipped: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""))  # fmt: skip
+        raise UserError(
+            f"{in_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found"
+            + (f" ({len(skipped)} skipped: {skipped[0][0]}: {skipped[0][1]})" if skipped else "")
+        )
     root = in_dir.resolve()
     report = ApplyReport(skipped=skipped)
     channels = int(predictor.channels)
@@ -544,9 +582,10 @@ def apply_to_folder(
                     if per_image <= memory_mb * _MB:
                         outputs = run_batch(predictor, [a for _, a in group], device, **options)
                     else:
-                        (path, arr), = group
-                        outputs = [predict_image(predictor, arr, device, memory_mb=memory_mb, exact=exact_tiles,
-                                                 **options)]  # fmt: skip
+                        ((path, arr),) = group
+                        outputs = [
+                            predict_image(predictor, arr, device, memory_mb=memory_mb, exact=exact_tiles, **options)
+                        ]
                         report.tiled.append(path)
                 except TileError as err:
                     report.failed.extend((p, str(err)) for p, _ in group)
@@ -554,8 +593,9 @@ def apply_to_folder(
                 except (MemoryError, RuntimeError) as err:
                     if not _is_out_of_memory(err):
                         raise
-                    report.failed.extend((p, f"out of memory ({hh}x{ww} px); lower --memory-mb or --batch-size")
-                                         for p, _ in group)  # fmt: skip
+                    report.failed.extend(
+                        (p, f"out of memory ({hh}x{ww} px); lower --memory-mb or --batch-size") for p, _ in group
+                    )
                     continue
                 for (path, before), after in zip(group, outputs, strict=True):
                     finish(path, before, after)

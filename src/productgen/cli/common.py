@@ -16,9 +16,7 @@ from productgen.common.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ParamsOption = Annotated[
-    Path, typer.Option("--params", help="params.yaml to read (CLI options override its values).")
-]
+ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (CLI options override its values).")]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Print the resolved configuration as JSON and exit without running.")
 ]
@@ -53,9 +51,14 @@ def os_error_line(err: OSError) -> str:
 def _storage_error_line(err: Exception) -> str | None:
     """Writers in Rust/C (safetensors) report a full disk as their own exception type: recognise the text."""
     text = str(err)
-    for needle, code in (("No space left", errno.ENOSPC), ("StorageFull", errno.ENOSPC),
-                         ("Read-only file system", errno.EROFS), ("ReadOnlyFilesystem", errno.EROFS),
-                         ("Permission denied", errno.EACCES), ("PermissionDenied", errno.EACCES)):  # fmt: skip
+    for needle, code in (
+        ("No space left", errno.ENOSPC),
+        ("StorageFull", errno.ENOSPC),
+        ("Read-only file system", errno.EROFS),
+        ("ReadOnlyFilesystem", errno.EROFS),
+        ("Permission denied", errno.EACCES),
+        ("PermissionDenied", errno.EACCES),
+    ):
         if needle in text:
             return f"{_OS_HINTS[code]} ({type(err).__name__}: {text.splitlines()[0][:200]})"
     return None

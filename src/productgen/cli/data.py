@@ -22,7 +22,9 @@ Params = Annotated[
 
 Profile = Annotated[
     Optional[str],
-    typer.Option("--profile", help="Partial params file merged over params.yaml (a name in flows/profiles/ or a path)."),
+    typer.Option(
+        "--profile", help="Partial params file merged over params.yaml (a name in flows/profiles/ or a path)."
+    ),
 ]
 
 
@@ -58,9 +60,7 @@ def fetch(
 @user_errors
 def prepare(
     params: Params = None,
-    source: Annotated[
-        Optional[str], typer.Option(help="builtin | folder | catalog (default: data.source).")
-    ] = None,
+    source: Annotated[Optional[str], typer.Option(help="builtin | folder | catalog (default: data.source).")] = None,
     input: Annotated[
         Optional[str],
         typer.Option("--input", "-i", help="builtin: IDX folder; folder: images root; catalog: CSV/Parquet file."),
@@ -90,10 +90,17 @@ def prepare(
       --image-pattern 'images/{}.jpg' --category-column articleType --mode RGB -o artifacts/fashion
     """
     overrides = {
-        "data.source": source, "data.input": input, "data.out": out, "data.image_root": image_root,
-        "data.image_column": image_column, "data.image_pattern": image_pattern,
-        "data.category_column": category_column, "data.resolution": resolution, "data.mode": mode, "data.seed": seed,
-    }  # fmt: skip
+        "data.source": source,
+        "data.input": input,
+        "data.out": out,
+        "data.image_root": image_root,
+        "data.image_column": image_column,
+        "data.image_pattern": image_pattern,
+        "data.category_column": category_column,
+        "data.resolution": resolution,
+        "data.mode": mode,
+        "data.seed": seed,
+    }
     cfg = _load(params, overrides).data
     if dry_run:
         print_config(cfg)
@@ -155,9 +162,9 @@ def views(
     """
     import torch
 
+    from productgen.common.grids import make_grid, save_png
     from productgen.data.dataset import PreparedDataset
     from productgen.data.views import make_view, view_kinds
-    from productgen.common.grids import make_grid, save_png
 
     p = _load(params, {})
     ds = PreparedDataset(prepared or Path(p.data.out))
@@ -165,8 +172,9 @@ def views(
     clean = images[:n]
     kinds = view_kinds(p.views)
     rows = [clean] + [make_view(clean, k, p.views, torch.arange(len(clean))) for k in kinds]
-    grid = make_grid(torch.cat(rows).numpy(), ncol=len(clean), scale=max(1, 64 // ds.resolution),
-                     row_labels=["clean", *kinds])  # fmt: skip
+    grid = make_grid(
+        torch.cat(rows).numpy(), ncol=len(clean), scale=max(1, 64 // ds.resolution), row_labels=["clean", *kinds]
+    )
     typer.echo(f"views grid -> {save_png(grid, out)}")
 
 

@@ -8,12 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from productgen.cli.common import user_errors
-from productgen.common.errors import UserError
-
 # --task -> which training views (restore.view / vae.view) a model must have been trained on to do it
 from productgen.apply.enhance import ENHANCEMENTS as TASK_VIEWS
 from productgen.apply.enhance import enhancement_matches as task_matches
+from productgen.cli.common import user_errors
+from productgen.common.errors import UserError
 
 DEFAULT_MODEL = Path("artifacts/train/restore/model")
 
@@ -22,19 +21,41 @@ DEFAULT_MODEL = Path("artifacts/train/restore/model")
 def enhance_command(
     in_dir: Annotated[Path, typer.Option("--in", "-i", help="Folder of images (searched recursively).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder (not inside --in); PNGs, same names.")],
-    task: Annotated[str, typer.Option("--task", "-t", help="denoise, deblur, jpeg, sr2 or sr4 (must match the model).")],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model folder (config.json + safetensors) of "
-                     "'productgen train restore' or 'train vae-restore' (default: artifacts/train/restore/model, "
-                     "else the shipped champion champions/restore).")] = None,
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="denoise, deblur, jpeg, sr2 or sr4 (must match the model).")
+    ],
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder (config.json + safetensors) of "
+            "'productgen train restore' or 'train vae-restore' (default: artifacts/train/restore/model, "
+            "else the shipped champion champions/restore).",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a before/after grid PNG here.")] = None,
-    max_side: Annotated[Optional[int], typer.Option("--max-side", help="Shrink larger inputs to this side first.")] = None,
-    memory_mb: Annotated[float, typer.Option("--memory-mb", help="Working memory for one forward pass (MB); larger "
-                                             "photos run in overlapping tiles that fit it.")] = 2048,
-    exact_tiles: Annotated[bool, typer.Option("--exact-tiles/--fast-tiles", help="Tiles of large images use whole-image "
-                                              "normalisation statistics (same result as one pass, ~6x the work on "
-                                              "the restorer) or their own (one pass, tile-dependent tones).")] = True,
+    max_side: Annotated[
+        Optional[int], typer.Option("--max-side", help="Shrink larger inputs to this side first.")
+    ] = None,
+    memory_mb: Annotated[
+        float,
+        typer.Option(
+            "--memory-mb",
+            help="Working memory for one forward pass (MB); larger photos run in overlapping tiles that fit it.",
+        ),
+    ] = 2048,
+    exact_tiles: Annotated[
+        bool,
+        typer.Option(
+            "--exact-tiles/--fast-tiles",
+            help="Tiles of large images use whole-image "
+            "normalisation statistics (same result as one pass, ~6x the work on "
+            "the restorer) or their own (one pass, tile-dependent tones).",
+        ),
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Enhance every image in a folder with a trained restoration model; inputs are never modified.
@@ -58,15 +79,30 @@ def enhance_command(
     predictor = load_predictor(model, device)
     view = getattr(predictor, "view", None)
     if view is None:
-        raise UserError(f"{model}: a {predictor.config.get('model')!r} model is not a restoration model; "
-                        "pass --model a folder from 'productgen train restore'")  # fmt: skip
+        raise UserError(
+            f"{model}: a {predictor.config.get('model')!r} model is not a restoration model; "
+            "pass --model a folder from 'productgen train restore'"
+        )
     if not task_matches(task, view):
-        raise UserError(f"--task {task} needs a model trained on {TASK_VIEWS[task]}, but {model} was trained on "
-                        f"{view}; pass a matching --model or --task")  # fmt: skip
-    report = apply_to_folder(predictor, in_dir, out_dir, batch_size=batch_size, max_side=max_side, device=device,
-                             show_progress=not quiet, memory_mb=memory_mb, exact_tiles=exact_tiles)  # fmt: skip
-    typer.echo(f"{len(report.written)} written to {out_dir}, {len(report.failed)} failed "
-               f"({predictor.config.get('model')} model, {view})")  # fmt: skip
+        raise UserError(
+            f"--task {task} needs a model trained on {TASK_VIEWS[task]}, but {model} was trained on "
+            f"{view}; pass a matching --model or --task"
+        )
+    report = apply_to_folder(
+        predictor,
+        in_dir,
+        out_dir,
+        batch_size=batch_size,
+        max_side=max_side,
+        device=device,
+        show_progress=not quiet,
+        memory_mb=memory_mb,
+        exact_tiles=exact_tiles,
+    )
+    typer.echo(
+        f"{len(report.written)} written to {out_dir}, {len(report.failed)} failed "
+        f"({predictor.config.get('model')} model, {view})"
+    )
     for path, reason in report.failed:
         typer.echo(f"  failed: {path}: {reason}")
     for path, reason in report.skipped:

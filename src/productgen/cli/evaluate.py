@@ -15,9 +15,18 @@ from productgen.cli.data import Params, Profile, _load
 def evaluate_cmd(
     params: Params = None,
     profile: Profile = None,
-    task: Annotated[str, typer.Option("--task", "-t", help="Model task (the task registry's): gan, vae, restore, "
-                                      "vae-restore, pix2pix, cyclegan, style, adain (decides the protocol).")] = "gan",
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model folder (default: evaluate.model).")] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            "-t",
+            help="Model task (the task registry's): gan, vae, restore, "
+            "vae-restore, pix2pix, cyclegan, style, adain (decides the protocol).",
+        ),
+    ] = "gan",
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Model folder (default: evaluate.model).")
+    ] = None,
     prepared: Annotated[Optional[Path], typer.Option(help="Prepared dataset (default: data.out).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder (default: evaluate.out).")] = None,
     split: Annotated[Optional[str], typer.Option(help="Real split to compare with (default: test).")] = None,
@@ -42,9 +51,19 @@ def evaluate_cmd(
 
       productgen evaluate --max-real 1000 --num-fake 1000 --device cpu    # a quick look on a CPU
     """
-    p = _load(params, {"evaluate.model": model, "evaluate.out": out, "evaluate.split": split,
-                       "evaluate.num_fake": num_fake, "evaluate.max_real": max_real, "evaluate.device": device,
-                       "evaluate.kid": kid}, profile)  # fmt: skip
+    p = _load(
+        params,
+        {
+            "evaluate.model": model,
+            "evaluate.out": out,
+            "evaluate.split": split,
+            "evaluate.num_fake": num_fake,
+            "evaluate.max_real": max_real,
+            "evaluate.device": device,
+            "evaluate.kid": kid,
+        },
+        profile,
+    )
     if dry_run:
         print_config(p.evaluate)
         return

@@ -86,13 +86,27 @@ def fid(
     def stats_or_source(x: Any) -> Any:
         if isinstance(x, Path):
             return x
-        return dataset_statistics(x, split, net, batch_size=batch_size, keep_features=kid, cache=not no_cache,
-                                  cache_dir=cache_dir, show_progress=show)  # fmt: skip
+        return dataset_statistics(
+            x,
+            split,
+            net,
+            batch_size=batch_size,
+            keep_features=kid,
+            cache=not no_cache,
+            cache_dir=cache_dir,
+            show_progress=show,
+        )
 
     result = compare(
-        stats_or_source(a), stats_or_source(b), kid=kid, extractor=net, batch_size=batch_size,
-        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, show_progress=show,
-    )  # fmt: skip
+        stats_or_source(a),
+        stats_or_source(b),
+        kid=kid,
+        extractor=net,
+        batch_size=batch_size,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        show_progress=show,
+    )
     if not quiet and min(n_a, n_b) < SMALL_SET:
         typer.echo(
             f"note: {min(n_a, n_b)} images in the smaller set; FID is biased upward below {SMALL_SET + 1} images "
@@ -108,4 +122,3 @@ def fid(
             f"KID: {result.kid.mean:.6f} ± {result.kid.std:.6f} "
             f"({result.kid.subsets} subsets of {result.kid.subset_size})"
         )
-

@@ -10,16 +10,25 @@ from typing import Annotated, Optional
 import typer
 
 from productgen.cli.common import user_errors
-from productgen.common.errors import UserError
 from productgen.cli.data import Params, _load
+from productgen.common.errors import UserError
 
-registry_app = typer.Typer(help="Promote, roll back and inspect registered models (aliases champion/challenger).",
-                           no_args_is_help=True)  # fmt: skip
+registry_app = typer.Typer(
+    help="Promote, roll back and inspect registered models (aliases champion/challenger).", no_args_is_help=True
+)
 
-Task = Annotated[str, typer.Argument(help="Model task (the task registry's): gan, vae, restore, vae-restore, "
-                                     "pix2pix, cyclegan, style, adain.")]
-Name = Annotated[Optional[str], typer.Option(
-    "--name", help="Registered model (default productgen-TASK), e.g. productgen-restore-sr2 for a second restorer.")]
+Task = Annotated[
+    str,
+    typer.Argument(
+        help="Model task (the task registry's): gan, vae, restore, vae-restore, pix2pix, cyclegan, style, adain."
+    ),
+]
+Name = Annotated[
+    Optional[str],
+    typer.Option(
+        "--name", help="Registered model (default productgen-TASK), e.g. productgen-restore-sr2 for a second restorer."
+    ),
+]
 
 
 @registry_app.command("promote")
@@ -30,8 +39,12 @@ def promote(
     version: Annotated[Optional[str], typer.Option(help="Version to promote (default: the challenger).")] = None,
     margin: Annotated[Optional[float], typer.Option(help="Required gain on the primary metric.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Promote without comparing (recorded as forced).")] = False,
-    rescore: Annotated[bool, typer.Option("--rescore", help="Score the version and the champion again on the "
-                                          "current data (data.out) before deciding.")] = False,
+    rescore: Annotated[
+        bool,
+        typer.Option(
+            "--rescore", help="Score the version and the champion again on the current data (data.out) before deciding."
+        ),
+    ] = False,
     name: Name = None,
 ) -> None:
     """Make the challenger champion if the gate lets it through: better than the champion on the same evaluation
@@ -55,8 +68,9 @@ def promote(
         model = registry.registered_name(task, name)
         version = registry.resolve_version(task, version, name)
         out = Path(p.evaluate.out.replace("{task}", task)) / f"rescore-v{version}"
-        challenger, champion = score_pair(p, task, model_dir_from_uri(f"models:/{model}/{version}"), None, version,
-                                          Path(p.data.out), out, name)  # fmt: skip
+        challenger, champion = score_pair(
+            p, task, model_dir_from_uri(f"models:/{model}/{version}"), None, version, Path(p.data.out), out, name
+        )
         verdict = gate.decide(task, challenger, champion, p.registry, m)
         registry.record_verdict(task, version, verdict, name)
     d = registry.promote(task, version, m, force, name, verdict=verdict, cfg=p.registry)
@@ -69,8 +83,13 @@ def promote(
 def lineage(
     task: Task,
     version: Annotated[Optional[str], typer.Option(help="Version (default: the champion).")] = None,
-    restore: Annotated[Optional[Path], typer.Option("--restore", help="Bring that version's training data back "
-                                                    "into this new folder (inside the DVC repository).")] = None,
+    restore: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--restore",
+            help="Bring that version's training data back into this new folder (inside the DVC repository).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the lineage as JSON.")] = False,
     name: Name = None,
 ) -> None:
@@ -79,33 +98,58 @@ def lineage(
 
     Examples: productgen registry lineage restore ; productgen registry lineage restore --version 1 --restore week1
     """
-    from productgen.tracking import lineage as lin
     from productgen.registry import promotion as registry
+    from productgen.tracking import lineage as lin
 
     info = registry.lineage_of(task, version, name)
     md5 = str(info.get("data_md5", ""))
     if restore is not None:
         if not md5.endswith(".dir"):
-            raise UserError(f"{info['model']} v{info['version']}: no DVC snapshot recorded (data_md5 {md5 or '-'}); "
-                            "only versions trained by the retrain flow with retrain.snapshot: true can be restored")
+            raise UserError(
+                f"{info['model']} v{info['version']}: no DVC snapshot recorded (data_md5 {md5 or '-'}); "
+                "only versions trained by the retrain flow with retrain.snapshot: true can be restored"
+            )
         remote = info.get("dvc_remote")
-        out = lin.restore_snapshot(md5, restore, None if remote in (None, "(default)") else remote,
-                                   Path(info["dvc_repo"]) if info.get("dvc_repo") and Path(info["dvc_repo"]).is_dir() else None)  # fmt: skip
+        out = lin.restore_snapshot(
+            md5,
+            restore,
+            None if remote in (None, "(default)") else remote,
+            Path(info["dvc_repo"]) if info.get("dvc_repo") and Path(info["dvc_repo"]).is_dir() else None,
+        )
         typer.echo(f"restored the training data of {info['model']} v{info['version']} ({md5}) into {out}")
         return
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     typer.echo(f"{info['model']} v{info['version']}")
-    for key in ("data_md5", "content_hash", "manifest_sha256", "categories", "git_commit", "git_dirty", "params_hash",
-                "key", "dvc_repo", "dvc_pointer", "dvc_remote", "git_tag", "eval_set", "run_id"):
+    for key in (
+        "data_md5",
+        "content_hash",
+        "manifest_sha256",
+        "categories",
+        "git_commit",
+        "git_dirty",
+        "params_hash",
+        "key",
+        "dvc_repo",
+        "dvc_pointer",
+        "dvc_remote",
+        "git_tag",
+        "eval_set",
+        "run_id",
+    ):
         if info.get(key) not in (None, ""):
             typer.echo(f"  {key:<16} {info[key]}")
     if md5.endswith(".dir"):
         remote = info.get("dvc_remote")
         typer.echo("restore that data (in the DVC repository):")
-        for cmd in lin.restore_commands(md5, f"restored-v{info['version']}", None if remote in (None, "(default)") else remote,
-                                        info.get("git_tag"), info.get("dvc_pointer")):  # fmt: skip
+        for cmd in lin.restore_commands(
+            md5,
+            f"restored-v{info['version']}",
+            None if remote in (None, "(default)") else remote,
+            info.get("git_tag"),
+            info.get("dvc_pointer"),
+        ):
             typer.echo(f"  {cmd.replace('TASK', task).replace('--version N', '--version ' + info['version'])}")
 
 
@@ -113,7 +157,9 @@ def lineage(
 @user_errors
 def rollback(
     task: Task,
-    to: Annotated[Optional[str], typer.Option("--to", help="Version to make champion (default: the previous one).")] = None,
+    to: Annotated[
+        Optional[str], typer.Option("--to", help="Version to make champion (default: the previous one).")
+    ] = None,
     name: Name = None,
 ) -> None:
     """Point champion back at the previous champion (or --to VERSION).
@@ -146,17 +192,23 @@ def history(
     if not events:
         typer.echo("no promotions yet")
     for e in events:
-        typer.echo(f"{e['time']}  {e['action']:<8} v{e['version']:<4} champion v{e['champion_before']} -> "
-                   f"v{e['champion_after']}  {e['reason']}")  # fmt: skip
+        typer.echo(
+            f"{e['time']}  {e['action']:<8} v{e['version']:<4} champion v{e['champion_before']} -> "
+            f"v{e['champion_after']}  {e['reason']}"
+        )
 
 
 @registry_app.command("ship")
 @user_errors
 def ship(
-    tasks: Annotated[Optional[list[str]], typer.Argument(help="Tasks to ship (default: every one in champions/).")] = None,
+    tasks: Annotated[
+        Optional[list[str]], typer.Argument(help="Tasks to ship (default: every one in champions/).")
+    ] = None,
     params: Params = None,
-    table: Annotated[bool, typer.Option("--table", help="Print the shipped champions' quality table (markdown) and "
-                                        "register nothing.")] = False,
+    table: Annotated[
+        bool,
+        typer.Option("--table", help="Print the shipped champions' quality table (markdown) and register nothing."),
+    ] = False,
 ) -> None:
     """Register the shipped champions (champions/<task>, committed with the code) in the MLflow store; each becomes
     champion where its task has none yet, else challenger.

@@ -10,7 +10,9 @@ import typer
 from productgen.cli.common import DryRunOption, print_config, user_errors
 from productgen.cli.data import Params, Profile, _load
 
-train_app = typer.Typer(help="Train models on a prepared dataset (the same engine for every model).", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train models on a prepared dataset (the same engine for every model).", no_args_is_help=True
+)
 
 
 def _train_command(task: str) -> None:
@@ -39,9 +41,19 @@ def _train_command(task: str) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
         dry_run: DryRunOption = False,
     ) -> None:
-        p = _load(params, {"train.out": out, "train.max_steps": max_steps, "train.batch_size": batch_size,
-                           "train.device": device, "train.precision": precision, "train.prepared": prepared,
-                           "train.seed": seed}, profile)  # fmt: skip
+        p = _load(
+            params,
+            {
+                "train.out": out,
+                "train.max_steps": max_steps,
+                "train.batch_size": batch_size,
+                "train.device": device,
+                "train.precision": precision,
+                "train.prepared": prepared,
+                "train.seed": seed,
+            },
+            profile,
+        )
         from productgen.pipeline.steps import for_task
 
         p = for_task(p, task)
@@ -54,8 +66,10 @@ def _train_command(task: str) -> None:
         if result is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
             losses = ", ".join(f"{k} {v:.3f}" for k, v in result.final_losses.items())
             typer.echo(f"trained to step {result.step} ({result.images_per_second:,.0f} img/s at the end; {losses})")
-            typer.echo(f"weights: {result.out / 'model'}; samples: {result.out / 'samples'}; "
-                       f"loss curve: {result.out / 'loss_curve.png'}")  # fmt: skip
+            typer.echo(
+                f"weights: {result.out / 'model'}; samples: {result.out / 'samples'}; "
+                f"loss curve: {result.out / 'loss_curve.png'}"
+            )
             if result.run_id:
                 typer.echo(f"MLflow run {result.run_id}: model {result.model_uri}")
 
@@ -85,8 +99,15 @@ _register_train_commands()
 
 
 def generate_command(
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model folder written by training "
-                     "(default: artifacts/train/gan/model, else the shipped champion champions/gan).")] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder written by training "
+            "(default: artifacts/train/gan/model, else the shipped champion champions/gan).",
+        ),
+    ] = None,
     category: Annotated[
         Optional[list[str]], typer.Option("--category", "-c", help="Category name (repeatable); default: all.")
     ] = None,
@@ -101,8 +122,8 @@ def generate_command(
     Example: productgen generate --category sneaker --n 64 --seed 0 --out grid.png --folder generated/
     """
     from productgen.apply.generation import generate, save_images
-    from productgen.registry.shipped import default_model
     from productgen.common.grids import make_grid, save_png
+    from productgen.registry.shipped import default_model
 
     model = model or default_model("gan", Path("artifacts/train/gan/model"))
 

@@ -12,22 +12,46 @@ from productgen.common.errors import UserError
 
 
 def translate_command(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder written by 'productgen train pix2pix' or 'train cyclegan', or an MLflow URI (models:/productgen-pix2pix@champion).")],
-    in_dir: Annotated[Path, typer.Option("--in", "-i", help="Folder of images (searched recursively; never modified).")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder written by 'productgen train pix2pix' or 'train cyclegan', or an MLflow URI (models:/productgen-pix2pix@champion).",
+        ),
+    ],
+    in_dir: Annotated[
+        Path, typer.Option("--in", "-i", help="Folder of images (searched recursively; never modified).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: same relative paths, as PNG.")],
     direction: Annotated[str, typer.Option("--direction", help="ab (A -> B) or ba (B -> A; CycleGAN only).")] = "ab",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "cpu",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a before/after grid PNG here.")] = None,
     size: Annotated[
-        Optional[int], typer.Option("--size", help="Downscale inputs so the longer side is at most N px "
-                                    "(models work best near their training resolution).")  # fmt: skip
+        Optional[int],
+        typer.Option(
+            "--size",
+            help="Downscale inputs so the longer side is at most N px "
+            "(models work best near their training resolution).",
+        ),
     ] = None,
-    memory_mb: Annotated[float, typer.Option("--memory-mb", help="Working memory for one forward pass (MB); larger "
-                                             "images run in overlapping tiles that fit it.")] = 2048,
-    exact_tiles: Annotated[bool, typer.Option("--exact-tiles/--fast-tiles", help="Tiles of large images use whole-image "
-                                              "normalisation statistics (same result as one pass, ~6x the work on "
-                                              "the restorer) or their own (one pass, tile-dependent tones).")] = True,
+    memory_mb: Annotated[
+        float,
+        typer.Option(
+            "--memory-mb",
+            help="Working memory for one forward pass (MB); larger images run in overlapping tiles that fit it.",
+        ),
+    ] = 2048,
+    exact_tiles: Annotated[
+        bool,
+        typer.Option(
+            "--exact-tiles/--fast-tiles",
+            help="Tiles of large images use whole-image "
+            "normalisation statistics (same result as one pass, ~6x the work on "
+            "the restorer) or their own (one pass, tile-dependent tones).",
+        ),
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Translate every image of a folder with a trained pix2pix or CycleGAN model.
@@ -48,11 +72,22 @@ def translate_command(
     dev = resolve_device(device)
     predictor = load_predictor(model, dev)
     if direction == "ba" and predictor.config.get("model") != "cyclegan":
-        raise UserError(f"--direction ba: {model} holds a {predictor.config.get('model')} model, which translates one "
-                        "way only; use --direction ab")  # fmt: skip
-    report = apply_to_folder(predictor, in_dir, out, batch_size=batch_size, max_side=size, device=dev,
-                             show_progress=not quiet, memory_mb=memory_mb, exact_tiles=exact_tiles,
-                             direction=direction)  # fmt: skip
+        raise UserError(
+            f"--direction ba: {model} holds a {predictor.config.get('model')} model, which translates one "
+            "way only; use --direction ab"
+        )
+    report = apply_to_folder(
+        predictor,
+        in_dir,
+        out,
+        batch_size=batch_size,
+        max_side=size,
+        device=dev,
+        show_progress=not quiet,
+        memory_mb=memory_mb,
+        exact_tiles=exact_tiles,
+        direction=direction,
+    )
     for path, reason in report.failed + report.skipped:
         typer.echo(f"skipped {path}: {reason}", err=True)
     if grid is not None and before_after_grid(report.pairs, grid) is not None:

@@ -10,8 +10,10 @@ import typer
 from productgen.cli.common import DryRunOption, user_errors
 from productgen.cli.data import Params, Profile, _load
 
-tune_app = typer.Typer(help="Hyperparameter search with Optuna (one resumable study per task, on its primary metric).",
-                       no_args_is_help=True)
+tune_app = typer.Typer(
+    help="Hyperparameter search with Optuna (one resumable study per task, on its primary metric).",
+    no_args_is_help=True,
+)
 
 
 def _tune_command(task: str) -> None:
@@ -45,35 +47,58 @@ def _tune_command(task: str) -> None:
             Optional[int], typer.Option("--eval-images", help="Images per intermediate evaluation.")
         ] = None,
         pruner: Annotated[Optional[str], typer.Option("--pruner", help="median, hyperband or none.")] = None,
-        total_trials: Annotated[Optional[int], typer.Option(
-            "--total-trials", help="Stop every worker once the shared study holds this many finished trials.")] = None,
+        total_trials: Annotated[
+            Optional[int],
+            typer.Option(
+                "--total-trials", help="Stop every worker once the shared study holds this many finished trials."
+            ),
+        ] = None,
         track: Annotated[
             bool, typer.Option("--track/--no-track", help="Log a parent run and one nested run per trial to MLflow.")
         ] = True,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
         dry_run: DryRunOption = False,
     ) -> None:
-        p = _load(params, {"tune.trials": trials, "tune.timeout": timeout, "tune.storage": storage,
-                           "tune.study": study, "tune.out": out, "tune.steps": steps, "tune.eval_every": eval_every,
-                           "tune.eval_images": eval_images, "tune.pruner": pruner,
-                           "tune.total_trials": total_trials}, profile)  # fmt: skip
+        p = _load(
+            params,
+            {
+                "tune.trials": trials,
+                "tune.timeout": timeout,
+                "tune.storage": storage,
+                "tune.study": study,
+                "tune.out": out,
+                "tune.steps": steps,
+                "tune.eval_every": eval_every,
+                "tune.eval_images": eval_images,
+                "tune.pruner": pruner,
+                "tune.total_trials": total_trials,
+            },
+            profile,
+        )
         if dry_run:  # print_config takes one dataclass; this is three sections
             from productgen.config import to_dict
 
             t = to_dict(p.tune) | {"study": p.tune.study_for(task), "out": p.tune.out_for(task)}
             t["space"] = {task: t["space"].get(task)}
-            typer.echo(json.dumps({"tune": t, "train": to_dict(p.train),
-                                   spec.section: to_dict(getattr(p, spec.section))}, indent=2))  # fmt: skip
+            typer.echo(
+                json.dumps(
+                    {"tune": t, "train": to_dict(p.train), spec.section: to_dict(getattr(p, spec.section))}, indent=2
+                )
+            )
             return
         from productgen.pipeline.tune import label, tune
 
         r = tune(p, task, show_progress=not quiet, track=track, echo=typer.echo)
         counts = {s: sum(t.state == s for t in r.new_trials) for s in ("complete", "pruned", "fail")}
-        typer.echo(f"study {r.study!r} ({r.storage}): {len(r.new_trials)} new trials ({counts['complete']} complete, "
-                   f"{counts['pruned']} pruned, {counts['fail']} failed), {r.trials_in_study} in all")  # fmt: skip
+        typer.echo(
+            f"study {r.study!r} ({r.storage}): {len(r.new_trials)} new trials ({counts['complete']} complete, "
+            f"{counts['pruned']} pruned, {counts['fail']} failed), {r.trials_in_study} in all"
+        )
         if r.best is not None:
-            typer.echo(f"best: trial {r.best.number}, {label(r.metric)} {r.best.value:.4f} "
-                       f"({r.eval_images} images, step {r.best.step})")  # fmt: skip
+            typer.echo(
+                f"best: trial {r.best.number}, {label(r.metric)} {r.best.value:.4f} "
+                f"({r.eval_images} images, step {r.best.step})"
+            )
             typer.echo(f"best params: {r.best_params_file}")
         else:
             typer.echo("no trial has completed yet: no best params")

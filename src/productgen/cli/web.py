@@ -18,24 +18,35 @@ from productgen.cli.common import user_errors
 from productgen.cli.data import Params, _load
 from productgen.common.errors import UserError
 
-web_app = typer.Typer(help="The shop's web page: generate, enhance, restyle, sketch to product, models.",
-                      invoke_without_command=True)  # fmt: skip
+web_app = typer.Typer(
+    help="The shop's web page: generate, enhance, restyle, sketch to product, models.", invoke_without_command=True
+)
 
 
 @web_app.callback()
 @user_errors
 def serve(
     ctx: typer.Context,
-    host: Annotated[Optional[str], typer.Option(help="Address to bind (default web.host: 127.0.0.1; 0.0.0.0 only "
-                                                "behind a TLS proxy).")] = None,  # fmt: skip
+    host: Annotated[
+        Optional[str],
+        typer.Option(help="Address to bind (default web.host: 127.0.0.1; 0.0.0.0 only behind a TLS proxy)."),
+    ] = None,
     port: Annotated[Optional[int], typer.Option(help="TCP port (default web.port: 8000).")] = None,
     params: Params = None,
-    users_file: Annotated[Optional[Path], typer.Option("--users-file", help="Users who may promote / roll back "
-                                                       "(default web.users_file).")] = None,  # fmt: skip
-    auth: Annotated[Optional[str], typer.Option(help="Who may promote / roll back: users-file (hashed passwords) or "
-                                                "mlflow (the tracking server's users; default web.auth).")] = None,  # fmt: skip
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where champion weights are downloaded "
-                                                      "(default: a temporary folder).")] = None,  # fmt: skip
+    users_file: Annotated[
+        Optional[Path], typer.Option("--users-file", help="Users who may promote / roll back (default web.users_file).")
+    ] = None,
+    auth: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Who may promote / roll back: users-file (hashed passwords) or "
+            "mlflow (the tracking server's users; default web.auth)."
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option("--cache-dir", help="Where champion weights are downloaded (default: a temporary folder)."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: warning, info, debug.")] = "info",
 ) -> None:
     """Serve the page over the registry's champions ($MLFLOW_TRACKING_URI, default ./mlflow.db).
@@ -50,8 +61,15 @@ def serve(
     """
     if ctx.invoked_subcommand is not None:
         return
-    p = _load(params, {"web.host": host, "web.port": port, "web.auth": auth,
-                       "web.users_file": str(users_file) if users_file else None})  # fmt: skip
+    p = _load(
+        params,
+        {
+            "web.host": host,
+            "web.port": port,
+            "web.auth": auth,
+            "web.users_file": str(users_file) if users_file else None,
+        },
+    )
     import uvicorn
 
     from productgen.tracking.runs import tracking_uri
@@ -65,8 +83,15 @@ def serve(
     shown = "127.0.0.1" if p.web.host in ("0.0.0.0", "::") else p.web.host
     typer.echo(f"productgen web: http://{shown}:{p.web.port}  (models from {tracking_uri()}; Ctrl-C stops)")
     # One process: the model cache, sessions and the concurrency gate live in it (web.workers threads compute).
-    uvicorn.run(app, host=p.web.host, port=p.web.port, log_level=log_level, proxy_headers=True,
-                forwarded_allow_ips="127.0.0.1", timeout_graceful_shutdown=5)  # fmt: skip
+    uvicorn.run(
+        app,
+        host=p.web.host,
+        port=p.web.port,
+        log_level=log_level,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        timeout_graceful_shutdown=5,
+    )
 
 
 @web_app.command("add-user")
@@ -75,8 +100,9 @@ def add_user(
     name: Annotated[str, typer.Argument(help="User name (letters, digits, '_', '.', '@', '-').")],
     params: Params = None,
     users_file: Annotated[Optional[Path], typer.Option("--users-file", help="Default web.users_file.")] = None,
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin "
-                                                 "(for scripts) instead of prompting.")] = False,  # fmt: skip
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin (for scripts) instead of prompting.")
+    ] = False,
 ) -> None:
     """Add (or change) a user who may promote and roll back models; only a scrypt hash is stored.
 

@@ -74,24 +74,30 @@ class FolderLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"{self.folder}: cannot create its parent folder ({err.strerror}); "
-                            "choose a writable location") from None  # fmt: skip
+            raise UserError(
+                f"{self.folder}: cannot create its parent folder ({err.strerror}); choose a writable location"
+            ) from None
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as err:
-                raise UserError(f"{self.path}: cannot create the lock file of {self.what} {self.folder} "
-                                f"({err.strerror}); choose a writable location") from None  # fmt: skip
+                raise UserError(
+                    f"{self.path}: cannot create the lock file of {self.what} {self.folder} "
+                    f"({err.strerror}); choose a writable location"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise FolderBusy(f"{self.folder}: {self.what} is being written by another process, "
-                                 f"{_holder(self.path)}; wait for it to finish or choose another folder") from None
+                raise FolderBusy(
+                    f"{self.folder}: {self.what} is being written by another process, "
+                    f"{_holder(self.path)}; wait for it to finish or choose another folder"
+                ) from None
             except OSError as err:  # a file system without locks: say so rather than run unprotected silently
                 os.close(fd)
-                raise UserError(f"{self.path}: cannot lock ({err.strerror}); use a local file system for "
-                                f"{self.what}") from None  # fmt: skip
+                raise UserError(
+                    f"{self.path}: cannot lock ({err.strerror}); use a local file system for {self.what}"
+                ) from None
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -99,8 +105,12 @@ class FolderLock:
             if not same:  # the previous holder deleted the file as we opened it: lock the new one instead
                 os.close(fd)
                 continue
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] if sys.argv else "python"}  # fmt: skip
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.time(),
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] if sys.argv else "python",
+            }
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
             self._fd = fd

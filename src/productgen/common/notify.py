@@ -29,8 +29,9 @@ def post(url: str | None, event: str, payload: dict[str, Any], timeout: float = 
         print(f"warning: notify_url {url!r} is not an http(s) URL; notification not sent", file=sys.stderr)
         return False
     body = json.dumps({"event": event, **payload}, default=str).encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json",
-                                                                         "User-Agent": "productgen"})  # fmt: skip
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "productgen"}
+    )
     try:
         # A fresh opener: the proxy settings of now (urlopen's global one keeps those of its first call).
         with urllib.request.build_opener().open(req, timeout=timeout) as resp:  # noqa: S310 (scheme checked above)

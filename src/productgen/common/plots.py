@@ -32,7 +32,10 @@ def loss_curve(log: Path, out: Path, keys: list[str] | None = None, size: tuple[
     s0, s1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
 
     def xy(step: float, v: float) -> tuple[float, float]:
-        return (left + (step - s0) / (s1 - s0) * (w - left - right), h - bottom - (v - lo) / (hi - lo) * (h - top - bottom))
+        return (
+            left + (step - s0) / (s1 - s0) * (w - left - right),
+            h - bottom - (v - lo) / (hi - lo) * (h - top - bottom),
+        )
 
     for frac in (0.0, 0.5, 1.0):
         v = lo + frac * (hi - lo)

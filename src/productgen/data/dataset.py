@@ -1,9 +1,9 @@
 """Loading a prepared dataset: as one uint8 tensor (for GPU-resident training) or as a PyTorch ``Dataset``.
 
-    >>> ds = PreparedDataset("artifacts/prepared")
-    >>> images, labels = ds.tensors("train")            # uint8 [N, C, H, W], int64 [N]
-    >>> images = images.to("cuda", non_blocking=True)   # 70,000 x 28 x 28 is 55 MB: keep it on the GPU
-    >>> loader = DataLoader(ds.torch_dataset("train"), batch_size=128, shuffle=True)
+>>> ds = PreparedDataset("artifacts/prepared")
+>>> images, labels = ds.tensors("train")            # uint8 [N, C, H, W], int64 [N]
+>>> images = images.to("cuda", non_blocking=True)   # 70,000 x 28 x 28 is 55 MB: keep it on the GPU
+>>> loader = DataLoader(ds.torch_dataset("train"), batch_size=128, shuffle=True)
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from productgen.common.errors import UserError
 from productgen.data.prepare import FORMAT, SPLITS
 from productgen.data.shards import read_shard
-from productgen.common.errors import UserError
 
 
 class PreparedDataset:

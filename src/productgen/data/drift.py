@@ -36,7 +36,9 @@ def _category_images(ds: Any, category: str, limit: int, seed: int) -> torch.Ten
         if ds.counts.get(split):
             x, y = ds.tensors(split)
             parts.append(x[y == label])
-    images = torch.cat(parts) if parts else torch.zeros((0, ds.channels, ds.resolution, ds.resolution), dtype=torch.uint8)
+    images = (
+        torch.cat(parts) if parts else torch.zeros((0, ds.channels, ds.resolution, ds.resolution), dtype=torch.uint8)
+    )
     if len(images) > limit:
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
         images = images[pick]
@@ -62,8 +64,14 @@ def _features(ds: Any, category: str, cfg: DriftConfig, extractor: Any, show_pro
     return feats
 
 
-def drift_report(new: Path, old: Path | None, cfg: DriftConfig, out: Path, show_progress: bool = False,
-                 old_label: str = "champion's training data") -> dict[str, Any]:  # fmt: skip
+def drift_report(
+    new: Path,
+    old: Path | None,
+    cfg: DriftConfig,
+    out: Path,
+    show_progress: bool = False,
+    old_label: str = "champion's training data",
+) -> dict[str, Any]:
     """Compare the prepared dataset ``new`` with ``old`` (None: no earlier snapshot); write and return the report."""
     from productgen.data.dataset import PreparedDataset
 
@@ -73,10 +81,14 @@ def drift_report(new: Path, old: Path | None, cfg: DriftConfig, out: Path, show_
     hashes = Counter(r["sha256"] for r in new_rows)
     report: dict[str, Any] = {
         "new": {"path": str(new), "content_hash": new_ds.content_hash, "images": len(new_rows)},
-        "old": None, "old_label": old_label,
+        "old": None,
+        "old_label": old_label,
         "duplicate_share": sum(n - 1 for n in hashes.values()) / max(1, len(new_rows)),
-        "categories": {}, "new_categories": [], "removed_categories": [], "alerts": [],
-    }  # fmt: skip
+        "categories": {},
+        "new_categories": [],
+        "removed_categories": [],
+        "alerts": [],
+    }
     old_ds = PreparedDataset(old) if old is not None else None
     old_counts: Counter[str] = Counter()
     if old_ds is not None:
@@ -123,21 +135,24 @@ def drift_report(new: Path, old: Path | None, cfg: DriftConfig, out: Path, show_
 def _alerts(report: dict[str, Any], cfg: DriftConfig) -> None:
     for cat, e in report["categories"].items():
         if cfg.max_fid is not None and e.get("fid", 0.0) > cfg.max_fid:
-            report["alerts"].append(f"{cat}: FID {e['fid']:.1f} between old and new images > drift.max_fid {cfg.max_fid:g}")
+            report["alerts"].append(
+                f"{cat}: FID {e['fid']:.1f} between old and new images > drift.max_fid {cfg.max_fid:g}"
+            )
         if cfg.max_kid is not None and e.get("kid", 0.0) > cfg.max_kid:
             report["alerts"].append(f"{cat}: KID {e['kid']:.4f} > drift.max_kid {cfg.max_kid:g}")
     removed = report["removed_categories"]
     if cfg.max_removed_categories is not None and len(removed) > cfg.max_removed_categories:
-        report["alerts"].append(f"{len(removed)} categories removed ({', '.join(removed)}) > "
-                                f"drift.max_removed_categories {cfg.max_removed_categories}")  # fmt: skip
+        report["alerts"].append(
+            f"{len(removed)} categories removed ({', '.join(removed)}) > "
+            f"drift.max_removed_categories {cfg.max_removed_categories}"
+        )
 
 
 def _rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for cat, e in report["categories"].items():
         shift = f"FID {e['fid']:.1f}" if "fid" in e else f"KID {e['kid']:.4f}" if "kid" in e else "-"
-        status = ("new" if cat in report["new_categories"] else "removed" if cat in report["removed_categories"]
-                  else "")  # fmt: skip
+        status = "new" if cat in report["new_categories"] else "removed" if cat in report["removed_categories"] else ""
         rows.append([cat, "-" if e["old"] is None else f"{e['old']:,}", f"{e['new']:,}", shift, status])
     return rows
 
@@ -157,16 +172,27 @@ def one_line(report: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Data drift", "", f"**{one_line(report)}**", "",
-             f"- New: `{report['new']['path']}` (content hash `{report['new']['content_hash'][:16]}`)"]  # fmt: skip
+    lines = [
+        "# Data drift",
+        "",
+        f"**{one_line(report)}**",
+        "",
+        f"- New: `{report['new']['path']}` (content hash `{report['new']['content_hash'][:16]}`)",
+    ]
     if report["old"]:
-        lines.append(f"- Old ({report['old_label']}): `{report['old']['path']}` "
-                     f"(content hash `{report['old']['content_hash'][:16]}`)")  # fmt: skip
+        lines.append(
+            f"- Old ({report['old_label']}): `{report['old']['path']}` "
+            f"(content hash `{report['old']['content_hash'][:16]}`)"
+        )
         lines.append(f"- New images already in the old data: {report['seen_before_share']:.1%}")
     else:
         lines.append("- No earlier snapshot to compare with (first run of this model).")
-    lines += [f"- Duplicate share in the new data: {report['duplicate_share']:.1%}", "",
-              "| category | images before | images now | shift (old vs new real images) | |", "|---|---:|---:|---|---|"]
+    lines += [
+        f"- Duplicate share in the new data: {report['duplicate_share']:.1%}",
+        "",
+        "| category | images before | images now | shift (old vs new real images) | |",
+        "|---|---:|---:|---|---|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in _rows(report)]
     if report.get("extractor"):
         lines += ["", f"Features: {report['extractor']['name']}; FID where both sides have enough images, else KID."]
@@ -176,6 +202,8 @@ def markdown(report: dict[str, Any]) -> str:
 def _html(report: dict[str, Any]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("category", "images before", "images now", "shift", ""))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in _rows(report))
-    return (f"<!doctype html><meta charset='utf-8'><title>Data drift</title><h1>Data drift</h1>"
-            f"<p><b>{html.escape(one_line(report))}</b></p><table border='1' cellpadding='4'>"
-            f"<tr>{head}</tr>{body}</table>")  # fmt: skip
+    return (
+        f"<!doctype html><meta charset='utf-8'><title>Data drift</title><h1>Data drift</h1>"
+        f"<p><b>{html.escape(one_line(report))}</b></p><table border='1' cellpadding='4'>"
+        f"<tr>{head}</tr>{body}</table>"
+    )

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from productgen.apply.folders import write_png
+from productgen.common.errors import UserError
 from productgen.config import ViewsConfig
 from productgen.data.dataset import PreparedDataset
 from productgen.data.views import make_view, view_kinds
-from productgen.common.errors import UserError
 
 
 def export_view(
@@ -55,8 +55,9 @@ def export_view(
     return written
 
 
-def export_catalog(prepared: Path, split: str, categories: list[str] | None, per_category: int, skip: int,
-                   out: Path) -> list[Path]:  # fmt: skip
+def export_catalog(
+    prepared: Path, split: str, categories: list[str] | None, per_category: int, skip: int, out: Path
+) -> list[Path]:
     """Write a catalog folder (``out/<category>/<split>-NNNNN.png``, what ``data.source: folder`` reads) of the
     ``per_category`` images after the first ``skip`` of each category in ``split``.
 

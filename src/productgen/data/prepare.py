@@ -28,23 +28,33 @@ import numpy as np
 from PIL import Image
 
 from productgen.common import atomic
+from productgen.common.errors import UserError
+from productgen.common.grids import make_grid, save_png
+from productgen.common.locks import locks_folder
+from productgen.common.progress import progress
 from productgen.config import DataConfig
 from productgen.data import fashion_mnist
 from productgen.data.decode import Rejected, decode, normalise_mode, resize_pad
 from productgen.data.shards import write_shard
 from productgen.data.sources import SourceItem, SourceListing, list_source
-from productgen.common.errors import UserError
-from productgen.common.locks import locks_folder
-from productgen.common.progress import progress
-from productgen.common.grids import make_grid, save_png
 
 FORMAT = "productgen-prepared"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = (
-    "id", "source_path", "sha256", "width", "height", "mode", "format",
-    "category", "label", "split", "shard", "index",
-)  # fmt: skip
+    "id",
+    "source_path",
+    "sha256",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "category",
+    "label",
+    "split",
+    "shard",
+    "index",
+)
 REJECTED_COLUMNS = ("id", "source_path", "category", "sha256", "reason")
 
 
@@ -123,8 +133,10 @@ def split_fractions(rows: list[dict[str, Any]], drawn_only: bool = False) -> dic
     for row in rows:
         if not (drawn_only and row.get("_official") == "test"):
             counts[row["category"]][row["split"]] += 1
-    return {c: {s: n / max(1, sum(v.values())) for s, n in v.items()} | {"n": sum(v.values())}
-            for c, v in sorted(counts.items())}  # fmt: skip
+    return {
+        c: {s: n / max(1, sum(v.values())) for s, n in v.items()} | {"n": sum(v.values())}
+        for c, v in sorted(counts.items())
+    }
 
 
 def _decode_item(item: SourceItem, cfg: DataConfig, channels: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -183,9 +195,11 @@ def _check_free_space(folder: Path, pixel_bytes: int) -> None:
     need = 2 * pixel_bytes + pixel_bytes // 10 + 16 * 1024 * 1024
     free = shutil.disk_usage(folder).free
     if free < need:
-        raise UserError(f"{folder.parent}: {free / 2**20:,.0f} MB free, but prepare needs about "
-                        f"{need / 2**20:,.0f} MB (scratch pixels + shards); free some space or choose "
-                        "another --out on a larger disk")  # fmt: skip
+        raise UserError(
+            f"{folder.parent}: {free / 2**20:,.0f} MB free, but prepare needs about "
+            f"{need / 2**20:,.0f} MB (scratch pixels + shards); free some space or choose "
+            "another --out on a larger disk"
+        )
 
 
 @locks_folder(lambda cfg, *_, **__: cfg.out, "the prepared dataset")  # one writer per output folder
@@ -223,13 +237,26 @@ def prepare(cfg: DataConfig, show_progress: bool = True) -> PrepareResult:
                     arr, info = _decode_item(item, cfg, channels)
                 except Rejected as err:
                     rejected.append(
-                        {"id": item.id, "source_path": item.source_path, "category": item.category,
-                         "sha256": "", "reason": str(err)}  # fmt: skip
+                        {
+                            "id": item.id,
+                            "source_path": item.source_path,
+                            "category": item.category,
+                            "sha256": "",
+                            "reason": str(err),
+                        }
                     )
                     continue
                 spill.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
-                rows.append({"id": item.id, "source_path": item.source_path, "category": item.category,
-                             "_official": item.official_split, "_row": len(rows), **info})  # fmt: skip
+                rows.append(
+                    {
+                        "id": item.id,
+                        "source_path": item.source_path,
+                        "category": item.category,
+                        "_official": item.official_split,
+                        "_row": len(rows),
+                        **info,
+                    }
+                )
         if not rows:
             raise UserError(
                 f"{cfg.input}: no usable images ({len(rejected)} rejected, {len(listing.ignored)} ignored); "
@@ -257,8 +284,12 @@ def prepare(cfg: DataConfig, show_progress: bool = True) -> PrepareResult:
                 for i, r in enumerate(chunk):
                     manifest.append({**r, "label": label_of[r["category"]], "shard": name, "index": i})
         counts = {s: sum(sh["count"] for sh in shard_info[s]) for s in SPLITS}
-        content = {"classes": classes, "resolution": res, "mode": cfg.mode,
-                   "shards": {s: [sh["sha256"] for sh in shard_info[s]] for s in SPLITS}}  # fmt: skip
+        content = {
+            "classes": classes,
+            "resolution": res,
+            "mode": cfg.mode,
+            "shards": {s: [sh["sha256"] for sh in shard_info[s]] for s in SPLITS},
+        }
         content_hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         train_rows = [r for r in manifest if r["split"] == "train"]
         preview_idx = np.array([r["_row"] for r in train_rows[:20000]], dtype=np.int64)

@@ -40,7 +40,7 @@ def write_report(result: ValidationResult, ds: PreparedDataset, summary: dict[st
         f"- {counts['files']:,} source files, {counts['images']:,} prepared images at {ds.resolution} px "
         f"{ds.meta['mode']}, {counts['rejected']:,} rejected at decoding, "
         f"{len({q['source_path'] for q in quarantine}):,} files quarantined",
-        f"- Splits: " + ", ".join(f"{k} {v:,}" for k, v in counts["splits"].items()),
+        "- Splits: " + ", ".join(f"{k} {v:,}" for k, v in counts["splits"].items()),
         "",
         "## Checks",
         "",
@@ -55,10 +55,17 @@ def write_report(result: ValidationResult, ds: PreparedDataset, summary: dict[st
     fractions = ds.meta.get("split_fractions", {})
     targets = ds.meta.get("split_targets", {})
     target_text = ", ".join(f"{s} {t:.0%}" for s, t in targets.items()) or "-"
-    md += ["", "## Images per category", "",
-           f"Achieved split shares (content-hash split, target {target_text}"
-           + (", official test images not drawn" if targets.get("test") == 0 and counts["splits"].get("test") else "")
-           + "):", "", "| category | images | train | val | test |", "|---|---|---|---|---|"]  # fmt: skip
+    md += [
+        "",
+        "## Images per category",
+        "",
+        f"Achieved split shares (content-hash split, target {target_text}"
+        + (", official test images not drawn" if targets.get("test") == 0 and counts["splits"].get("test") else "")
+        + "):",
+        "",
+        "| category | images | train | val | test |",
+        "|---|---|---|---|---|",
+    ]
     for k, v in counts["categories"].items():
         f = fractions.get(k, {})
         shares = " | ".join(f"{f[s]:.1%}" if s in f else "-" for s in ("train", "val", "test"))
@@ -91,14 +98,14 @@ def write_report(result: ValidationResult, ds: PreparedDataset, summary: dict[st
     cats = "".join(f"<tr><td>{e(k)}</td><td>{v:,}</td></tr>" for k, v in counts["categories"].items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Dataset validation: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;
-padding:3px 8px}} .bad td{{background:#fdd}} h1 .v{{color:{'#080' if result.success else '#c00'}}}</style></head>
+padding:3px 8px}} .bad td{{background:#fdd}} h1 .v{{color:{"#080" if result.success else "#c00"}}}</style></head>
 <body><h1>Dataset validation: <span class="v">{verdict}</span></h1>
-<p>{e(str(ds.root))} &middot; {e(ds.meta['source']['description'])}<br>content hash <code>{e(ds.content_hash)}</code><br>
-{counts['files']:,} source files, {counts['images']:,} prepared images, {counts['rejected']:,} rejected at decoding</p>
+<p>{e(str(ds.root))} &middot; {e(ds.meta["source"]["description"])}<br>content hash <code>{e(ds.content_hash)}</code><br>
+{counts["files"]:,} source files, {counts["images"]:,} prepared images, {counts["rejected"]:,} rejected at decoding</p>
 <h2>Checks</h2><table><tr><th>result</th><th>table</th><th>check</th><th>column</th><th>threshold</th>
 <th>observed</th></tr>{rows}</table>
 <h2>Images per category</h2><table><tr><th>category</th><th>images</th></tr>{cats}</table>
-{'<h2>Preview</h2><img src="preview.png">' if has_preview else ''}
+{'<h2>Preview</h2><img src="preview.png">' if has_preview else ""}
 <h2>Quarantined files ({len(quarantine):,})</h2><table><tr><th>file</th><th>category</th><th>reason</th></tr>{qrows}
 </table></body></html>
 """

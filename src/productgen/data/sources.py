@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from productgen.config import DataConfig
 from productgen.common.errors import UserError
+from productgen.config import DataConfig
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from productgen.common import atomic
+from productgen.common.errors import UserError
 from productgen.config import DataConfig, ValidationConfig
 from productgen.data.dataset import PreparedDataset
 from productgen.data.prepare import MANIFEST_COLUMNS, SPLITS
-from productgen.common.errors import UserError
 
 STAT_COLUMNS = ("pixel_mean", "pixel_std", "pixel_min", "pixel_max")
 QUARANTINE_COLUMNS = ("source_path", "id", "category", "split", "check", "reason")
@@ -97,24 +97,42 @@ def _split_excess(ds: PreparedDataset, category: str, tolerance: float) -> float
 def _frames(ds: PreparedDataset, known_categories: list[str], split_tolerance: float = 0.05) -> dict[str, Any]:
     import pandas as pd
 
-    manifest = pd.read_csv(ds.root / "manifest.csv", dtype={"id": str, "sha256": str, "category": str}, keep_default_na=False)
+    manifest = pd.read_csv(
+        ds.root / "manifest.csv", dtype={"id": str, "sha256": str, "category": str}, keep_default_na=False
+    )
     rejected = pd.read_csv(ds.root / "rejected.csv", dtype=str, keep_default_na=False)
     stats = image_statistics(ds)
     parts = []
     for split in SPLITS:
         rows = manifest[manifest["split"] == split].sort_values("index")
         if len(rows) != ds.counts[split]:
-            raise UserError(f"{ds.root}/manifest.csv: {len(rows)} {split} rows but dataset.json says {ds.counts[split]}")
+            raise UserError(
+                f"{ds.root}/manifest.csv: {len(rows)} {split} rows but dataset.json says {ds.counts[split]}"
+            )
         for col in STAT_COLUMNS:
             rows = rows.assign(**{col: stats[split][col]})
         parts.append(rows)
     images = pd.concat(parts, ignore_index=True) if parts else manifest
     files = pd.concat(
         [
-            pd.DataFrame({"source_path": images["source_path"], "id": images["id"], "category": images["category"],
-                          "decodable": True, "reason": ""}),  # fmt: skip
-            pd.DataFrame({"source_path": rejected["source_path"], "id": rejected["id"],
-                          "category": rejected["category"], "decodable": False, "reason": rejected["reason"]}),  # fmt: skip
+            pd.DataFrame(
+                {
+                    "source_path": images["source_path"],
+                    "id": images["id"],
+                    "category": images["category"],
+                    "decodable": True,
+                    "reason": "",
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "source_path": rejected["source_path"],
+                    "id": rejected["id"],
+                    "category": rejected["category"],
+                    "decodable": False,
+                    "reason": rejected["reason"],
+                }
+            ),
         ],
         ignore_index=True,
     )
@@ -122,8 +140,11 @@ def _frames(ds: PreparedDataset, known_categories: list[str], split_tolerance: f
     counts = images.groupby("category").size().reindex(sorted(set(known_categories) | set(present)), fill_value=0)
     smallest = max(int(counts.min()), 1) if len(counts) else 1
     categories = pd.DataFrame(
-        {"category": counts.index.astype(str), "count": counts.values.astype(np.int64),
-         "imbalance": counts.values / smallest}  # fmt: skip
+        {
+            "category": counts.index.astype(str),
+            "count": counts.values.astype(np.int64),
+            "imbalance": counts.values / smallest,
+        }
     )
     categories["split_excess"] = [_split_excess(ds, str(c), split_tolerance) for c in categories["category"]]
     content = images.groupby("sha256")["split"].nunique().rename("n_splits").reset_index()
@@ -138,57 +159,90 @@ def _suites(cfg: ValidationConfig, known: list[str]) -> dict[str, list[Any]]:
 
     columns = [*MANIFEST_COLUMNS, *STAT_COLUMNS]
     images: list[Any] = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True,
-                                         meta=meta("manifest schema", "columns = " + ", ".join(columns))),  # fmt: skip
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=columns, exact_match=True, meta=meta("manifest schema", "columns = " + ", ".join(columns))
+        ),
         gxe.ExpectTableRowCountToBeBetween(min_value=1, meta=meta("no images", ">= 1 image")),
     ]
     for col in columns:
         images.append(gxe.ExpectColumnValuesToNotBeNull(column=col, meta=meta(f"missing {col}", "no nulls")))
     for col in ("width", "height", "label", "index", "pixel_min", "pixel_max"):
-        images.append(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=INT_TYPES,
-                                                           meta=meta(f"{col} is not an integer", "integer")))  # fmt: skip
+        images.append(
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column=col, type_list=INT_TYPES, meta=meta(f"{col} is not an integer", "integer")
+            )
+        )
     images += [
-        gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$",
-                                           meta=meta("malformed sha256", "64 hex digits")),  # fmt: skip
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_source_size, max_value=cfg.max_source_size,
-                                          meta=meta("source width out of range",
-                                                    f"{cfg.min_source_size}..{cfg.max_source_size} px")),  # fmt: skip
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_source_size, max_value=cfg.max_source_size,
-                                          meta=meta("source height out of range",
-                                                    f"{cfg.min_source_size}..{cfg.max_source_size} px")),  # fmt: skip
-        gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=cfg.allowed_modes,
-                                        meta=meta("source mode not allowed", ", ".join(cfg.allowed_modes))),  # fmt: skip
-        gxe.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=cfg.min_pixel_std,
-                                          meta=meta("blank or constant image",
-                                                    f"pixel std >= {cfg.min_pixel_std:g}")),  # fmt: skip
-        gxe.ExpectColumnValuesToBeUnique(column="sha256", mostly=1.0 - cfg.max_duplicate_fraction,
-                                         meta=meta("duplicate content (same sha256 as another image)",
-                                                   f"duplicates <= {cfg.max_duplicate_fraction:.1%}")),  # fmt: skip
-        gxe.ExpectColumnValuesToBeInSet(column="category", value_set=known,
-                                        meta=meta("unknown category", f"{len(known)} known categories")),  # fmt: skip
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS),
-                                        meta=meta("unknown split", ", ".join(SPLITS))),  # fmt: skip
+        gxe.ExpectColumnValuesToMatchRegex(
+            column="sha256", regex=r"^[0-9a-f]{64}$", meta=meta("malformed sha256", "64 hex digits")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="width",
+            min_value=cfg.min_source_size,
+            max_value=cfg.max_source_size,
+            meta=meta("source width out of range", f"{cfg.min_source_size}..{cfg.max_source_size} px"),
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="height",
+            min_value=cfg.min_source_size,
+            max_value=cfg.max_source_size,
+            meta=meta("source height out of range", f"{cfg.min_source_size}..{cfg.max_source_size} px"),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="mode",
+            value_set=cfg.allowed_modes,
+            meta=meta("source mode not allowed", ", ".join(cfg.allowed_modes)),
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="pixel_std",
+            min_value=cfg.min_pixel_std,
+            meta=meta("blank or constant image", f"pixel std >= {cfg.min_pixel_std:g}"),
+        ),
+        gxe.ExpectColumnValuesToBeUnique(
+            column="sha256",
+            mostly=1.0 - cfg.max_duplicate_fraction,
+            meta=meta(
+                "duplicate content (same sha256 as another image)", f"duplicates <= {cfg.max_duplicate_fraction:.1%}"
+            ),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="category", value_set=known, meta=meta("unknown category", f"{len(known)} known categories")
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="split", value_set=list(SPLITS), meta=meta("unknown split", ", ".join(SPLITS))
+        ),
     ]
     files = [
-        gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True], mostly=1.0 - cfg.max_rejected_fraction,
-                                        meta=meta("could not be read or decoded",
-                                                  f"rejected files <= {cfg.max_rejected_fraction:.1%}")),  # fmt: skip
+        gxe.ExpectColumnValuesToBeInSet(
+            column="decodable",
+            value_set=[True],
+            mostly=1.0 - cfg.max_rejected_fraction,
+            meta=meta("could not be read or decoded", f"rejected files <= {cfg.max_rejected_fraction:.1%}"),
+        ),
     ]
     categories = [
-        gxe.ExpectColumnValuesToBeBetween(column="count", min_value=cfg.min_images_per_category,
-                                          meta=meta("too few images in category",
-                                                    f">= {cfg.min_images_per_category} per category")),  # fmt: skip
-        gxe.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_class_imbalance,
-                                          meta=meta("class imbalance over bound",
-                                                    f"largest/smallest <= {cfg.max_class_imbalance:g}")),  # fmt: skip
-        gxe.ExpectColumnValuesToBeBetween(column="split_excess", max_value=0.0,
-                                          meta=meta("split shares off data.split",
-                                                    f"within {cfg.max_split_deviation:g} (or 3 sigma) per split")),  # fmt: skip
+        gxe.ExpectColumnValuesToBeBetween(
+            column="count",
+            min_value=cfg.min_images_per_category,
+            meta=meta("too few images in category", f">= {cfg.min_images_per_category} per category"),
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="imbalance",
+            max_value=cfg.max_class_imbalance,
+            meta=meta("class imbalance over bound", f"largest/smallest <= {cfg.max_class_imbalance:g}"),
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="split_excess",
+            max_value=0.0,
+            meta=meta("split shares off data.split", f"within {cfg.max_split_deviation:g} (or 3 sigma) per split"),
+        ),
     ]
     content = [
-        gxe.ExpectColumnValuesToBeBetween(column="n_splits", max_value=1,
-                                          meta=meta("same content in more than one split (leakage)",
-                                                    "each sha256 in one split")),  # fmt: skip
+        gxe.ExpectColumnValuesToBeBetween(
+            column="n_splits",
+            max_value=1,
+            meta=meta("same content in more than one split (leakage)", "each sha256 in one split"),
+        ),
     ]
     return {"files": files, "images": images, "categories": categories, "content": content}
 
@@ -196,7 +250,9 @@ def _suites(cfg: ValidationConfig, known: list[str]) -> dict[str, list[Any]]:
 INDEX_COLUMNS = {"files": "source_path", "images": "source_path", "categories": "category", "content": "sha256"}
 
 
-def run_expectations(frames: dict[str, Any], cfg: ValidationConfig, known: list[str]) -> tuple[list[CheckResult], list[dict[str, Any]]]:
+def run_expectations(
+    frames: dict[str, Any], cfg: ValidationConfig, known: list[str]
+) -> tuple[list[CheckResult], list[dict[str, Any]]]:
     """Validate the four tables with GX; return per-check results and the failing rows with reasons."""
     import logging
 
@@ -235,35 +291,69 @@ def run_expectations(frames: dict[str, Any], cfg: ValidationConfig, known: list[
                 observed = f"{res['unexpected_count']:,} of {res.get('element_count', 0):,} rows ({pct:.2f}%)"
             else:
                 observed = str(res.get("observed_value"))
-            checks.append(CheckResult(table=table, check=meta.get("reason", cfg_.type), column=column,
-                                      success=bool(r.success), threshold=meta.get("threshold", ""),
-                                      observed=observed, unexpected_count=len(unexpected)))  # fmt: skip
+            checks.append(
+                CheckResult(
+                    table=table,
+                    check=meta.get("reason", cfg_.type),
+                    column=column,
+                    success=bool(r.success),
+                    threshold=meta.get("threshold", ""),
+                    observed=observed,
+                    unexpected_count=len(unexpected),
+                )
+            )
             failing += _failing_rows(table, meta.get("reason", cfg_.type), unexpected, frames, images)
     return checks, failing
 
 
-def _failing_rows(table: str, reason: str, unexpected: list[dict[str, Any]], frames: dict[str, Any], images: Any) -> list[dict[str, Any]]:
+def _failing_rows(
+    table: str, reason: str, unexpected: list[dict[str, Any]], frames: dict[str, Any], images: Any
+) -> list[dict[str, Any]]:
     """Expand GX's unexpected rows into quarantine entries naming source files."""
     rows: list[dict[str, Any]] = []
     if table == "files":
         files = frames["files"].set_index("source_path")
         for u in unexpected:
             hit = files.loc[[u["source_path"]]].iloc[0]
-            rows.append({"source_path": u["source_path"], "id": hit["id"], "category": hit["category"], "split": "",
-                         "check": reason, "reason": hit["reason"] or reason})  # fmt: skip
+            rows.append(
+                {
+                    "source_path": u["source_path"],
+                    "id": hit["id"],
+                    "category": hit["category"],
+                    "split": "",
+                    "check": reason,
+                    "reason": hit["reason"] or reason,
+                }
+            )
     elif table == "images":
         by_path = images.set_index("source_path")
         for u in unexpected:
             hit = by_path.loc[[u["source_path"]]].iloc[0]
             detail = {k: v for k, v in u.items() if k != "source_path"}
             text = reason + (f" ({', '.join(f'{k}={v}' for k, v in detail.items())})" if detail else "")
-            rows.append({"source_path": u["source_path"], "id": hit["id"], "category": hit["category"],
-                         "split": hit["split"], "check": reason, "reason": text})  # fmt: skip
+            rows.append(
+                {
+                    "source_path": u["source_path"],
+                    "id": hit["id"],
+                    "category": hit["category"],
+                    "split": hit["split"],
+                    "check": reason,
+                    "reason": text,
+                }
+            )
     elif table == "content":
         for u in unexpected:
             for _, hit in images[images["sha256"] == u["sha256"]].iterrows():
-                rows.append({"source_path": hit["source_path"], "id": hit["id"], "category": hit["category"],
-                             "split": hit["split"], "check": reason, "reason": f"{reason} (sha256 {u['sha256'][:12]})"})  # fmt: skip
+                rows.append(
+                    {
+                        "source_path": hit["source_path"],
+                        "id": hit["id"],
+                        "category": hit["category"],
+                        "split": hit["split"],
+                        "check": reason,
+                        "reason": f"{reason} (sha256 {u['sha256'][:12]})",
+                    }
+                )
     # Category-level failures name no single file; they appear in the checks table of the report.
     return rows
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from productgen.config import ViewsConfig
 from productgen.common.errors import UserError
+from productgen.config import ViewsConfig
 
 
 def view_kinds(cfg: ViewsConfig) -> list[str]:

@@ -24,8 +24,9 @@ def _device(name: str) -> str:
     return str(pick_device(name))
 
 
-def generation(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
-               show_progress: bool) -> dict[str, Any]:  # fmt: skip
+def generation(
+    p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None, show_progress: bool
+) -> dict[str, Any]:
     """FID / KID against the held-out split (Lucic et al.'s protocol), per-category FID (KID for small ones)."""
     from productgen.evaluation.generation import evaluate
 
@@ -33,31 +34,54 @@ def generation(p: Params, task: str, model_dir: Path, prepared: Path, out: Path,
     return evaluate(cfg, prepared, show_progress=show_progress, categories=categories)
 
 
-def restoration(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
-                show_progress: bool) -> dict[str, Any]:  # fmt: skip
+def restoration(
+    p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None, show_progress: bool
+) -> dict[str, Any]:
     """PSNR / SSIM against the clean images, next to the degraded input (the baseline), overall and per category."""
     from productgen.evaluation.restoration import evaluate_restoration
 
     e = p.evaluate
-    return evaluate_restoration(model_dir, prepared, split=e.split, views_cfg=p.views, out=out, max_images=e.max_real,
-                                batch_size=e.batch_size, device=_device(e.device), show_progress=show_progress,
-                                categories=categories)  # fmt: skip
+    return evaluate_restoration(
+        model_dir,
+        prepared,
+        split=e.split,
+        views_cfg=p.views,
+        out=out,
+        max_images=e.max_real,
+        batch_size=e.batch_size,
+        device=_device(e.device),
+        show_progress=show_progress,
+        categories=categories,
+    )
 
 
-def translation(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
-                show_progress: bool) -> dict[str, Any]:  # fmt: skip
+def translation(
+    p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None, show_progress: bool
+) -> dict[str, Any]:
     """pix2pix: PSNR / SSIM / FID against the paired ground truth (per category); CycleGAN: FID against the
     target domain next to the identity baseline."""
     from productgen.evaluation.translation import evaluate_translation
 
     e = p.evaluate
-    return evaluate_translation(model_dir, prepared, split=e.split, views_cfg=p.views, out=out, max_images=e.max_real,
-                                extractor=e.extractor, batch_size=e.batch_size, device=_device(e.device), seed=e.seed,
-                                show_progress=show_progress, categories=categories)  # fmt: skip
+    return evaluate_translation(
+        model_dir,
+        prepared,
+        split=e.split,
+        views_cfg=p.views,
+        out=out,
+        max_images=e.max_real,
+        extractor=e.extractor,
+        batch_size=e.batch_size,
+        device=_device(e.device),
+        seed=e.seed,
+        show_progress=show_progress,
+        categories=categories,
+    )
 
 
-def style(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None,
-          show_progress: bool) -> dict[str, Any]:  # fmt: skip
+def style(
+    p: Params, task: str, model_dir: Path, prepared: Path, out: Path, categories: list[str] | None, show_progress: bool
+) -> dict[str, Any]:
     """Style distance to ``style.style_image`` and content preservation on a seeded sample of the split.
 
     The products are shown to the model as it trained on them (upscaled to its ``style.image_size``, inverted
@@ -67,9 +91,10 @@ def style(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, cate
     import torch
 
     from productgen.data.dataset import PreparedDataset
+    from productgen.evaluation.categories import category_mask
+    from productgen.evaluation.style import style_report
     from productgen.models.predict import load_predictor
     from productgen.models.styles import content_batch, to_uint8
-    from productgen.evaluation.style import style_report
 
     e = p.evaluate
     ds = PreparedDataset(prepared)
@@ -83,6 +108,14 @@ def style(p: Params, task: str, model_dir: Path, prepared: Path, out: Path, cate
     size = int(predictor.config.get("style", {}).get("image_size", p.style.image_size))
     invert = bool(predictor.config.get("invert_content", False))
     content = to_uint8(content_batch(images[pick], size, invert))
-    m = style_report(predictor, content, p.style.style_image, out, device=device, labels=labels[pick],
-                     classes=ds.classes, notes={"content_size": size, "content_inverted": invert})  # fmt: skip
+    m = style_report(
+        predictor,
+        content,
+        p.style.style_image,
+        out,
+        device=device,
+        labels=labels[pick],
+        classes=ds.classes,
+        notes={"content_size": size, "content_inverted": invert},
+    )
     return {**m, "categories": sorted(categories)} if categories is not None else m

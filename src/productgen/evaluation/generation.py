@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from productgen.common import atomic
-from productgen.config import EvaluateConfig
 from productgen.common.errors import UserError
+from productgen.config import EvaluateConfig
 
 MIN_PER_CATEGORY = 10  # fewer features than this make a per-category FID meaningless
 
@@ -35,10 +35,15 @@ def _fake_labels(real_labels: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def discriminator_accuracy(
-    d: torch.nn.Module, real: torch.Tensor, real_y: torch.Tensor, fake: torch.Tensor, fake_y: torch.Tensor,
+    d: torch.nn.Module,
+    real: torch.Tensor,
+    real_y: torch.Tensor,
+    fake: torch.Tensor,
+    fake_y: torch.Tensor,
     batch: int = 500,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Share of held-out real images scored real (logit > 0) and of generated images scored fake."""
+
     def score(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         outs = [d(x[i : i + batch].float().div(127.5).sub(1), y[i : i + batch]) for i in range(0, len(x), batch)]
         return torch.cat(outs)
@@ -68,15 +73,17 @@ def diversity(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor, 
     return spread(b) / base if base > 0 else None
 
 
-def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
-             categories: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    cfg: EvaluateConfig, prepared: Path, show_progress: bool = True, categories: list[str] | None = None
+) -> dict[str, Any]:
     """Evaluate the model in ``cfg.model`` against ``prepared``; write and return the metrics.
 
     ``categories``: only those categories of the split (all of which the model must know), so that a champion
     trained before a category appeared is scored, beside the challenger, on the categories both know.
     """
-    from productgen.data.dataset import PreparedDataset
     from productgen.apply.generation import sample
+    from productgen.common.grids import make_grid, save_png
+    from productgen.data.dataset import PreparedDataset
     from productgen.metrics import (
         FeatureStats,
         compute_features,
@@ -87,17 +94,22 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
     )
     from productgen.models.gan import load_discriminator
     from productgen.models.io import load_generator
-    from productgen.common.grids import make_grid, save_png
 
     model_dir = Path(cfg.model)
     ds = PreparedDataset(prepared)
     net_g, mcfg = load_generator(model_dir, "cpu")
     known = list(mcfg["classes"])
     wanted = ds.classes if categories is None else list(categories)
-    if ((categories is None and known != ds.classes) or not set(wanted) <= set(known)
-            or mcfg["resolution"] != ds.resolution or mcfg["channels"] != ds.channels):
-        raise UserError(f"{model_dir}: trained on other categories or image size than {prepared}; evaluate it "
-                        "against the dataset it was trained on (or on the categories it knows)")  # fmt: skip
+    if (
+        (categories is None and known != ds.classes)
+        or not set(wanted) <= set(known)
+        or mcfg["resolution"] != ds.resolution
+        or mcfg["channels"] != ds.channels
+    ):
+        raise UserError(
+            f"{model_dir}: trained on other categories or image size than {prepared}; evaluate it "
+            "against the dataset it was trained on (or on the categories it knows)"
+        )
     extractor = load_extractor(cfg.extractor, cfg.device)
     device = extractor.device
     net_g = net_g.to(device)
@@ -114,17 +126,21 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
         raise UserError(f"{prepared}: the {cfg.split} split has {len(real)} images; FID needs at least 2")
     subset = categories is not None or (cfg.max_real is not None and cfg.max_real < len(real))
     if subset:
-        pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_real].sort().values
+        pick = (
+            torch.randperm(len(real), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.max_real].sort().values
+        )
         real, real_y = real[pick], real_y[pick]
 
     # The generated side first: the real side of a whole split may still be on its way into the statistics
     # cache (another process computing it), and is read from there when it has arrived.
     n_fake = cfg.num_fake or len(real)
     fake_y = _fake_labels(real_y, n_fake).to(device)
-    fake = torch.cat([
-        torch.from_numpy(sample(net_g, mcfg["gan"]["z_dim"], fake_y[i : i + cfg.batch_size], cfg.seed + i))
-        for i in range(0, n_fake, cfg.batch_size)
-    ])  # fmt: skip
+    fake = torch.cat(
+        [
+            torch.from_numpy(sample(net_g, mcfg["gan"]["z_dim"], fake_y[i : i + cfg.batch_size], cfg.seed + i))
+            for i in range(0, n_fake, cfg.batch_size)
+        ]
+    )
     fake_feats = compute_features(fake, extractor, batch_size=cfg.batch_size, show_progress=show_progress)
     fake_stats = FeatureStats.from_features(fake_feats)
     fake_y = fake_y.cpu()
@@ -133,8 +149,9 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
         real_feats = compute_features(real, extractor, batch_size=cfg.batch_size, show_progress=show_progress)
         real_stats = FeatureStats.from_features(real_feats, keep_features=True)
     else:
-        real_stats = dataset_statistics(ds, cfg.split, extractor, batch_size=cfg.batch_size, keep_features=True,
-                                        show_progress=show_progress)  # fmt: skip
+        real_stats = dataset_statistics(
+            ds, cfg.split, extractor, batch_size=cfg.batch_size, keep_features=True, show_progress=show_progress
+        )
         real_feats = real_stats.features
     assert real_feats is not None
 
@@ -148,7 +165,9 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
     per_cat: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
     ry, fy = real_y.numpy(), fake_y.numpy()
-    spread = {name: diversity(real[real_y == c].flatten(1), fake[fake_y == c].flatten(1)) for c, name in enumerate(known)}
+    spread = {
+        name: diversity(real[real_y == c].flatten(1), fake[fake_y == c].flatten(1)) for c, name in enumerate(known)
+    }
     spread = {k: v for k, v in spread.items() if v is not None}
     if spread:
         metrics["diversity"] = float(np.mean(list(spread.values())))
@@ -176,7 +195,11 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
         r = real[real_y == c][:4].numpy()
         f = fake[fake_y == c][:8].numpy()
         if len(f):
-            pad = np.full((4 - len(r), *real.shape[1:]), 128, np.uint8) if len(r) < 4 else np.zeros((0, *real.shape[1:]), np.uint8)
+            pad = (
+                np.full((4 - len(r), *real.shape[1:]), 128, np.uint8)
+                if len(r) < 4
+                else np.zeros((0, *real.shape[1:]), np.uint8)
+            )
             fill = np.full((8 - len(f), *real.shape[1:]), 128, np.uint8)
             rows.append(np.concatenate([r, pad, f, fill]))
             labels.append(name)
@@ -188,8 +211,15 @@ def evaluate(cfg: EvaluateConfig, prepared: Path, show_progress: bool = True,
     return metrics
 
 
-def _report(out: Path, m: dict[str, Any], cfg: EvaluateConfig, model_dir: Path, prepared: Path, content_hash: str,
-            mcfg: dict[str, Any]) -> None:  # fmt: skip
+def _report(
+    out: Path,
+    m: dict[str, Any],
+    cfg: EvaluateConfig,
+    model_dir: Path,
+    prepared: Path,
+    content_hash: str,
+    mcfg: dict[str, Any],
+) -> None:
     lines = [
         f"# Evaluation of `{model_dir}`",
         "",
@@ -204,15 +234,26 @@ def _report(out: Path, m: dict[str, Any], cfg: EvaluateConfig, model_dir: Path, 
     if "kid_mean" in m:
         lines.append(f"| KID x 1000 | {1000 * m['kid_mean']:.2f} +- {1000 * m['kid_std']:.2f} |")
     if "diversity" in m:
-        lines.append(f"| diversity within a category, generated / real (1 = as varied as the photos) | {m['diversity']:.2f} |")
+        lines.append(
+            f"| diversity within a category, generated / real (1 = as varied as the photos) | {m['diversity']:.2f} |"
+        )
     if "d_acc" in m:
-        lines.append(f"| discriminator accuracy, held-out real vs generated | {100 * m['d_acc']:.1f}% "
-                     f"(real {100 * m['d_acc_real']:.1f}%, generated {100 * m['d_acc_fake']:.1f}%) |")
+        lines.append(
+            f"| discriminator accuracy, held-out real vs generated | {100 * m['d_acc']:.1f}% "
+            f"(real {100 * m['d_acc_real']:.1f}%, generated {100 * m['d_acc_fake']:.1f}%) |"
+        )
     if m.get("fid_per_category"):
         lines += ["", "## FID per category", "", "| category | FID |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in sorted(m["fid_per_category"].items(), key=lambda kv: kv[1])]
-    lines += ["", "## Samples (4 real, then 8 generated, per category)", "", "![samples](samples.png)", "",
-              "Reference FIDs on Fashion-MNIST (Lucic et al. 2018, 10k vs 10k): WGAN 21.5, NS GAN 26.5, LSGAN 30.7; "
-              "PA-GAN 15.8; plain VAE 43.6, 2-stage VAE 29.3. Numbers on fewer images are biased upwards and not comparable to these.",
-              "", "Settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items())]  # fmt: skip
+    lines += [
+        "",
+        "## Samples (4 real, then 8 generated, per category)",
+        "",
+        "![samples](samples.png)",
+        "",
+        "Reference FIDs on Fashion-MNIST (Lucic et al. 2018, 10k vs 10k): WGAN 21.5, NS GAN 26.5, LSGAN 30.7; "
+        "PA-GAN 15.8; plain VAE 43.6, 2-stage VAE 29.3. Numbers on fewer images are biased upwards and not comparable to these.",
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()),
+    ]
     atomic.write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from productgen.common import atomic
-from productgen.config import ViewsConfig
 from productgen.common.errors import UserError
+from productgen.config import ViewsConfig
+
 
 def subset_indices(n: int, max_images: int | None, seed: int) -> torch.Tensor:
     """All indices, or a seeded sorted subset of ``max_images`` of them (the same on every machine)."""
@@ -29,18 +30,25 @@ def subset_indices(n: int, max_images: int | None, seed: int) -> torch.Tensor:
 
 
 def evaluate_restoration(
-    model_dir: Path, prepared: str | Path, split: str = "test", views_cfg: ViewsConfig | None = None,
-    out: Path = Path("artifacts/eval/restore"), max_images: int | None = None, batch_size: int = 256,
-    device: str = "cpu", show_progress: bool = True, categories: list[str] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    model_dir: Path,
+    prepared: str | Path,
+    split: str = "test",
+    views_cfg: ViewsConfig | None = None,
+    out: Path = Path("artifacts/eval/restore"),
+    max_images: int | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    show_progress: bool = True,
+    categories: list[str] | None = None,
+) -> dict[str, Any]:
     """PSNR / SSIM of the model and of the degraded input on the ``split`` views; writes metrics.json,
     report.md and before_after.png (rows degraded / restored / clean) to ``out``; returns the metrics."""
+    from productgen.common.grids import make_grid, save_png
+    from productgen.common.progress import progress
     from productgen.data.dataset import PreparedDataset
     from productgen.data.views import make_view
     from productgen.metrics.quality import psnr, ssim
     from productgen.models.predict import load_predictor
-    from productgen.common.progress import progress
-    from productgen.common.grids import make_grid, save_png
 
     views_cfg = views_cfg or ViewsConfig()
     model_dir, out = Path(model_dir), Path(out)
@@ -52,8 +60,10 @@ def evaluate_restoration(
         raise UserError(f"{model_dir}: a {predictor.config.get('model')!r} model is not a restoration model")
     ds = PreparedDataset(prepared)
     if ds.channels != predictor.channels:
-        raise UserError(f"{model_dir}: the model takes {predictor.channels}-channel images but {ds.root} has "
-                        f"{ds.channels}; evaluate on a dataset prepared in the model's mode")  # fmt: skip
+        raise UserError(
+            f"{model_dir}: the model takes {predictor.channels}-channel images but {ds.root} has "
+            f"{ds.channels}; evaluate on a dataset prepared in the model's mode"
+        )
     from productgen.evaluation.categories import category_mask, group_by_category
 
     images, labels = ds.tensors(split)
@@ -73,9 +83,12 @@ def evaluate_restoration(
         clean = images[idx]
         degraded = make_view(clean, view, views_cfg, idx)
         restored = predictor.restore(degraded)
-        scores = {"psnr": psnr(restored, clean, per_image=True), "ssim": ssim(restored, clean, per_image=True),
-                  "baseline_psnr": psnr(degraded, clean, per_image=True),
-                  "baseline_ssim": ssim(degraded, clean, per_image=True)}  # fmt: skip
+        scores = {
+            "psnr": psnr(restored, clean, per_image=True),
+            "ssim": ssim(restored, clean, per_image=True),
+            "baseline_psnr": psnr(degraded, clean, per_image=True),
+            "baseline_ssim": ssim(degraded, clean, per_image=True),
+        }
         for k, v in scores.items():
             sums[k] += float(v.double().sum())
             per_image[k].append(v)
@@ -85,21 +98,36 @@ def evaluate_restoration(
     m: dict[str, Any] = {k: v / n for k, v in sums.items()}
     m["gain_db"] = m["psnr"] - m["baseline_psnr"]
     cat = {k: torch.cat(v) for k, v in per_image.items()}
-    m["per_category"] = group_by_category(ds.classes, labels[indices], **cat,
-                                          gain_db=cat["psnr"].double() - cat["baseline_psnr"].double())  # fmt: skip
+    m["per_category"] = group_by_category(
+        ds.classes, labels[indices], **cat, gain_db=cat["psnr"].double() - cat["baseline_psnr"].double()
+    )
     if categories is not None:
         m["categories"] = sorted(categories)
-    m.update({"view": view, "images": n, "split": split, "model": predictor.config.get("model"),
-              "model_dir": str(model_dir), "dataset": str(ds.root), "content_hash": ds.content_hash,
-              "subset_seed": views_cfg.seed if n < len(chosen) else None,
-              "views": {"blur_sigma": views_cfg.blur_sigma, "jpeg_quality": views_cfg.jpeg_quality,
-                        "seed": views_cfg.seed}})  # fmt: skip
+    m.update(
+        {
+            "view": view,
+            "images": n,
+            "split": split,
+            "model": predictor.config.get("model"),
+            "model_dir": str(model_dir),
+            "dataset": str(ds.root),
+            "content_hash": ds.content_hash,
+            "subset_seed": views_cfg.seed if n < len(chosen) else None,
+            "views": {
+                "blur_sigma": views_cfg.blur_sigma,
+                "jpeg_quality": views_cfg.jpeg_quality,
+                "seed": views_cfg.seed,
+            },
+        }
+    )
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "metrics.json", m)
     grid = torch.cat(preview).numpy()
     k = len(preview[0])
-    save_png(make_grid(grid, ncol=k, scale=max(1, 64 // grid.shape[-2]), row_labels=["degraded", "restored", "clean"]),
-             out / "before_after.png")  # fmt: skip
+    save_png(
+        make_grid(grid, ncol=k, scale=max(1, 64 // grid.shape[-2]), row_labels=["degraded", "restored", "clean"]),
+        out / "before_after.png",
+    )
     atomic.write_text(out / "report.md", _report(m))
     return m
 
@@ -115,7 +143,9 @@ def _report(m: dict[str, Any]) -> str:
         f"| baseline ({base}) | {m['baseline_psnr']:.2f} | {m['baseline_ssim']:.4f} |\n"
         f"| gain | {m['gain_db']:+.2f} | {m['ssim'] - m['baseline_ssim']:+.4f} |\n\n"
         "## Per category\n\n| category | images | PSNR (dB) | baseline | gain | SSIM |\n|---|---:|---:|---:|---:|---:|\n"
-        + "".join(f"| {c} | {v['n']} | {v['psnr']:.2f} | {v['baseline_psnr']:.2f} | {v['gain_db']:+.2f} | {v['ssim']:.4f} |\n"
-                  for c, v in m["per_category"].items())
+        + "".join(
+            f"| {c} | {v['n']} | {v['psnr']:.2f} | {v['baseline_psnr']:.2f} | {v['gain_db']:+.2f} | {v['ssim']:.4f} |\n"
+            for c, v in m["per_category"].items()
+        )
         + "\n![before/after](before_after.png)\n\nRows: degraded, restored, clean.\n"
     )

@@ -13,7 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from productgen.models.styles import content_loss, gram, load_style, product_mask, style_loss, style_tensor, to_float, to_uint8
+from productgen.common.errors import UserError
+from productgen.models.styles import (
+    content_loss,
+    gram,
+    load_style,
+    product_mask,
+    resize_short,
+    style_loss,
+    to_float,
+    to_uint8,
+)
 
 # product SSIM below this: the product is no longer kept (its structure under the style is lost). Chosen from the
 # measured sweep in docs/models.md: models at or above it show every product recognisably in the grids; the
@@ -53,8 +63,14 @@ def masked_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
 
 
 @torch.no_grad()
-def style_metrics(stylised: torch.Tensor, content: torch.Tensor, style: torch.Tensor, encoder: Any,
-                  content_level: int = 2, ssim_floor: float = SSIM_FLOOR) -> dict[str, float]:  # fmt: skip
+def style_metrics(
+    stylised: torch.Tensor,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    encoder: Any,
+    content_level: int = 2,
+    ssim_floor: float = SSIM_FLOOR,
+) -> dict[str, float]:
     """Content preservation and style distance of float RGB [0, 1] images (``style``: ``[1, 3, h, w]``).
 
     ``style_distance`` is the Gram distance (summed over the encoder's levels) to the style image;
@@ -81,9 +97,16 @@ def style_metrics(stylised: torch.Tensor, content: torch.Tensor, style: torch.Te
     ps = float(masked_ssim(gs, gc, product_mask(content.float(), dilate=0, feather=0.0)))
     rel = dist / max(base, 1e-12)
     score = rel + 10.0 * max(0.0, ssim_floor - ps)
-    return {"style_score": score, "style_distance_rel": rel, "style_distance": dist, "content_ssim": s,
-            "product_ssim": ps, "content_loss": cl, "content_style_distance": base,
-            "ssim_floor": ssim_floor}  # fmt: skip
+    return {
+        "style_score": score,
+        "style_distance_rel": rel,
+        "style_distance": dist,
+        "content_ssim": s,
+        "product_ssim": ps,
+        "content_loss": cl,
+        "content_style_distance": base,
+        "ssim_floor": ssim_floor,
+    }
 
 
 def _report_grid(content: np.ndarray, stylised: np.ndarray, style: np.ndarray, path: Path, size: int = 128) -> Path:
@@ -110,10 +133,19 @@ def _report_grid(content: np.ndarray, stylised: np.ndarray, style: np.ndarray, p
     return save_png(grid, path)
 
 
-def style_report(predictor: Any, content: torch.Tensor, style: str | np.ndarray | torch.Tensor, out: Path,
-                 device: str | torch.device = "cpu", encoder: Any = None, ssim_floor: float = SSIM_FLOOR,
-                 labels: torch.Tensor | None = None, classes: list[str] | None = None,
-                 notes: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:  # fmt: skip
+def style_report(
+    predictor: Any,
+    content: torch.Tensor,
+    style: str | np.ndarray | torch.Tensor,
+    out: Path,
+    device: str | torch.device = "cpu",
+    encoder: Any = None,
+    ssim_floor: float = SSIM_FLOOR,
+    labels: torch.Tensor | None = None,
+    classes: list[str] | None = None,
+    notes: dict[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Stylise uint8 ``content`` ``[N, C, H, W]`` with ``predictor`` and measure it against ``style``.
 
     ``style``: a built-in name or path, uint8 ``[H, W, 3]`` numpy or ``[1, 3, H, W]`` tensor. For an AdaIN model
@@ -122,8 +154,8 @@ def style_report(predictor: Any, content: torch.Tensor, style: str | np.ndarray 
     the metrics as they are. Writes ``out/metrics.json``, ``out/report.md`` and
     ``out/before_after.png``; returns the metrics. Primary metric: ``style_score`` (lower is better).
     """
-    from productgen.common import atomic
     from productgen.apply.folders import run_batch
+    from productgen.common import atomic
     from productgen.models.encoders import load_encoder
 
     if isinstance(style, str):
@@ -150,30 +182,47 @@ def style_report(predictor: Any, content: torch.Tensor, style: str | np.ndarray 
     if stylised.shape[-2:] != content_f.shape[-2:]:
         stylised = F.interpolate(stylised, size=content_f.shape[-2:], mode="area")
     enc = encoder if encoder is not None else load_encoder("efficientnet-lite0", device=device)
-    style_f = resize_short(torch.from_numpy(style_arr.copy()).permute(2, 0, 1)[None].float() / 255.0, max(content_f.shape[-2:]))
+    style_f = resize_short(
+        torch.from_numpy(style_arr.copy()).permute(2, 0, 1)[None].float() / 255.0, max(content_f.shape[-2:])
+    )
     metrics = style_metrics(stylised.to(device), content_f.to(device), style_f.to(device), enc, ssim_floor=ssim_floor)
     per_category: dict[str, dict[str, float]] = {}
     if labels is not None and classes is not None:  # the same figures per category (``labels`` index ``classes``)
         for c, name in enumerate(classes):
             sel = (labels == c).cpu()
             if int(sel.sum()):
-                m = style_metrics(stylised[sel].to(device), content_f[sel].to(device), style_f.to(device), enc,
-                                  ssim_floor=ssim_floor)  # fmt: skip
-                per_category[name] = {"style_score": m["style_score"], "content_ssim": m["content_ssim"],
-                                      "product_ssim": m["product_ssim"], "style_distance_rel": m["style_distance_rel"],
-                                      "n": int(sel.sum())}  # fmt: skip
-    metrics = {**metrics, "images": len(content), "model": predictor.config.get("model"),
-               "primary_metric": "style_score", "direction": "lower", **(notes or {}),
-               "per_category": per_category}  # fmt: skip
+                m = style_metrics(
+                    stylised[sel].to(device), content_f[sel].to(device), style_f.to(device), enc, ssim_floor=ssim_floor
+                )
+                per_category[name] = {
+                    "style_score": m["style_score"],
+                    "content_ssim": m["content_ssim"],
+                    "product_ssim": m["product_ssim"],
+                    "style_distance_rel": m["style_distance_rel"],
+                    "n": int(sel.sum()),
+                }
+    metrics = {
+        **metrics,
+        "images": len(content),
+        "model": predictor.config.get("model"),
+        "primary_metric": "style_score",
+        "direction": "lower",
+        **(notes or {}),
+        "per_category": per_category,
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "metrics.json", metrics)
     k = min(8, len(content))
-    _report_grid(to_uint8(content_f[:k]).permute(0, 2, 3, 1).numpy(), np.stack(outs[:k]), style_arr,
-                 out / "before_after.png")  # fmt: skip
+    _report_grid(
+        to_uint8(content_f[:k]).permute(0, 2, 3, 1).numpy(), np.stack(outs[:k]), style_arr, out / "before_after.png"
+    )
     md = [
-        "# Style transfer report", "",
-        f"Model: `{metrics['model']}`, {metrics['images']} content images.", "",
-        "| metric | value | meaning |", "|---|---|---|",
+        "# Style transfer report",
+        "",
+        f"Model: `{metrics['model']}`, {metrics['images']} content images.",
+        "",
+        "| metric | value | meaning |",
+        "|---|---|---|",
         f"| style_score | {metrics['style_score']:.4f} | primary, lower is better: style_distance_rel, plus 10 x "
         f"the shortfall of product_ssim below {metrics['ssim_floor']} |",
         f"| style_distance_rel | {metrics['style_distance_rel']:.4f} | Gram distance to the style / that of the "
@@ -183,7 +232,9 @@ def style_report(predictor: Any, content: torch.Tensor, style: str | np.ndarray 
         f"| product_ssim | {metrics['product_ssim']:.4f} | the same SSIM over the product's pixels only (the kept "
         "white background does not count) |",
         f"| content_loss | {metrics['content_loss']:.6g} | encoder feature MSE vs the content |",
-        "", "![before and after](before_after.png)", "",
-    ]  # fmt: skip
+        "",
+        "![before and after](before_after.png)",
+        "",
+    ]
     atomic.write_text(out / "report.md", "\n".join(md))
     return metrics

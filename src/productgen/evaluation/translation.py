@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from productgen.common import atomic
-from productgen.config import ViewsConfig, from_dict
 from productgen.common.errors import UserError
+from productgen.config import ViewsConfig, from_dict
+
 
 def _subset(n: int, max_images: int | None, seed: int) -> torch.Tensor:
     """Sorted indices of a seeded subset (all of them when ``max_images`` is None or not smaller)."""
@@ -34,12 +35,16 @@ def _subset(n: int, max_images: int | None, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
 
 
-def _apply(predictor: Any, images: torch.Tensor, batch_size: int, show_progress: bool, direction: str = "ab") -> torch.Tensor:
+def _apply(
+    predictor: Any, images: torch.Tensor, batch_size: int, show_progress: bool, direction: str = "ab"
+) -> torch.Tensor:
     from productgen.common.progress import progress
 
     starts = range(0, len(images), batch_size)
-    parts = [predictor(images[i : i + batch_size], direction=direction)
-             for i in progress(starts, desc=f"translate {direction}", unit="batch", enabled=show_progress)]  # fmt: skip
+    parts = [
+        predictor(images[i : i + batch_size], direction=direction)
+        for i in progress(starts, desc=f"translate {direction}", unit="batch", enabled=show_progress)
+    ]
     return torch.cat(parts) if parts else images[:0].clone()
 
 
@@ -48,10 +53,18 @@ def _quality(pred: torch.Tensor, target: torch.Tensor, batch_size: int, per_imag
     the per-image values ``(psnr, ssim)``."""
     from productgen.metrics.quality import psnr, ssim
 
-    p = torch.cat([psnr(pred[i : i + batch_size], target[i : i + batch_size], per_image=True)
-                   for i in range(0, len(pred), batch_size)])  # fmt: skip
-    s = torch.cat([ssim(pred[i : i + batch_size], target[i : i + batch_size], per_image=True)
-                   for i in range(0, len(pred), batch_size)])  # fmt: skip
+    p = torch.cat(
+        [
+            psnr(pred[i : i + batch_size], target[i : i + batch_size], per_image=True)
+            for i in range(0, len(pred), batch_size)
+        ]
+    )
+    s = torch.cat(
+        [
+            ssim(pred[i : i + batch_size], target[i : i + batch_size], per_image=True)
+            for i in range(0, len(pred), batch_size)
+        ]
+    )
     if per_image:
         return (float(p.mean()), float(s.mean())), (p, s)
     return float(p.mean()), float(s.mean())
@@ -87,12 +100,11 @@ def evaluate_translation(
     seeded by ``seed`` (per domain for CycleGAN). ``fid=False`` skips the feature network (fast checks).
     ``categories``: pix2pix only, score on those categories of the split (CycleGAN's are its two domains).
     """
-    from productgen.tasks import for_model
-
     from productgen.data.dataset import PreparedDataset
     from productgen.metrics.extractors import resolve_device
     from productgen.models.io import read_config
     from productgen.models.predict import load_predictor
+    from productgen.tasks import for_model
 
     if batch_size < 1:
         raise UserError(f"batch_size: {batch_size} must be at least 1")
@@ -102,19 +114,33 @@ def evaluate_translation(
         raise UserError(f"{model_dir}: holds a {kind!r} model; evaluate_translation takes pix2pix or cyclegan models")
     ds = PreparedDataset(prepared)
     if int(mcfg["channels"]) != ds.channels:
-        raise UserError(f"{model_dir}: trained on {mcfg['channels']}-channel images, but {prepared} has "
-                        f"{ds.channels}; evaluate it against a dataset of the same mode")  # fmt: skip
+        raise UserError(
+            f"{model_dir}: trained on {mcfg['channels']}-channel images, but {prepared} has "
+            f"{ds.channels}; evaluate it against a dataset of the same mode"
+        )
     dev = resolve_device(device)
     predictor = load_predictor(Path(model_dir), dev)
     out = Path(out)
     metrics: dict[str, Any] = {"model": kind, "split": split}
     if kind == "pix2pix":
         views = views_cfg or from_dict(ViewsConfig, mcfg.get("views") or {}, f"{model_dir}/config.json views")
-        rows, labels, sets = _eval_pix2pix(predictor, ds, split, views, mcfg["source_view"], max_images, seed,
-                                           batch_size, show_progress, metrics, categories)  # fmt: skip
+        rows, labels, sets = _eval_pix2pix(
+            predictor,
+            ds,
+            split,
+            views,
+            mcfg["source_view"],
+            max_images,
+            seed,
+            batch_size,
+            show_progress,
+            metrics,
+            categories,
+        )
     else:
-        rows, labels, sets = _eval_cyclegan(predictor, ds, split, mcfg, max_images, seed, batch_size, show_progress,
-                                            metrics)  # fmt: skip
+        rows, labels, sets = _eval_cyclegan(
+            predictor, ds, split, mcfg, max_images, seed, batch_size, show_progress, metrics
+        )
         metrics["per_category"] = {}  # one category is translated into another: the domains are the breakdown
     if fid:
         from productgen.metrics import compare, get_extractor
@@ -122,8 +148,10 @@ def evaluate_translation(
         net = get_extractor(extractor, device)
         for name, (a, b) in sets.items():
             if min(len(a), len(b)) < 2:
-                raise UserError(f"{prepared}: FID needs at least 2 images per set ({name}: {len(a)} vs {len(b)}); "
-                                "raise max_images or pass fid=False")  # fmt: skip
+                raise UserError(
+                    f"{prepared}: FID needs at least 2 images per set ({name}: {len(a)} vs {len(b)}); "
+                    "raise max_images or pass fid=False"
+                )
             metrics[name] = compare(a, b, extractor=net, batch_size=batch_size, show_progress=show_progress).fid
         if "fid_identity" in metrics:
             metrics["fid_gain"] = metrics["fid_identity"] - metrics["fid"]
@@ -139,9 +167,19 @@ def evaluate_translation(
     return metrics
 
 
-def _eval_pix2pix(predictor: Any, ds: Any, split: str, views: ViewsConfig, kind: str, max_images: int | None, seed: int,
-                  batch_size: int, show_progress: bool, metrics: dict[str, Any],
-                  categories: list[str] | None = None) -> tuple[list[torch.Tensor], list[str], dict[str, Any]]:  # fmt: skip
+def _eval_pix2pix(
+    predictor: Any,
+    ds: Any,
+    split: str,
+    views: ViewsConfig,
+    kind: str,
+    max_images: int | None,
+    seed: int,
+    batch_size: int,
+    show_progress: bool,
+    metrics: dict[str, Any],
+    categories: list[str] | None = None,
+) -> tuple[list[torch.Tensor], list[str], dict[str, Any]]:
     from productgen.data.views import make_view
     from productgen.evaluation.categories import category_mask, group_by_category
 
@@ -153,14 +191,26 @@ def _eval_pix2pix(predictor: Any, ds: Any, split: str, views: ViewsConfig, kind:
         raise UserError(f"{ds.root}: the {split} split has no images of {', '.join(categories or [])}")
     idx = chosen[_subset(len(chosen), max_images, seed)]
     clean = images[idx]
-    src = torch.cat([make_view(clean[i : i + 1024], kind, views, idx[i : i + 1024]) for i in range(0, len(clean), 1024)])
+    src = torch.cat(
+        [make_view(clean[i : i + 1024], kind, views, idx[i : i + 1024]) for i in range(0, len(clean), 1024)]
+    )
     pred = _apply(predictor, src, batch_size, show_progress)
     (p, s), pp = _quality(pred, clean, batch_size, per_image=True)
     (p0, s0), pp0 = _quality(src, clean, batch_size, per_image=True)
-    metrics.update({"source_view": kind, "n_images": len(clean), "psnr": p, "ssim": s, "input_psnr": p0,
-                    "input_ssim": s0, "gain_db": p - p0})  # fmt: skip
-    metrics["per_category"] = group_by_category(ds.classes, labels[idx], psnr=pp[0], ssim=pp[1], input_psnr=pp0[0],
-                                                gain_db=pp[0].double() - pp0[0].double())  # fmt: skip
+    metrics.update(
+        {
+            "source_view": kind,
+            "n_images": len(clean),
+            "psnr": p,
+            "ssim": s,
+            "input_psnr": p0,
+            "input_ssim": s0,
+            "gain_db": p - p0,
+        }
+    )
+    metrics["per_category"] = group_by_category(
+        ds.classes, labels[idx], psnr=pp[0], ssim=pp[1], input_psnr=pp0[0], gain_db=pp[0].double() - pp0[0].double()
+    )
     if categories is not None:
         metrics["categories"] = sorted(categories)
     return [src, pred, clean], ["input", "output", "target"], {"fid": (pred, clean)}
@@ -174,16 +224,27 @@ def _domain(ds: Any, split: str, domains: dict[str, Any], side: str, resolution:
     images, labels = ds.tensors(split)
     name = domains[side]
     if name not in ds.classes:
-        raise UserError(f"{ds.root}: has no category {name!r} (the model's domain {side.upper()}); evaluate it "
-                        "against the dataset it was trained on")  # fmt: skip
+        raise UserError(
+            f"{ds.root}: has no category {name!r} (the model's domain {side.upper()}); evaluate it "
+            "against the dataset it was trained on"
+        )
     x = images[labels == ds.classes.index(name)]
     if len(x) == 0:
         raise UserError(f"{ds.root}: the {split} split has no {name!r} images")
     return x
 
 
-def _eval_cyclegan(predictor: Any, ds: Any, split: str, mcfg: dict[str, Any], max_images: int | None, seed: int,
-                   batch_size: int, show_progress: bool, metrics: dict[str, Any]) -> tuple[list[torch.Tensor], list[str], dict[str, Any]]:  # fmt: skip
+def _eval_cyclegan(
+    predictor: Any,
+    ds: Any,
+    split: str,
+    mcfg: dict[str, Any],
+    max_images: int | None,
+    seed: int,
+    batch_size: int,
+    show_progress: bool,
+    metrics: dict[str, Any],
+) -> tuple[list[torch.Tensor], list[str], dict[str, Any]]:
     domains = mcfg["domains"]
     res, ch = int(mcfg["resolution"]), int(mcfg["channels"])
     a = _domain(ds, split, domains, "a", res, ch)
@@ -194,8 +255,17 @@ def _eval_cyclegan(predictor: Any, ds: Any, split: str, mcfg: dict[str, Any], ma
     ab = _apply(predictor, a, batch_size, show_progress, "ab")
     aba = _apply(predictor, ab, batch_size, show_progress, "ba")
     p, s = _quality(aba, a, batch_size)
-    metrics.update({"domain_a": domains["a"], "domain_b": domains["b"], "domains_from": domains.get("kind"),
-                    "n_a": len(a), "n_b": len(b), "cycle_psnr": p, "cycle_ssim": s})  # fmt: skip
+    metrics.update(
+        {
+            "domain_a": domains["a"],
+            "domain_b": domains["b"],
+            "domains_from": domains.get("kind"),
+            "n_a": len(a),
+            "n_b": len(b),
+            "cycle_psnr": p,
+            "cycle_ssim": s,
+        }
+    )
     return [a, ab, aba], ["A", "A->B", "A->B->A"], {"fid": (ab, b), "fid_identity": (a, b)}
 
 
@@ -205,28 +275,48 @@ def _fmt(v: Any) -> str:
 
 def _report(m: dict[str, Any], model_dir: Path, prepared: Path, content_hash: str) -> str:
     name, direction = m["primary_metric"]["name"], m["primary_metric"]["direction"]
-    lines = [f"# Translation evaluation of `{model_dir}` ({m['model']})", "",
-             f"- Dataset `{prepared}` (content hash `{content_hash[:16]}`), split `{m['split']}`"]  # fmt: skip
+    lines = [
+        f"# Translation evaluation of `{model_dir}` ({m['model']})",
+        "",
+        f"- Dataset `{prepared}` (content hash `{content_hash[:16]}`), split `{m['split']}`",
+    ]
     if m["model"] == "pix2pix":
-        lines += [f"- {m['n_images']:,} images; input: the `{m['source_view']}` view, target: the clean image", "",
-                  "| | PSNR (dB) | SSIM |", "|---|---|---|",
-                  f"| model output | {m['psnr']:.2f} | {m['ssim']:.4f} |",
-                  f"| untranslated input | {m['input_psnr']:.2f} | {m['input_ssim']:.4f} |"]  # fmt: skip
+        lines += [
+            f"- {m['n_images']:,} images; input: the `{m['source_view']}` view, target: the clean image",
+            "",
+            "| | PSNR (dB) | SSIM |",
+            "|---|---|---|",
+            f"| model output | {m['psnr']:.2f} | {m['ssim']:.4f} |",
+            f"| untranslated input | {m['input_psnr']:.2f} | {m['input_ssim']:.4f} |",
+        ]
         if "fid" in m:
             lines += ["", f"FID of the outputs vs the real images: **{m['fid']:.2f}** (lower is better)"]
     else:
-        lines += [f"- {m['domains_from']}: A = `{m['domain_a']}` ({m['n_a']:,} images), "
-                  f"B = `{m['domain_b']}` ({m['n_b']:,} images)", ""]  # fmt: skip
+        lines += [
+            f"- {m['domains_from']}: A = `{m['domain_a']}` ({m['n_a']:,} images), "
+            f"B = `{m['domain_b']}` ({m['n_b']:,} images)",
+            "",
+        ]
         if "fid" in m:
-            lines += ["| FID vs real B | value |", "|---|---|", f"| G_AB(A) | **{m['fid']:.2f}** |",
-                      f"| A untranslated (identity baseline) | {m['fid_identity']:.2f} |",
-                      f"| gain | {m['fid_gain']:.2f} |", ""]  # fmt: skip
+            lines += [
+                "| FID vs real B | value |",
+                "|---|---|",
+                f"| G_AB(A) | **{m['fid']:.2f}** |",
+                f"| A untranslated (identity baseline) | {m['fid_identity']:.2f} |",
+                f"| gain | {m['fid_gain']:.2f} |",
+                "",
+            ]
         lines += [f"Cycle consistency A -> B -> A: PSNR {m['cycle_psnr']:.2f} dB, SSIM {m['cycle_ssim']:.4f}"]
     shown = m.get(name)
-    lines += ["", f"Primary metric for the registry gate: `{name}` ({direction} is better)"
-              + (f" = {_fmt(shown)}" if shown is not None else " (not computed: run with FID)"), "",
-              "`before_after.png`: rows " + ("input / output / target" if m["model"] == "pix2pix"
-                                             else "A / G_AB(A) / G_BA(G_AB(A))"), ""]  # fmt: skip
+    lines += [
+        "",
+        f"Primary metric for the registry gate: `{name}` ({direction} is better)"
+        + (f" = {_fmt(shown)}" if shown is not None else " (not computed: run with FID)"),
+        "",
+        "`before_after.png`: rows "
+        + ("input / output / target" if m["model"] == "pix2pix" else "A / G_AB(A) / G_BA(G_AB(A))"),
+        "",
+    ]
     if "extractor" in m:
         lines.append(f"FID features: {m['extractor']['name']} (`{m['extractor']['sha'][:12]}`)")
     return "\n".join(lines) + "\n"

@@ -115,8 +115,7 @@ def dataset_statistics(
         images, net, batch_size=batch_size, keep_features=keep_features, show_progress=show_progress
     )
     if cache:
-        meta = {"content_hash": dataset.content_hash, "split": split, "extractor": net.name,
-                "extractor_sha": net.sha}  # fmt: skip
+        meta = {"content_hash": dataset.content_hash, "split": split, "extractor": net.name, "extractor_sha": net.sha}
         store.save(key, stats, meta)
     return stats
 
@@ -135,10 +134,18 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"fid": self.fid}
         if self.kid is not None:
-            out |= {"kid_mean": self.kid.mean, "kid_std": self.kid.std, "kid_subsets": self.kid.subsets,
-                    "kid_subset_size": self.kid.subset_size}  # fmt: skip
-        return out | {"n_a": self.n_a, "n_b": self.n_b, "extractor": self.extractor,
-                      "extractor_sha": self.extractor_sha}  # fmt: skip
+            out |= {
+                "kid_mean": self.kid.mean,
+                "kid_std": self.kid.std,
+                "kid_subsets": self.kid.subsets,
+                "kid_subset_size": self.kid.subset_size,
+            }
+        return out | {
+            "n_a": self.n_a,
+            "n_b": self.n_b,
+            "extractor": self.extractor,
+            "extractor_sha": self.extractor_sha,
+        }
 
 
 def _stats(x: StatsOrImages, net: FeatureExtractor, batch_size: int, keep: bool, show: bool) -> FeatureStats:
@@ -197,5 +204,14 @@ def _bar(total: int | None, name: str) -> Any:
     return tqdm(total=total, desc=f"features ({name})", unit="img", mininterval=0.5, disable=None)
 
 
-__all__ = ["Comparison", "SplitDataset", "compare", "compute_features", "compute_statistics",
-           "dataset_statistics", "fid_between", "get_extractor", "kid_between"]  # fmt: skip
+__all__ = [
+    "Comparison",
+    "SplitDataset",
+    "compare",
+    "compute_features",
+    "compute_statistics",
+    "dataset_statistics",
+    "fid_between",
+    "get_extractor",
+    "kid_between",
+]

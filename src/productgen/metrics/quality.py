@@ -33,8 +33,9 @@ def _gaussian_window(size: int, sigma: float, channels: int, device: torch.devic
     return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, per_image: bool = False, window: int = 11,
-         sigma: float = 1.5) -> torch.Tensor:  # fmt: skip
+def ssim(
+    pred: torch.Tensor, target: torch.Tensor, per_image: bool = False, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
     """Mean SSIM of ``[N, C, H, W]`` images (uint8 or [0, 1] floats); the mean over images unless ``per_image``."""
     p, t = _unit(pred), _unit(target)
     c = p.shape[1]

@@ -37,8 +37,13 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = [self._conv(in_channels, width), nn.ReLU()]
         for i in range(steps):
             out = max(channels, width // 2) if i < steps - 1 else channels
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), self._conv(width, out), nn.ReLU(),
-                       self._conv(out, out), nn.ReLU()]  # fmt: skip
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                self._conv(width, out),
+                nn.ReLU(),
+                self._conv(out, out),
+                nn.ReLU(),
+            ]
             width = out
         layers.append(self._conv(width, 3))
         self.net = nn.Sequential(*layers)
@@ -51,8 +56,14 @@ class Decoder(nn.Module):
         return torch.tanh(self.net(t).float()).add(1.0).mul(0.5)
 
 
-def stylise(encoder: nn.Module, decoder: nn.Module, content: torch.Tensor, style_feat: torch.Tensor, level: int,
-            alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def stylise(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    content: torch.Tensor,
+    style_feat: torch.Tensor,
+    level: int,
+    alpha: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded image and the AdaIN target ``t`` for RGB [0, 1] ``content`` and the style's level features."""
     from productgen.models.styles import adain
 
@@ -85,7 +96,9 @@ class AdainPredictor:
 
         unknown = set(options) - {"style", "alpha", "preserve_product"}
         if unknown:
-            raise UserError(f"the AdaIN model takes no option {sorted(unknown)[0]!r} (options: style, alpha, preserve_product)")
+            raise UserError(
+                f"the AdaIN model takes no option {sorted(unknown)[0]!r} (options: style, alpha, preserve_product)"
+            )
         style = options.get("style")
         if style is None:
             raise UserError("the AdaIN model needs a style image (--style: a built-in name or a JPEG/PNG path)")
@@ -113,8 +126,9 @@ class AdainPredictor:
 def build_decoder(config: dict[str, Any]) -> Decoder:
     c = config["style"]
     level = int(c["adain_level"])
-    return Decoder(int(config["encoder_channels"][level]), int(config["encoder_strides"][level]),
-                   int(c["decoder_channels"]))  # fmt: skip
+    return Decoder(
+        int(config["encoder_channels"][level]), int(config["encoder_strides"][level]), int(c["decoder_channels"])
+    )
 
 
 def load_predictor(folder: Path, device: str | torch.device = "cpu") -> AdainPredictor:
@@ -128,4 +142,3 @@ def load_predictor(folder: Path, device: str | torch.device = "cpu") -> AdainPre
     encoder = load_weights(build_encoder(config["style"]["encoder"]), folder / "encoder.safetensors")
     decoder = load_weights(build_decoder(config), folder / "decoder.safetensors")
     return AdainPredictor(encoder, decoder, config, torch.device(device))
-

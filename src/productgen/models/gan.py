@@ -80,8 +80,17 @@ class GBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, resolution: int, channels: int, num_classes: int, z_dim: int = 128, base: int = 64,
-                 cap: int = 512, embed_dim: int = 128, self_modulation: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        resolution: int,
+        channels: int,
+        num_classes: int,
+        z_dim: int = 128,
+        base: int = 64,
+        cap: int = 512,
+        embed_dim: int = 128,
+        self_modulation: bool = False,
+    ) -> None:
         super().__init__()
         self.resolution, self.channels, self.num_classes, self.z_dim = resolution, channels, num_classes, z_dim
         self.s0, n_up = plan(resolution)
@@ -102,8 +111,9 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, resolution: int, channels: int, num_classes: int, base: int = 64, cap: int = 512,
-                 use_sn: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, resolution: int, channels: int, num_classes: int, base: int = 64, cap: int = 512, use_sn: bool = True
+    ) -> None:
         super().__init__()
         sn = spectral_norm if use_sn else (lambda m: m)
         _, n_down = plan(resolution)
@@ -176,8 +186,16 @@ def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn
 
     cfg = read_config(folder)
     g = cfg["gan"]
-    net = Generator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["z_dim"], g["g_channels"],
-                    g["max_channels"], g["embed_dim"], g.get("self_modulation", False))  # fmt: skip
+    net = Generator(
+        cfg["resolution"],
+        cfg["channels"],
+        cfg["num_classes"],
+        g["z_dim"],
+        g["g_channels"],
+        g["max_channels"],
+        g["embed_dim"],
+        g.get("self_modulation", False),
+    )
     load_weights(net, folder / "generator.safetensors")
     return net.to(device).eval(), cfg
 
@@ -188,7 +206,8 @@ def load_discriminator(folder: Path, device: str | torch.device = "cpu") -> nn.M
 
     cfg = read_config(folder)
     g = cfg["gan"]
-    net = Discriminator(cfg["resolution"], cfg["channels"], cfg["num_classes"], g["d_channels"], g["max_channels"],
-                        g["spectral_norm"])  # fmt: skip
+    net = Discriminator(
+        cfg["resolution"], cfg["channels"], cfg["num_classes"], g["d_channels"], g["max_channels"], g["spectral_norm"]
+    )
     load_weights(net, folder / "discriminator.safetensors")
     return net.to(device).eval()

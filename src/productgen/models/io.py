@@ -51,8 +51,10 @@ def load_weights(module: nn.Module, path: Path) -> nn.Module:
         raise UserError(f"{path}: cannot read the weights ({err.strerror or err})") from None
     except Exception as err:  # safetensors' SafetensorError (a truncated file, a damaged header) and friends
         first = (str(err).splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"{path}: not a readable safetensors file (truncated or damaged: {first}); re-export the "
-                        "model with 'productgen train' or copy the file again") from None  # fmt: skip
+        raise UserError(
+            f"{path}: not a readable safetensors file (truncated or damaged: {first}); re-export the "
+            "model with 'productgen train' or copy the file again"
+        ) from None
     try:
         module.load_state_dict(tensors)
     except (RuntimeError, ValueError) as err:
@@ -69,6 +71,8 @@ def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn
     spec = tasks.for_model(str(cfg.get("model")))
     if spec is None or not spec.generates:
         names = ", ".join(t.name for t in tasks.TASKS.values() if t.generates)
-        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, which does not generate images from "
-                        f"categories (generators: {names})")  # fmt: skip
+        raise UserError(
+            f"{folder}: holds a {cfg.get('model')!r} model, which does not generate images from "
+            f"categories (generators: {names})"
+        )
     return spec.load_generator(folder, device)

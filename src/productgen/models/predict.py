@@ -53,8 +53,10 @@ def load_predictor(folder: Path | str, device: str | torch.device = "cpu") -> Pr
     spec = tasks.for_model(str(kind))
     if spec is None or spec.predictor is None:
         image_models = sorted(t.name for t in tasks.TASKS.values() if t.predictor)
-        raise UserError(f"{folder}: holds a {kind!r} model, which does not map images to images "
-                        f"(image models: {', '.join(image_models)})")  # fmt: skip
+        raise UserError(
+            f"{folder}: holds a {kind!r} model, which does not map images to images "
+            f"(image models: {', '.join(image_models)})"
+        )
     return spec.load_predictor(folder, device)
 
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from productgen.common.errors import UserError
 from productgen.config import ViewsConfig
 from productgen.data import views
-from productgen.common.errors import UserError
 
 VIEWS_HELP = "noise<sigma> (noise15, noise25, noise50), blur, jpeg, sr2, sr4"
 
@@ -73,9 +73,13 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, norm: str) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _norm(norm, cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
-            _norm(norm, cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1),
-        )  # fmt: skip
+            _norm(norm, cin),
+            nn.SiLU(),
+            nn.Conv2d(cin, cout, 3, padding=1),
+            _norm(norm, cout),
+            nn.SiLU(),
+            nn.Conv2d(cout, cout, 3, padding=1),
+        )
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +94,15 @@ class UNet(nn.Module):
     reflection anyway, which is kinder to the borders.
     """
 
-    def __init__(self, channels: int = 1, width: int = 32, max_channels: int = 128, levels: int = 2,
-                 blocks: int = 1, norm: str = "group") -> None:  # fmt: skip
+    def __init__(
+        self,
+        channels: int = 1,
+        width: int = 32,
+        max_channels: int = 128,
+        levels: int = 2,
+        blocks: int = 1,
+        norm: str = "group",
+    ) -> None:
         super().__init__()
         if levels < 1 or blocks < 1 or width < 1:
             raise UserError("restore: levels, blocks and channels must be at least 1")
@@ -153,8 +164,9 @@ class ImagePredictor:
     which is bicubic-upscaled by k first (exactly as the training views were made), else the image as is.
     """
 
-    def __init__(self, net: nn.Module, config: dict[str, Any], view: str, levels: int,
-                 device: str | torch.device) -> None:  # fmt: skip
+    def __init__(
+        self, net: nn.Module, config: dict[str, Any], view: str, levels: int, device: str | torch.device
+    ) -> None:
         self.net = net.to(device).eval()
         self.device = torch.device(device)
         self.config = config

@@ -53,16 +53,26 @@ class TransformerNet(nn.Module):
         super().__init__()
         c = channels
         self.down = nn.Sequential(
-            _conv(3, c, 9), nn.InstanceNorm2d(c, affine=True), nn.ReLU(),
-            _conv(c, 2 * c, 3, 2), nn.InstanceNorm2d(2 * c, affine=True), nn.ReLU(),
-            _conv(2 * c, 4 * c, 3, 2), nn.InstanceNorm2d(4 * c, affine=True), nn.ReLU(),
-        )  # fmt: skip
+            _conv(3, c, 9),
+            nn.InstanceNorm2d(c, affine=True),
+            nn.ReLU(),
+            _conv(c, 2 * c, 3, 2),
+            nn.InstanceNorm2d(2 * c, affine=True),
+            nn.ReLU(),
+            _conv(2 * c, 4 * c, 3, 2),
+            nn.InstanceNorm2d(4 * c, affine=True),
+            nn.ReLU(),
+        )
         self.res = nn.Sequential(*[_Residual(4 * c) for _ in range(residual_blocks)])
         self.up = nn.Sequential(
-            _UpConv(4 * c, 2 * c, 3), nn.InstanceNorm2d(2 * c, affine=True), nn.ReLU(),
-            _UpConv(2 * c, c, 3), nn.InstanceNorm2d(c, affine=True), nn.ReLU(),
+            _UpConv(4 * c, 2 * c, 3),
+            nn.InstanceNorm2d(2 * c, affine=True),
+            nn.ReLU(),
+            _UpConv(2 * c, c, 3),
+            nn.InstanceNorm2d(c, affine=True),
+            nn.ReLU(),
             _conv(c, 3, 9),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.up(self.res(self.down(x * 2.0 - 1.0)))
@@ -107,8 +117,9 @@ class StylePredictor:
             y = self.net(x).float()
         if preserve:
             c = self.style_cfg
-            y = composite(y, product_mask(x, c.get("mask_threshold", 0.94), c.get("mask_dilate", 1),
-                                          c.get("mask_feather", 1.0)))  # fmt: skip
+            y = composite(
+                y, product_mask(x, c.get("mask_threshold", 0.94), c.get("mask_dilate", 1), c.get("mask_feather", 1.0))
+            )
         return to_uint8(y).cpu()
 
 

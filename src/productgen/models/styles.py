@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +47,10 @@ def style_names() -> list[str]:
 def _skimage_data_dir() -> Path:
     spec = importlib.util.find_spec("skimage")
     if spec is None or spec.origin is None:
-        raise UserError("built-in styles need scikit-image installed (pip install scikit-image); "
-                        "or pass a JPEG/PNG path as the style")  # fmt: skip
+        raise UserError(
+            "built-in styles need scikit-image installed (pip install scikit-image); "
+            "or pass a JPEG/PNG path as the style"
+        )
     return Path(spec.origin).parent / "data"
 
 
@@ -62,8 +63,9 @@ def load_style(spec: str, max_side: int | None = 1024) -> np.ndarray:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise UserError(f"style {spec!r}: neither a built-in style ({', '.join(BUILTIN_STYLES)}) "
-                            "nor an existing image file")  # fmt: skip
+            raise UserError(
+                f"style {spec!r}: neither a built-in style ({', '.join(BUILTIN_STYLES)}) nor an existing image file"
+            )
     try:
         return read_image(path, 3, max_side=max_side)
     except ValueError as err:
@@ -110,8 +112,9 @@ def content_batch(images: torch.Tensor, size: int, invert: bool) -> torch.Tensor
 # ---- the product mask -----------------------------------------------------------------------------------------
 
 
-def product_mask(x: torch.Tensor, threshold: float = 0.94, dilate: int = 1, feather: float = 1.0,
-                 coarse: int = 64) -> torch.Tensor:  # fmt: skip
+def product_mask(
+    x: torch.Tensor, threshold: float = 0.94, dilate: int = 1, feather: float = 1.0, coarse: int = 64
+) -> torch.Tensor:
     """Soft mask ``[N, 1, H, W]`` in [0, 1] of the product in RGB ``x`` in [0, 1] (1 = product).
 
     Background is the near-white pixels (every channel >= ``threshold``) *connected to the image border*, so
@@ -172,7 +175,9 @@ def content_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(a.float(), b.float())
 
 
-def style_loss(feats: list[torch.Tensor], targets: list[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+def style_loss(
+    feats: list[torch.Tensor], targets: list[torch.Tensor], mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sum over levels of the MSE between Gram matrices of ``feats`` and ``targets`` (``[1 or N, C, C]``)."""
     total = torch.zeros((), device=feats[0].device)
     for f, g in zip(feats, targets, strict=True):
@@ -185,7 +190,9 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
-def mean_std(feat: torch.Tensor, eps: float = 1e-5, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_std(
+    feat: torch.Tensor, eps: float = 1e-5, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and standard deviation ``[N, C, 1, 1]`` (AdaIN statistics), over ``mask`` if given."""
     f = feat.float()
     if mask is None:
@@ -205,8 +212,9 @@ def adain(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
     return (content.float() - cm) / cs * ss + sm
 
 
-def moment_loss(feats: list[torch.Tensor], targets: list[tuple[torch.Tensor, torch.Tensor]],
-                mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def moment_loss(
+    feats: list[torch.Tensor], targets: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Huang & Belongie's style loss: MSE of channel means plus MSE of channel stds, summed over levels."""
     total = torch.zeros((), device=feats[0].device)
     for f, (tm, ts) in zip(feats, targets, strict=True):

@@ -57,8 +57,16 @@ class UNetGenerator(nn.Module):
     reflect-padded and the output cropped back (28 px trains as 32 px), so any size works.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, depth: int, base: int = 64, cap: int = 512,
-                 norm: str = "instance", dropout: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        depth: int,
+        base: int = 64,
+        cap: int = 512,
+        norm: str = "instance",
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         if depth < 2:
             raise ValueError("the U-Net needs at least 2 levels")
@@ -99,9 +107,14 @@ class ResnetBlock(nn.Module):
     def __init__(self, channels: int, norm: str) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), _norm(norm, channels), nn.ReLU(),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), _norm(norm, channels),
-        )  # fmt: skip
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=False),
+            _norm(norm, channels),
+            nn.ReLU(),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=False),
+            _norm(norm, channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -116,19 +129,27 @@ class ResnetGenerator(nn.Module):
 
     multiple = 4
 
-    def __init__(self, in_channels: int, out_channels: int, base: int = 64, blocks: int = 6,
-                 norm: str = "instance") -> None:  # fmt: skip
+    def __init__(
+        self, in_channels: int, out_channels: int, base: int = 64, blocks: int = 6, norm: str = "instance"
+    ) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, base, 7, bias=False),
-                                   _norm(norm, base), nn.ReLU()]  # fmt: skip
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, base, 7, bias=False),
+            _norm(norm, base),
+            nn.ReLU(),
+        ]
         c = base
         for _ in range(2):
             layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=False), _norm(norm, 2 * c), nn.ReLU()]
             c *= 2
         layers += [ResnetBlock(c, norm) for _ in range(blocks)]
         for _ in range(2):
-            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=False), _norm(norm, c // 2),
-                       nn.ReLU()]  # fmt: skip
+            layers += [
+                nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=False),
+                _norm(norm, c // 2),
+                nn.ReLU(),
+            ]
             c //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, out_channels, 7), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -174,8 +195,9 @@ class PatchDiscriminator(nn.Module):
     judges whether the output fits the input; CycleGAN feeds it one image.
     """
 
-    def __init__(self, in_channels: int, base: int = 64, layers: int = 3, cap: int = 512,
-                 norm: str = "instance") -> None:  # fmt: skip
+    def __init__(
+        self, in_channels: int, base: int = 64, layers: int = 3, cap: int = 512, norm: str = "instance"
+    ) -> None:
         super().__init__()
         seq: list[nn.Module] = [nn.Conv2d(in_channels, base, 4, 2, 1), nn.LeakyReLU(0.2)]
         c = base
@@ -266,8 +288,9 @@ class TranslatePredictor:
             raise UserError(f"unknown option(s) {', '.join(sorted(options))} for a {self.config['model']} model")
         if direction not in self.generators:
             ways = " or ".join(repr(k) for k in self.generators)
-            raise UserError(f"--direction: {direction!r} is not available for this {self.config['model']} model "
-                            f"(use {ways})")  # fmt: skip
+            raise UserError(
+                f"--direction: {direction!r} is not available for this {self.config['model']} model (use {ways})"
+            )
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != self.channels:
             raise ValueError(f"expected uint8 [N, {self.channels}, H, W], got {images.dtype} {tuple(images.shape)}")
         x = images.to(self.device).float().div(127.5).sub(1.0)

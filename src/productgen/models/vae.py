@@ -39,8 +39,13 @@ def up_stack(ch: list[int], cout: int) -> nn.Sequential:
     """Mirror of :func:`down_stack`: nearest 2x upsampling + conv per level, then a conv3x3 to ``cout`` logits."""
     layers: list[nn.Module] = []
     for a, b in zip(reversed(ch[1:]), reversed(ch[:-1]), strict=True):
-        layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(a, b, 3, padding=1), nn.SiLU(),
-                   nn.Conv2d(b, b, 3, padding=1), nn.SiLU()]  # fmt: skip
+        layers += [
+            nn.Upsample(scale_factor=2.0, mode="nearest"),
+            nn.Conv2d(a, b, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(b, b, 3, padding=1),
+            nn.SiLU(),
+        ]
     layers.append(nn.Conv2d(ch[0], cout, 3, padding=1))
     return nn.Sequential(*layers)
 
@@ -54,8 +59,17 @@ def check_resolution(resolution: int, levels: int, where: str = "vae.levels") ->
 class VaeDecoder(nn.Module):
     """p(x | z, label): the exported generator. ``forward(z, labels)`` returns images in [-1, 1]."""
 
-    def __init__(self, resolution: int, channels: int, num_classes: int, z_dim: int = 32, width: int = 32,
-                 max_channels: int = 128, levels: int = 2, embed_dim: int = 16) -> None:  # fmt: skip
+    def __init__(
+        self,
+        resolution: int,
+        channels: int,
+        num_classes: int,
+        z_dim: int = 32,
+        width: int = 32,
+        max_channels: int = 128,
+        levels: int = 2,
+        embed_dim: int = 16,
+    ) -> None:
         super().__init__()
         self.ch = widths(width, max_channels, levels)
         self.base = check_resolution(resolution, levels)
@@ -74,8 +88,17 @@ class VaeDecoder(nn.Module):
 class ConditionalVAE(nn.Module):
     """q(z | x, label) and p(x | z, label); the label embedding enters the encoder as extra constant channels."""
 
-    def __init__(self, resolution: int, channels: int, num_classes: int, z_dim: int = 32, width: int = 32,
-                 max_channels: int = 128, levels: int = 2, embed_dim: int = 16) -> None:  # fmt: skip
+    def __init__(
+        self,
+        resolution: int,
+        channels: int,
+        num_classes: int,
+        z_dim: int = 32,
+        width: int = 32,
+        max_channels: int = 128,
+        levels: int = 2,
+        embed_dim: int = 16,
+    ) -> None:
         super().__init__()
         ch = widths(width, max_channels, levels)
         base = check_resolution(resolution, levels)
@@ -102,8 +125,9 @@ class VaeRestorer(nn.Module):
     ``forward(degraded)`` decodes the prior mean, z = 0, and returns the restoration in [-1, 1].
     """
 
-    def __init__(self, channels: int = 1, z_dim: int = 32, width: int = 32, max_channels: int = 128,
-                 levels: int = 2) -> None:  # fmt: skip
+    def __init__(
+        self, channels: int = 1, z_dim: int = 32, width: int = 32, max_channels: int = 128, levels: int = 2
+    ) -> None:
         super().__init__()
         ch = widths(width, max_channels, levels)
         self.z_dim, self.levels = z_dim, levels
@@ -115,8 +139,9 @@ class VaeRestorer(nn.Module):
     def decode_logits(self, z: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
         return self.up(self.merge(torch.cat([self.condition(degraded), z], dim=1)))
 
-    def train_forward(self, clean: torch.Tensor, degraded: torch.Tensor,
-                      eps_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    def train_forward(
+        self, clean: torch.Tensor, degraded: torch.Tensor, eps_gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits of the reconstruction from a posterior sample, mu, logvar (all for [-1, 1] inputs)."""
         mu, logvar = self.posterior(torch.cat([clean, degraded], dim=1)).chunk(2, dim=1)
         logvar = logvar.clamp(-12.0, 8.0)
@@ -157,8 +182,16 @@ def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn
         raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, not a VAE")
     try:
         v = cfg["vae"]
-        net = VaeDecoder(cfg["resolution"], cfg["channels"], cfg["num_classes"], v["z_dim"], v["channels"],
-                         v["max_channels"], v["levels"], v["embed_dim"])  # fmt: skip
+        net = VaeDecoder(
+            cfg["resolution"],
+            cfg["channels"],
+            cfg["num_classes"],
+            v["z_dim"],
+            v["channels"],
+            v["max_channels"],
+            v["levels"],
+            v["embed_dim"],
+        )
     except (KeyError, TypeError) as err:
         raise UserError(f"{folder / 'config.json'}: incomplete vae config ({err}); re-export the model") from None
     load_weights(net, folder / "generator.safetensors")
@@ -178,7 +211,9 @@ def load_predictor(folder: Path, device: str | torch.device = "cpu") -> Any:
         net = VaeRestorer(int(cfg["channels"]), v["z_dim"], v["channels"], v["max_channels"], v["levels"])
         view = str(cfg["view"])
     except (KeyError, TypeError) as err:
-        raise UserError(f"{folder / 'config.json'}: incomplete vae-restore config ({err}); re-export the model") from None
+        raise UserError(
+            f"{folder / 'config.json'}: incomplete vae-restore config ({err}); re-export the model"
+        ) from None
     parse_view(view, f"{folder / 'config.json'}: view")
     load_weights(net, folder / "vae_restore.safetensors")
     return ImagePredictor(net, cfg, view, int(v["levels"]), device)

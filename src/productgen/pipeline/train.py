@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from productgen.config import Params
 from productgen.common.errors import UserError
+from productgen.config import Params
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -70,8 +70,10 @@ def write_model(folder: Path, weights: dict[str, Any], config: dict[str, Any]) -
     for name, module in weights.items():
         for key, t in module.state_dict().items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise TrainingDiverged(f"{name}.{key} of the trained model holds NaN/inf values; {folder} was not "
-                                       "written (lower the learning rates and train again)")  # fmt: skip
+                raise TrainingDiverged(
+                    f"{name}.{key} of the trained model holds NaN/inf values; {folder} was not "
+                    "written (lower the learning rates and train again)"
+                )
     staging = folder.with_name(f".{folder.name}.staging-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
@@ -84,20 +86,25 @@ def write_model(folder: Path, weights: dict[str, Any], config: dict[str, Any]) -
 
 
 def train(
-    params: Params, task: str = "gan", resume: bool = False, show_progress: bool = True, track: bool = False,
-    register: str | None = None, on_step: Callable[[int, Any, Any], None] | None = None,
+    params: Params,
+    task: str = "gan",
+    resume: bool = False,
+    show_progress: bool = True,
+    track: bool = False,
+    register: str | None = None,
+    on_step: Callable[[int, Any, Any], None] | None = None,
 ) -> Any:
     """Train ``task``; with ``track``, log params, per-step losses, artifacts, lineage and the model to MLflow.
 
     ``on_step(step, engine, task)`` is passed to :func:`productgen.training.engine.fit` (the tuner's hook for
     intermediate evaluations and pruning).
     """
-    from productgen.data.dataset import PreparedDataset
+    from productgen import tasks
     from productgen.common.locks import folder_lock
     from productgen.common.plots import loss_curve, losses_csv
+    from productgen.data.dataset import PreparedDataset
     from productgen.training.device import init_runtime, shutdown
     from productgen.training.engine import Engine, fit
-    from productgen import tasks
 
     spec = tasks.get(task)
     cfg = params.train
@@ -115,27 +122,56 @@ def train(
         ds = PreparedDataset(cfg.prepared or params.data.out)
         images, labels = ds.tensors(cfg.split)
         if len(images) < cfg.batch_size:
-            raise UserError(f"{ds.root}: the {cfg.split} split has {len(images)} images, fewer than train.batch_size={cfg.batch_size}")
+            raise UserError(
+                f"{ds.root}: the {cfg.split} split has {len(images)} images, fewer than train.batch_size={cfg.batch_size}"
+            )
         rt = init_runtime(cfg.device, cfg.precision)
         stack.callback(shutdown, rt)
         logger = None
         if track and rt.is_main:
             from productgen.tracking import runs as tracking
 
-            run_params = {"train": dataclasses.asdict(cfg), spec.section: dataclasses.asdict(getattr(params, spec.section)),
-                          "data": {"resolution": ds.resolution, "channels": ds.channels, "classes": len(ds.classes),
-                                   "train_images": len(images)}, "world_size": rt.world_size, "resume": resume}  # fmt: skip
-            tags = {**tracking.lineage(ds.root, ds.content_hash), "task": task, "family": spec.family, "kind": "train",
-                    "device": str(rt.device)}  # fmt: skip
+            run_params = {
+                "train": dataclasses.asdict(cfg),
+                spec.section: dataclasses.asdict(getattr(params, spec.section)),
+                "data": {
+                    "resolution": ds.resolution,
+                    "channels": ds.channels,
+                    "classes": len(ds.classes),
+                    "train_images": len(images),
+                },
+                "world_size": rt.world_size,
+                "resume": resume,
+            }
+            tags = {
+                **tracking.lineage(ds.root, ds.content_hash),
+                "task": task,
+                "family": spec.family,
+                "kind": "train",
+                "device": str(rt.device),
+            }
             logger = stack.enter_context(tracking.run(f"productgen-{task}", f"train-{task}", run_params, tags))
         engine = Engine(cfg, rt, out)
         info = tasks.DatasetInfo(ds.resolution, ds.channels, list(ds.classes), str(ds.root), ds.content_hash)
         model = spec.build(params, engine, info)
-        result = fit(model, engine, images, labels, resume=resume, show_progress=show_progress,
-                     on_log=logger.log_step if logger else None, on_step=on_step)  # fmt: skip
+        result = fit(
+            model,
+            engine,
+            images,
+            labels,
+            resume=resume,
+            show_progress=show_progress,
+            on_log=logger.log_step if logger else None,
+            on_step=on_step,
+        )
         if rt.is_main:
-            config = {**model.config(), "step": result.step, "dataset": {"path": str(ds.root), "content_hash": ds.content_hash},
-                      "train": dataclasses.asdict(cfg), "mlflow_run_id": logger.run_id if logger else None}  # fmt: skip
+            config = {
+                **model.config(),
+                "step": result.step,
+                "dataset": {"path": str(ds.root), "content_hash": ds.content_hash},
+                "train": dataclasses.asdict(cfg),
+                "mlflow_run_id": logger.run_id if logger else None,
+            }
             write_model(out / "model", model.export(engine), config)
             loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
             losses_csv(out / "metrics.jsonl", out / "losses.csv")
@@ -153,11 +189,14 @@ def _finish_tracking(logger: Any, out: Path, register: str | None, result: Any) 
     from productgen.training.engine import warn
 
     logger.close(timeout=2.0 if logger.down else 10.0)
-    again = (f"every step is in {out / 'metrics.jsonl'} and the weights are in {out / 'model'}; once the server "
-             "answers, run the same command with --resume to log the model (no further training)")  # fmt: skip
+    again = (
+        f"every step is in {out / 'metrics.jsonl'} and the weights are in {out / 'model'}; once the server "
+        "answers, run the same command with --resume to log the model (no further training)"
+    )
     if logger.down:
-        raise tracking.TrackingIncomplete(f"tracking incomplete: {logger.report()}; the artifacts and the model "
-                                          f"were not logged; {again}")  # fmt: skip
+        raise tracking.TrackingIncomplete(
+            f"tracking incomplete: {logger.report()}; the artifacts and the model were not logged; {again}"
+        )
     try:
         for name in ("loss_curve.png", "metrics.jsonl", "train_config.json"):
             if (out / name).is_file():
@@ -168,12 +207,20 @@ def _finish_tracking(logger: Any, out: Path, register: str | None, result: Any) 
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever the server or store did, the weights are safe
-        raise tracking.TrackingIncomplete(f"tracking incomplete: MLflow {tracking.display_uri(logger.uri)} failed "
-                                          f"while logging the artifacts and model ({tracking._first_line(err)}); "
-                                          f"{again}") from None  # fmt: skip
+        raise tracking.TrackingIncomplete(
+            f"tracking incomplete: MLflow {tracking.display_uri(logger.uri)} failed "
+            f"while logging the artifacts and model ({tracking._first_line(err)}); "
+            f"{again}"
+        ) from None
     result.run_id = logger.run_id
-    atomic.write_json(out / "mlflow.json", {"run_id": logger.run_id, "model_uri": result.model_uri,
-                                            "tracking_uri": tracking.display_uri(tracking.tracking_uri())})  # fmt: skip
+    atomic.write_json(
+        out / "mlflow.json",
+        {
+            "run_id": logger.run_id,
+            "model_uri": result.model_uri,
+            "tracking_uri": tracking.display_uri(tracking.tracking_uri()),
+        },
+    )
     note = logger.report()
     if note:
         warn(f"warning: {note}")

@@ -57,8 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from productgen.common import atomic
-from productgen.config import Params, TuneConfig, TuneRange, TuneSpace
 from productgen.common.errors import UserError
+from productgen.config import Params, TuneConfig, TuneRange, TuneSpace
 
 SETTINGS_ATTR = "productgen.settings"
 # Training settings that change what a trial's value means; the rest (logging, checkpoints, device) may differ.
@@ -146,8 +146,10 @@ def task_space(cfg: TuneConfig, task: str) -> TuneSpace:
     """The task's search space; a task without one is refused before the study is touched."""
     space = {k: v for k, v in (cfg.space.get(task) or {}).items() if v is not None}
     if not space:
-        raise UserError(f"tune.space.{task}: no search space for {task} (give fields of its params section, each "
-                        "{low: .., high: ..} or a list of choices, in params.yaml or a --profile)")  # fmt: skip
+        raise UserError(
+            f"tune.space.{task}: no search space for {task} (give fields of its params section, each "
+            "{low: .., high: ..} or a list of choices, in params.yaml or a --profile)"
+        )
     return space
 
 
@@ -155,8 +157,9 @@ def make_pruner(cfg: TuneConfig) -> Any:
     import optuna
 
     if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials,
-                                           n_warmup_steps=cfg.pruner_warmup_steps)  # fmt: skip
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_steps
+        )
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=min(cfg.eval_every, cfg.steps), max_resource=cfg.steps)
     return optuna.pruners.NopPruner()
@@ -179,8 +182,10 @@ class FidProbe:
         images, labels = ds.tensors(cfg.eval_split)
         n = len(images)
         if n < 2:
-            raise UserError(f"the {cfg.eval_split} split has {n} images; the intermediate FID needs at least 2 "
-                            "(set tune.eval_split)")  # fmt: skip
+            raise UserError(
+                f"the {cfg.eval_split} split has {n} images; the intermediate FID needs at least 2 "
+                "(set tune.eval_split)"
+            )
         subset = cfg.eval_split
         if cfg.eval_images < n:
             pick = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.eval_images].sort().values
@@ -195,8 +200,11 @@ class FidProbe:
         if real is None:
             feats = compute_features(images, net, batch_size=cfg.eval_batch_size, show_progress=show_progress)
             real = FeatureStats.from_features(feats)
-            store.save(key, real, {"content_hash": ds.content_hash, "split": subset, "extractor": net.name,
-                                   "extractor_sha": net.sha})  # fmt: skip
+            store.save(
+                key,
+                real,
+                {"content_hash": ds.content_hash, "split": subset, "extractor": net.name, "extractor_sha": net.sha},
+            )
         self.real = real
         # The real side's factor of sigma once, not per evaluation (a 2048 x 2048 eigh is ~4 s on 2 CPU cores).
         self.real_factor = feature_factor(real)
@@ -233,18 +241,31 @@ class EvaluatorProbe:
 
     def params(self, p: Params) -> Params:
         c = self.cfg
-        e = dataclasses.replace(p.evaluate, split=c.eval_split, max_real=c.eval_images, num_fake=c.eval_images,
-                                seed=c.seed, batch_size=c.eval_batch_size, device=c.device, extractor=c.extractor,
-                                kid=False, per_category=False)  # fmt: skip
+        e = dataclasses.replace(
+            p.evaluate,
+            split=c.eval_split,
+            max_real=c.eval_images,
+            num_fake=c.eval_images,
+            seed=c.seed,
+            batch_size=c.eval_batch_size,
+            device=c.device,
+            extractor=c.extractor,
+            kid=False,
+            per_category=False,
+        )
         return dataclasses.replace(p, evaluate=e)
 
     def __call__(self, p: Params, engine: Any, model: Any, step: int, trial_dir: Path) -> float:
         from productgen.pipeline.train import write_model
 
         folder = trial_dir / "eval"
-        config = {**model.config(), "step": step,
-                  "dataset": {"path": str(self.ds.root), "content_hash": self.ds.content_hash},
-                  "train": dataclasses.asdict(p.train), "mlflow_run_id": None}  # fmt: skip
+        config = {
+            **model.config(),
+            "step": step,
+            "dataset": {"path": str(self.ds.root), "content_hash": self.ds.content_hash},
+            "train": dataclasses.asdict(p.train),
+            "mlflow_run_id": None,
+        }
         write_model(folder / "model", model.export(engine), config)
         m = self.spec.evaluate(self.params(p), folder / "model", self.ds.root, folder, None, False)
         return float(m[self.spec.metric])
@@ -261,12 +282,21 @@ def _open_study(cfg: TuneConfig, study_name: str, direction: str) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.retries) if cfg.retries else None
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=cfg.heartbeat_interval,
-                                                 grace_period=cfg.grace_period,
-                                                 heartbeat_stale_trial_callback=retry)  # fmt: skip
+            storage = optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=cfg.heartbeat_interval,
+                grace_period=cfg.grace_period,
+                heartbeat_stale_trial_callback=retry,
+            )
         sampler = optuna.samplers.TPESampler(seed=cfg.seed)
-        study = optuna.create_study(storage=storage, study_name=study_name, direction=direction, load_if_exists=True,
-                                    sampler=sampler, pruner=make_pruner(cfg))  # fmt: skip
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            direction=direction,
+            load_if_exists=True,
+            sampler=sampler,
+            pruner=make_pruner(cfg),
+        )
     except (ImportError, ValueError) as err:
         raise UserError(f"cannot open the Optuna storage {mask_url(url)}: {err}") from None
     except Exception as err:  # SQLAlchemy errors (unreachable server, bad credentials, read-only file)
@@ -288,8 +318,10 @@ def check_workers(cfg: TuneConfig) -> None:
     if cfg.heartbeat_interval < 1:
         raise UserError(f"tune.heartbeat_interval: {cfg.heartbeat_interval}; use at least 1 (seconds)")
     if cfg.grace_period <= cfg.heartbeat_interval:
-        raise UserError(f"tune.grace_period: {cfg.grace_period} s is not longer than tune.heartbeat_interval "
-                        f"({cfg.heartbeat_interval} s): live trials would be failed; use several intervals")  # fmt: skip
+        raise UserError(
+            f"tune.grace_period: {cfg.grace_period} s is not longer than tune.heartbeat_interval "
+            f"({cfg.heartbeat_interval} s): live trials would be failed; use several intervals"
+        )
     if cfg.retries < 0:
         raise UserError(f"tune.retries: {cfg.retries}; use 0 (never re-run a dead worker's trial) or more")
     if cfg.total_trials is not None and cfg.total_trials < 1:
@@ -323,8 +355,10 @@ def _check_settings(study: Any, settings: dict[str, Any], study_name: str) -> st
     diff = sorted(k for k in set(saved) | set(settings) if k != "id" and saved.get(k) != settings.get(k))
     if diff:
         detail = "; ".join(f"{k}: study {saved.get(k)!r}, now {settings.get(k)!r}" for k in diff)
-        raise UserError(f"study {study_name!r} was run with other settings ({detail}); resume it with the same "
-                        "params or start a new one with --study")  # fmt: skip
+        raise UserError(
+            f"study {study_name!r} was run with other settings ({detail}); resume it with the same "
+            "params or start a new one with --study"
+        )
     return str(saved["id"])
 
 
@@ -334,8 +368,10 @@ def _claim_out(out: Path, study_id: str, study_name: str, url: str) -> None:
     if marker.is_file():
         held = json.loads(marker.read_text())
         if held.get("id") != study_id:
-            raise UserError(f"{out} holds the trials of another study ({held.get('study')!r} in "
-                            f"{held.get('storage')}); choose another --out or remove that folder")  # fmt: skip
+            raise UserError(
+                f"{out} holds the trials of another study ({held.get('study')!r} in "
+                f"{held.get('storage')}); choose another --out or remove that folder"
+            )
         return
     atomic.write_json(marker, {"study": study_name, "storage": mask_url(url), "id": study_id})
 
@@ -378,22 +414,28 @@ def label(metric: str) -> str:
 
 
 def tune(
-    params: Params, task: str = "gan", trials: int | None = None, show_progress: bool = True, track: bool = True,
+    params: Params,
+    task: str = "gan",
+    trials: int | None = None,
+    show_progress: bool = True,
+    track: bool = True,
     echo: Callable[[str], None] = print,
-) -> TuneResult:  # fmt: skip
+) -> TuneResult:
     """Run ``trials`` (default ``tune.trials``) new trials of ``task``'s study (``tune.study``), created or
     resumed; see the module docstring. Prints one line per trial through ``echo``."""
     import optuna
 
+    from productgen import tasks
     from productgen.data.dataset import PreparedDataset
     from productgen.pipeline.train import train
-    from productgen import tasks
     from productgen.training.engine import TrainingDiverged
 
     spec = tasks.get(task)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("tune runs one process per worker: start several 'productgen tune' processes on a shared "
-                        "PostgreSQL --storage instead of torchrun")  # fmt: skip
+        raise UserError(
+            "tune runs one process per worker: start several 'productgen tune' processes on a shared "
+            "PostgreSQL --storage instead of torchrun"
+        )
     cfg = params.tune if trials is None else dataclasses.replace(params.tune, trials=trials)
     if cfg.trials < 1:
         raise UserError(f"trials: {cfg.trials}; run at least 1")
@@ -407,10 +449,18 @@ def tune(
     n_split = len(ds.arrays(cfg.eval_split)[0])  # also refuses an unknown split before the study is touched
     n_eval = min(cfg.eval_images, n_split)
     fixed = {k: v for k, v in dataclasses.asdict(base).items() if k not in space}
-    settings = {"task": task, "steps": cfg.steps, "eval_every": cfg.eval_every, "eval_images": n_eval,
-                "eval_split": cfg.eval_split, "extractor": cfg.extractor, "seed": cfg.seed,
-                "dataset": ds.content_hash, "train": {k: getattr(params.train, k) for k in TRAIN_KEYS},
-                f"{spec.section}_fixed": fixed}  # fmt: skip
+    settings = {
+        "task": task,
+        "steps": cfg.steps,
+        "eval_every": cfg.eval_every,
+        "eval_images": n_eval,
+        "eval_split": cfg.eval_split,
+        "extractor": cfg.extractor,
+        "seed": cfg.seed,
+        "dataset": ds.content_hash,
+        "train": {k: getattr(params.train, k) for k in TRAIN_KEYS},
+        f"{spec.section}_fixed": fixed,
+    }
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the per-trial lines below say the same, shorter
     study = _open_study(cfg, study_name, "minimize" if direction == "lower" else "maximize")
@@ -421,10 +471,17 @@ def tune(
     fid_fast = spec.family == "generation" and metric == "fid"  # the generators: FID in memory, real side cached
     fid_probe = FidProbe(ds, cfg, show_progress=show_progress) if fid_fast else None
     probe = None if fid_fast else EvaluatorProbe(spec, ds, cfg, n_eval)
-    result = TuneResult(study_name, mask_url(url), len(study.get_trials(deepcopy=False)),
-                        eval_images=fid_probe.n if fid_probe else n_eval, task=task, section=spec.section,
-                        metric=metric, direction=direction,
-                        section_fields=tuple(f.name for f in dataclasses.fields(base)))  # fmt: skip
+    result = TuneResult(
+        study_name,
+        mask_url(url),
+        len(study.get_trials(deepcopy=False)),
+        eval_images=fid_probe.n if fid_probe else n_eval,
+        task=task,
+        section=spec.section,
+        metric=metric,
+        direction=direction,
+        section_fields=tuple(f.name for f in dataclasses.fields(base)),
+    )
     lineage: dict[str, str] = {}
     if track:
         from productgen.tracking import runs as tracking
@@ -468,12 +525,29 @@ def tune(
 
                 from productgen.tracking import runs as tracking
 
-                run = stack.enter_context(mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags={
-                    **lineage, "task": task, "kind": "tune-trial", "optuna.study": study_name,
-                    "optuna.trial_number": str(trial.number), "tuned": ",".join(tuned)}))  # fmt: skip
-                mlflow.log_params(tracking.flatten({spec.section: dataclasses.asdict(section),
-                                                    "train": {"max_steps": cfg.steps},
-                                                    "trial": dict(trial.params)}))  # fmt: skip
+                run = stack.enter_context(
+                    mlflow.start_run(
+                        run_name=f"trial-{trial.number}",
+                        nested=True,
+                        tags={
+                            **lineage,
+                            "task": task,
+                            "kind": "tune-trial",
+                            "optuna.study": study_name,
+                            "optuna.trial_number": str(trial.number),
+                            "tuned": ",".join(tuned),
+                        },
+                    )
+                )
+                mlflow.log_params(
+                    tracking.flatten(
+                        {
+                            spec.section: dataclasses.asdict(section),
+                            "train": {"max_steps": cfg.steps},
+                            "trial": dict(trial.params),
+                        }
+                    )
+                )
                 trial.set_user_attr("mlflow_run_id", run.info.run_id)
             state, pruned = "fail", None
             try:
@@ -510,8 +584,7 @@ def tune(
         if s.state == "complete":
             echo(f"trial {s.number} complete: {name} {s.value:.4g} ({shown})")
         elif s.state == "pruned" and s.step is not None:
-            echo(f"trial {s.number} pruned at step {s.step}: {name} {frozen.intermediate_values[s.step]:.4g} "
-                 f"({shown})")  # fmt: skip
+            echo(f"trial {s.number} pruned at step {s.step}: {name} {frozen.intermediate_values[s.step]:.4g} ({shown})")
         elif s.state == "pruned":
             echo(f"trial {s.number} pruned before its first evaluation ({shown})")
         else:
@@ -526,21 +599,37 @@ def tune(
         if track:
             from productgen.tracking import runs as tracking
 
-            run_params = {"tune": {**dataclasses.asdict(cfg), "storage": mask_url(url), "study": study_name,
-                                   "out": str(out), "space": {task: _plain(space)}},
-                          "train": dataclasses.asdict(params.train),
-                          spec.section: dataclasses.asdict(base)}  # fmt: skip
-            tags = {**lineage, "task": task, "kind": "tune", "optuna.study": study_name, "optuna.storage": mask_url(url),
-                    "optuna.trials_before": str(result.trials_in_study), "metric": metric,
-                    "direction": direction}  # fmt: skip
+            run_params = {
+                "tune": {
+                    **dataclasses.asdict(cfg),
+                    "storage": mask_url(url),
+                    "study": study_name,
+                    "out": str(out),
+                    "space": {task: _plain(space)},
+                },
+                "train": dataclasses.asdict(params.train),
+                spec.section: dataclasses.asdict(base),
+            }
+            tags = {
+                **lineage,
+                "task": task,
+                "kind": "tune",
+                "optuna.study": study_name,
+                "optuna.storage": mask_url(url),
+                "optuna.trials_before": str(result.trials_in_study),
+                "metric": metric,
+                "direction": direction,
+            }
             parent = stack.enter_context(tracking.run(f"productgen-{task}", f"tune-{task}", run_params, tags))
             result.parent_run_id = parent.run_id
         try:
             if cfg.total_trials is None or finished_trials(study) < cfg.total_trials:
                 study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[after_trial])
             else:
-                echo(f"study {study_name!r} already holds {finished_trials(study)} finished trials "
-                     f"(tune.total_trials {cfg.total_trials}): nothing to do")  # fmt: skip
+                echo(
+                    f"study {study_name!r} already holds {finished_trials(study)} finished trials "
+                    f"(tune.total_trials {cfg.total_trials}): nothing to do"
+                )
             if cfg.total_trials is not None:
                 _settle(study, cfg, lambda n: study.optimize(objective, n_trials=n, callbacks=[after_trial]), echo)
         finally:
@@ -595,7 +684,11 @@ def _log_best(best: Any | None, best_file: Path, result: TuneResult) -> None:
         return
     mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
     mlflow.log_metric(f"best_{result.metric}", best.value)
-    mlflow.set_tags({"best.trial_number": str(best.number),
-                     "best.mlflow_run_id": str(best.user_attrs.get("mlflow_run_id")),
-                     "best.out": str(best.user_attrs.get("out"))})  # fmt: skip
+    mlflow.set_tags(
+        {
+            "best.trial_number": str(best.number),
+            "best.mlflow_run_id": str(best.user_attrs.get("mlflow_run_id")),
+            "best.out": str(best.user_attrs.get("out")),
+        }
+    )
     mlflow.log_artifact(str(best_file))

@@ -73,8 +73,9 @@ def _category_key(spec: TaskSpec, a: dict[str, Any], b: dict[str, Any] | None = 
     return None
 
 
-def decide(task: str, challenger: Scored, champion: Scored | None, cfg: RegistryConfig,
-           margin: float | None = None) -> Verdict:  # fmt: skip
+def decide(
+    task: str, challenger: Scored, champion: Scored | None, cfg: RegistryConfig, margin: float | None = None
+) -> Verdict:
     """Promote ``challenger`` over ``champion`` (None: there is none yet)? See the module docstring."""
     spec = get(task)
     metric = spec.metric
@@ -82,9 +83,12 @@ def decide(task: str, challenger: Scored, champion: Scored | None, cfg: Registry
     value = challenger.metrics.get(metric)
     per_cat: dict[str, dict[str, Any]] = challenger.metrics.get("per_category") or {}
     evidence: dict[str, Any] = {
-        "metric": metric, "better": spec.direction, "margin": margin, "eval_set": challenger.eval_set,
+        "metric": metric,
+        "better": spec.direction,
+        "margin": margin,
+        "eval_set": challenger.eval_set,
         "challenger": {"version": challenger.version, metric: value, "per_category": _primary(spec, per_cat)},
-    }  # fmt: skip
+    }
     if value is None or not math.isfinite(float(value)):
         return Verdict(False, f"challenger has no finite {metric} evaluation", evidence)
     bar = absolute_bar(spec, cfg)
@@ -93,8 +97,9 @@ def decide(task: str, challenger: Scored, champion: Scored | None, cfg: Registry
         got = challenger.metrics.get(key)
         evidence["absolute"] = {"key": key, "bound": bound, "limit": limit, "value": got}
         if not _passes(got, bound, limit):
-            return Verdict(False, f"{key} {_fmt(got)} fails the absolute bar ({bound} {limit:g}; registry.{key}_{bound})",
-                           evidence)  # fmt: skip
+            return Verdict(
+                False, f"{key} {_fmt(got)} fails the absolute bar ({bound} {limit:g}; registry.{key}_{bound})", evidence
+            )
     if champion is None:
         # The first champion is judged on the whole set only: per-category figures of a first week's small set
         # (FID on 30 images a category) are too biased to hold against the overall bar.
@@ -104,11 +109,19 @@ def decide(task: str, challenger: Scored, champion: Scored | None, cfg: Registry
 
     champ_value = champion.metrics.get(metric)
     champ_cat: dict[str, dict[str, Any]] = champion.metrics.get("per_category") or {}
-    evidence["champion"] = {"version": champion.version, metric: champ_value, "eval_set": champion.eval_set,
-                            "per_category": _primary(spec, champ_cat)}  # fmt: skip
+    evidence["champion"] = {
+        "version": champion.version,
+        metric: champ_value,
+        "eval_set": champion.eval_set,
+        "per_category": _primary(spec, champ_cat),
+    }
     if champion.eval_set != challenger.eval_set or champ_value is None:
-        return Verdict(False, f"champion {champion.version} was scored on another set ({champion.eval_set}) than the "
-                       f"challenger ({challenger.eval_set}); score both in the same run", evidence)  # fmt: skip
+        return Verdict(
+            False,
+            f"champion {champion.version} was scored on another set ({champion.eval_set}) than the "
+            f"challenger ({challenger.eval_set}); score both in the same run",
+            evidence,
+        )
     gain = spec.better(float(value), float(champ_value))
     evidence["gain"] = gain
     known = set(champion.trained_on) if champion.trained_on is not None else set(per_cat) | set(champ_cat)
@@ -119,22 +132,33 @@ def decide(task: str, challenger: Scored, champion: Scored | None, cfg: Registry
         key = _category_key(spec, per_cat[cat], champ_cat[cat])
         if key is None:
             continue
-        delta = spec.better(float(per_cat[cat][key]), float(champ_cat[cat][key])) if key == metric else (
-            float(champ_cat[cat][key]) - float(per_cat[cat][key]))  # KID: lower is better  # fmt: skip
+        delta = (
+            spec.better(float(per_cat[cat][key]), float(champ_cat[cat][key]))
+            if key == metric
+            else (float(champ_cat[cat][key]) - float(per_cat[cat][key]))
+        )  # KID: lower is better
         if delta < -category_margin(key, cfg):
             worse.append(f"{cat} ({key} {_fmt(per_cat[cat][key])} vs {_fmt(champ_cat[cat][key])})")
     failing = _failing_new(spec, cfg, per_cat, new)
     evidence["categories"] = {"new": new, "new_failing": failing, "worse": worse, "removed": removed}
-    notes = "".join([f"; new categories judged by the absolute bar: {', '.join(new)}" if new else "",
-                     f"; categories no longer in the data: {', '.join(removed)}" if removed else ""])  # fmt: skip
-    head = (f"{metric} {_fmt(value)} vs champion {_fmt(champ_value)}: "
-            f"{'better' if gain > 0 else 'not better'} by {abs(gain):.4g} (margin {margin:g})")  # fmt: skip
+    notes = "".join(
+        [
+            f"; new categories judged by the absolute bar: {', '.join(new)}" if new else "",
+            f"; categories no longer in the data: {', '.join(removed)}" if removed else "",
+        ]
+    )
+    head = (
+        f"{metric} {_fmt(value)} vs champion {_fmt(champ_value)}: "
+        f"{'better' if gain > 0 else 'not better'} by {abs(gain):.4g} (margin {margin:g})"
+    )
     if gain <= margin:
         return Verdict(False, head + notes, evidence)
     if worse:
         return Verdict(False, f"{head}, but worse in {', '.join(worse)} (registry.category_*_margin){notes}", evidence)
     if failing:
-        return Verdict(False, f"{head}, but new categories fail the absolute bar: {', '.join(failing)}{notes}", evidence)
+        return Verdict(
+            False, f"{head}, but new categories fail the absolute bar: {', '.join(failing)}{notes}", evidence
+        )
     return Verdict(True, head + notes, evidence)
 
 

@@ -170,9 +170,16 @@ def alias_version(client: Any, name: str, alias: str) -> str | None:
         return None
 
 
-def register_challenger(task: str, model_uri: str, metrics: dict[str, Any], content_hash: str, split: str,
-                        run_id: str | None = None, name: str | None = None,
-                        lineage: dict[str, str] | None = None) -> str:  # fmt: skip
+def register_challenger(
+    task: str,
+    model_uri: str,
+    metrics: dict[str, Any],
+    content_hash: str,
+    split: str,
+    run_id: str | None = None,
+    name: str | None = None,
+    lineage: dict[str, str] | None = None,
+) -> str:
     """Register ``model_uri`` as a new version with its evaluation and lineage as tags; point ``challenger`` at it."""
     import mlflow
 
@@ -215,8 +222,15 @@ def stored_scored(client: Any, name: str, version: str) -> Any:
     return Scored(version, metrics, tags.get("eval.set", "?"), trained_on)
 
 
-def promote(task: str, version: str | None = None, margin: float | None = None, force: bool = False,
-            name: str | None = None, verdict: Any = None, cfg: Any = None) -> Decision:  # fmt: skip
+def promote(
+    task: str,
+    version: str | None = None,
+    margin: float | None = None,
+    force: bool = False,
+    name: str | None = None,
+    verdict: Any = None,
+    cfg: Any = None,
+) -> Decision:
     """Make ``version`` (default: the challenger) champion if the gate lets it through.
 
     ``verdict``: the gate's decision from scoring the version and the champion in the same run (the retrain flow,
@@ -225,8 +239,8 @@ def promote(task: str, version: str | None = None, margin: float | None = None, 
     evaluations when they were scored on the very same set; anything else is refused with what to run.
     ``cfg``: the ``registry:`` settings (margins, per-category margins, absolute bars; default: built-in).
     """
-    from productgen.registry import gate
     from productgen.config import RegistryConfig
+    from productgen.registry import gate
 
     cfg = cfg or RegistryConfig()
     client = _client()
@@ -246,9 +260,16 @@ def promote(task: str, version: str | None = None, margin: float | None = None, 
             v = gate.Verdict(True, "forced by the user", {})
         elif verdict is not None:
             scored_against = (verdict.evidence.get("champion") or {}).get("version")
-            v = verdict if scored_against == before else gate.Verdict(
-                False, f"scored against champion {scored_against}, but the champion is now {before}; score again "
-                f"(productgen registry promote {task} --version {version} --rescore)", verdict.evidence)  # fmt: skip
+            v = (
+                verdict
+                if scored_against == before
+                else gate.Verdict(
+                    False,
+                    f"scored against champion {scored_against}, but the champion is now {before}; score again "
+                    f"(productgen registry promote {task} --version {version} --rescore)",
+                    verdict.evidence,
+                )
+            )
         else:
             v = _stored_verdict(client, task, name, version, before, margin, cfg)
         promoted = v.promote
@@ -260,16 +281,23 @@ def promote(task: str, version: str | None = None, margin: float | None = None, 
         after = alias_version(client, name, CHAMPION)
         if promoted and after != version:
             raise RuntimeError(f"{name}: champion alias is {after} right after setting it to {version}")
-        record = {"time": stamp, "promoted": promoted, "reason": v.reason, "champion_before": before,
-                  "champion_after": after, "evidence": v.evidence}  # fmt: skip
+        record = {
+            "time": stamp,
+            "promoted": promoted,
+            "reason": v.reason,
+            "champion_before": before,
+            "champion_after": after,
+            "evidence": v.evidence,
+        }
         client.set_model_version_tag(name, version, "promotion.decision", "promoted" if promoted else "rejected")
         client.set_model_version_tag(name, version, "promotion.record", json.dumps(record)[:4900])
         _append_history(client, name, {"action": "promote", "version": version, **record})
     return Decision(task, name, version, promoted, v.reason, before, after, v.evidence)
 
 
-def _stored_verdict(client: Any, task: str, name: str, version: str, champion: str | None, margin: float | None,
-                    cfg: Any) -> Any:  # fmt: skip
+def _stored_verdict(
+    client: Any, task: str, name: str, version: str, champion: str | None, margin: float | None, cfg: Any
+) -> Any:
     """The gate on stored evidence: the verdict the retrain flow recorded against this very champion, or both
     versions' stored evaluations when they were scored on the same set (same data, split, sizes, network)."""
     from productgen.registry import gate
@@ -284,8 +312,12 @@ def _stored_verdict(client: Any, task: str, name: str, version: str, champion: s
     champ = stored_scored(client, name, champion) if champion is not None else None
     v = gate.decide(task, challenger, champ, cfg, margin)
     if champ is not None and champ.eval_set != challenger.eval_set:
-        return gate.Verdict(False, f"{v.reason}; score both on this week's data "
-                            f"(productgen registry promote {task} --version {version} --rescore)", v.evidence)  # fmt: skip
+        return gate.Verdict(
+            False,
+            f"{v.reason}; score both on this week's data "
+            f"(productgen registry promote {task} --version {version} --rescore)",
+            v.evidence,
+        )
     return v
 
 
@@ -317,8 +349,10 @@ def _version_or_error(client: Any, name: str, version: str) -> Any:
     try:
         return client.get_model_version(name, version)
     except MlflowException:
-        raise UserError(f"{name}: no version {version!r}; list them with 'productgen registry history' "
-                        "or 'productgen registry lineage'") from None
+        raise UserError(
+            f"{name}: no version {version!r}; list them with 'productgen registry history' "
+            "or 'productgen registry lineage'"
+        ) from None
 
 
 def lineage_of(task: str, version: str | None = None, name: str | None = None) -> dict[str, Any]:
@@ -328,7 +362,9 @@ def lineage_of(task: str, version: str | None = None, name: str | None = None) -
     if version is None:
         version = alias_version(client, name, CHAMPION)
         if version is None:
-            raise UserError(f"{name}: no champion yet; pass --version N (or train one with flows/retrain.py --task {task})")
+            raise UserError(
+                f"{name}: no champion yet; pass --version N (or train one with flows/retrain.py --task {task})"
+            )
     mv = _version_or_error(client, name, version)
     tags = mv.tags
     out: dict[str, Any] = {k[len(LINEAGE_PREFIX) :]: v for k, v in tags.items() if k.startswith(LINEAGE_PREFIX)}
@@ -342,16 +378,25 @@ def rollback(task: str, to_version: str | None = None, name: str | None = None) 
     with promotion_lock():
         current = alias_version(client, name, CHAMPION)
         if to_version is None:
-            previous = [e["champion_before"] for e in history(task, name) if e.get("champion_after") == current
-                        and e.get("champion_before") and e["champion_before"] != current]  # fmt: skip
+            previous = [
+                e["champion_before"]
+                for e in history(task, name)
+                if e.get("champion_after") == current and e.get("champion_before") and e["champion_before"] != current
+            ]
             if not previous:
                 raise UserError(f"{name}: no earlier champion to roll back to; pass --to VERSION")
             to_version = previous[-1]
         _version_or_error(client, name, to_version)
         client.set_registered_model_alias(name, CHAMPION, to_version)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record = {"time": stamp, "promoted": True, "reason": "rollback", "champion_before": current,
-                  "champion_after": to_version, "evidence": {}}  # fmt: skip
+        record = {
+            "time": stamp,
+            "promoted": True,
+            "reason": "rollback",
+            "champion_before": current,
+            "champion_after": to_version,
+            "evidence": {},
+        }
         _append_history(client, name, {"action": "rollback", "version": to_version, **record})
     return Decision(task, name, to_version, True, "rollback", current, to_version, {})
 
@@ -388,8 +433,7 @@ def ship(task: str, cfg: Any = None, name: str | None = None) -> Decision | None
     with its card's evaluation and make it champion if the task has none yet (the gate's absolute bar still
     applies). A task that already has a champion keeps it: the shipped model becomes the challenger, to be
     promoted by the gate like any other. None when nothing is shipped for ``task``."""
-    from productgen.registry import gate
-    from productgen.registry import shipped
+    from productgen.registry import gate, shipped
     from productgen.tracking.runs import log_trained_model
 
     folder = shipped.shipped(task)
@@ -398,16 +442,30 @@ def ship(task: str, cfg: Any = None, name: str | None = None) -> Decision | None
     card = shipped.read_card(folder)
     metrics = dict(card.get("metrics") or {})
     if primary_metric(task)[0] not in metrics:
-        raise UserError(f"{folder / shipped.CARD}: has no metrics.{primary_metric(task)[0]}; evaluate the model and "
-                        "write its card again (docs/quality.md)")  # fmt: skip
+        raise UserError(
+            f"{folder / shipped.CARD}: has no metrics.{primary_metric(task)[0]}; evaluate the model and "
+            "write its card again (docs/quality.md)"
+        )
     client = _client()
     model = registered_name(task, name)
-    existing = {str(v.version): v.tags for v in client.search_model_versions(f"name='{model}'")} if _exists(client, model) else {}
+    existing = (
+        {str(v.version): v.tags for v in client.search_model_versions(f"name='{model}'")}
+        if _exists(client, model)
+        else {}
+    )
     digest = card.get("weights_sha256", "")
     for version, tags in existing.items():  # shipping twice registers nothing new
         if digest and tags.get("shipped.weights_sha256") == digest:
-            return Decision(task, model, version, False, f"already registered as version {version}",
-                            alias_version(client, model, CHAMPION), alias_version(client, model, CHAMPION), {})  # fmt: skip
+            return Decision(
+                task,
+                model,
+                version,
+                False,
+                f"already registered as version {version}",
+                alias_version(client, model, CHAMPION),
+                alias_version(client, model, CHAMPION),
+                {},
+            )
     import mlflow
 
     from productgen.tracking.runs import configure
@@ -417,16 +475,35 @@ def ship(task: str, cfg: Any = None, name: str | None = None) -> Decision | None
         mlflow.log_params({k: str(v)[:500] for k, v in card.items() if not isinstance(v, dict)})
         uri = log_trained_model(folder)
     eval_set = card.get("eval_set") or {}
-    version = register_challenger(task, uri, metrics, str(eval_set.get("content_hash", "shipped")),
-                                  str(eval_set.get("split", "test")), name=name,
-                                  lineage={"shipped": str(folder), **{k: str(v) for k, v in card.items()
-                                                                      if k in ("profile", "steps", "device", "train_time")}})  # fmt: skip
+    version = register_challenger(
+        task,
+        uri,
+        metrics,
+        str(eval_set.get("content_hash", "shipped")),
+        str(eval_set.get("split", "test")),
+        name=name,
+        lineage={
+            "shipped": str(folder),
+            **{k: str(v) for k, v in card.items() if k in ("profile", "steps", "device", "train_time")},
+        },
+    )
     client.set_model_version_tag(model, version, "shipped.weights_sha256", digest)
     if alias_version(client, model, CHAMPION) is not None:
-        return Decision(task, model, version, False, "registered as challenger: the task already has a champion",
-                        alias_version(client, model, CHAMPION), alias_version(client, model, CHAMPION), {})  # fmt: skip
-    scored = gate.Scored(version, metrics, eval_set_id(metrics, str(eval_set.get("content_hash", "shipped")),
-                                                       str(eval_set.get("split", "test"))))  # fmt: skip
+        return Decision(
+            task,
+            model,
+            version,
+            False,
+            "registered as challenger: the task already has a champion",
+            alias_version(client, model, CHAMPION),
+            alias_version(client, model, CHAMPION),
+            {},
+        )
+    scored = gate.Scored(
+        version,
+        metrics,
+        eval_set_id(metrics, str(eval_set.get("content_hash", "shipped")), str(eval_set.get("split", "test"))),
+    )
     verdict = gate.decide(task, scored, None, cfg or _registry_defaults())
     return promote(task, version, name=name, verdict=verdict, cfg=cfg)
 

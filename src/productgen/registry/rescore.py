@@ -29,9 +29,17 @@ def champion_categories(tags: dict[str, str], model_dir: Path) -> list[str] | No
     return list(classes) if classes else None
 
 
-def score_pair(p: Params, task: str, challenger_dir: Path, challenger_metrics: dict[str, Any] | None,
-               challenger_version: str | None, prepared: Path, out: Path, name: str | None = None,
-               show_progress: bool = False) -> tuple[Any, Any | None]:  # fmt: skip
+def score_pair(
+    p: Params,
+    task: str,
+    challenger_dir: Path,
+    challenger_metrics: dict[str, Any] | None,
+    challenger_version: str | None,
+    prepared: Path,
+    out: Path,
+    name: str | None = None,
+    show_progress: bool = False,
+) -> tuple[Any, Any | None]:
     """``(challenger, champion)`` as :class:`~productgen.registry.gate.Scored` on one set; champion None when there is none.
 
     ``challenger_metrics``: the challenger's evaluation on the full set when already computed (the flow's
@@ -39,11 +47,11 @@ def score_pair(p: Params, task: str, challenger_dir: Path, challenger_metrics: d
     """
     from mlflow import MlflowClient
 
-    from productgen.registry import promotion as registry
     from productgen.data.dataset import PreparedDataset
+    from productgen.registry import promotion as registry
     from productgen.registry.gate import Scored
-    from productgen.tracking.runs import model_dir_from_uri
     from productgen.tasks import get
+    from productgen.tracking.runs import model_dir_from_uri
 
     spec = get(task)
     model = registry.registered_name(task, name)

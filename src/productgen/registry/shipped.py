@@ -89,9 +89,11 @@ def table(rows: dict[str, dict[str, Any]] | None = None) -> str:
     rows = cards() if rows is None else rows
     lines = ["| model | protocol | ours | anchor | device, time | profile, steps |", "|---|---|---|---|---|---|"]
     for task, c in rows.items():
-        lines.append(f"| {task} | {c.get('protocol', '?')} | {c.get('figure', '?')} | {c.get('anchor', '')} | "
-                     f"{c.get('device', '?')}, {c.get('train_time', '?')} | {c.get('profile', '?')}, "
-                     f"{c.get('steps', '?')} steps |")  # fmt: skip
+        lines.append(
+            f"| {task} | {c.get('protocol', '?')} | {c.get('figure', '?')} | {c.get('anchor', '')} | "
+            f"{c.get('device', '?')}, {c.get('train_time', '?')} | {c.get('profile', '?')}, "
+            f"{c.get('steps', '?')} steps |"
+        )
     return "\n".join(lines)
 
 
@@ -106,8 +108,14 @@ def weights_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def package(task: str, model_dir: Path, metrics: dict[str, Any], card: dict[str, Any],
-            keep: tuple[str, ...] = (), half: bool = True) -> Path:  # fmt: skip
+def package(
+    task: str,
+    model_dir: Path,
+    metrics: dict[str, Any],
+    card: dict[str, Any],
+    keep: tuple[str, ...] = (),
+    half: bool = True,
+) -> Path:
     """Copy a trained model folder (config.json + the safetensors in ``keep``, default all) into
     ``champions/<task>`` with its card; the old folder is replaced only once the new one is complete.
 
@@ -174,8 +182,9 @@ def agreement(reference: Path, candidate: Path, n: int = 500, seed: int = 0) -> 
         pa, pb = load_predictor(reference), load_predictor(candidate)
         cfg = read_config(reference)
         res, ch = int(cfg.get("resolution", 28)), int(cfg.get("channels", 1))
-        images = torch.randint(0, 256, (min(n, 32), ch, res, res), generator=torch.Generator().manual_seed(seed),
-                               dtype=torch.uint8)  # fmt: skip
+        images = torch.randint(
+            0, 256, (min(n, 32), ch, res, res), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+        )
         options: dict[str, Any] = {}
         if kind == "adain":  # arbitrary style: one built-in style stands in for the user's
             from productgen.models.styles import load_style, style_names

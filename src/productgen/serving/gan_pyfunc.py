@@ -50,14 +50,20 @@ class ProductGenerator(PythonModel):
             for i, img in enumerate(images):
                 buf = io.BytesIO()
                 Image.fromarray(img[..., 0] if self.cfg["channels"] == 1 else img).save(buf, format="PNG")
-                rows.append({"category": self.classes[label], "seed": seed, "index": i,
-                             "image": base64.b64encode(buf.getvalue()).decode("ascii")})  # fmt: skip
+                rows.append(
+                    {
+                        "category": self.classes[label],
+                        "seed": seed,
+                        "index": i,
+                        "image": base64.b64encode(buf.getvalue()).decode("ascii"),
+                    }
+                )
         return pd.DataFrame(rows, columns=["category", "seed", "index", "image"])
 
     def _validate(self, frame: pd.DataFrame) -> list[tuple[int, int, int]]:
         """``(label, count, seed)`` per row, or MlflowException(INVALID_PARAMETER_VALUE): HTTP 400 when served."""
-        from productgen.common.errors import UserError
         from productgen.apply.generation import resolve_categories
+        from productgen.common.errors import UserError
 
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:

@@ -55,8 +55,13 @@ class ImageModel(PythonModel):
                 from PIL import Image
 
                 Image.fromarray(out[..., 0] if out.shape[-1] == 1 else out).save(buf, format="PNG")
-                rows.append({"image": base64.b64encode(buf.getvalue()).decode("ascii"),
-                             "width": int(out.shape[1]), "height": int(out.shape[0])})  # fmt: skip
+                rows.append(
+                    {
+                        "image": base64.b64encode(buf.getvalue()).decode("ascii"),
+                        "width": int(out.shape[1]),
+                        "height": int(out.shape[0]),
+                    }
+                )
         return pd.DataFrame(rows, columns=["image", "width", "height"])
 
     def _decode(self, value: Any, what: str, channels: int) -> np.ndarray:

@@ -87,8 +87,9 @@ def _shorten_error(body: bytes, limit: int) -> bytes:
 class Guard:
     """ASGI middleware in front of the scoring server: body size, JSON depth, short error messages."""
 
-    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY, max_depth: int = MAX_DEPTH,
-                 max_message: int = MAX_MESSAGE) -> None:  # fmt: skip
+    def __init__(
+        self, app: ASGIApp, max_body: int = MAX_BODY, max_depth: int = MAX_DEPTH, max_message: int = MAX_MESSAGE
+    ) -> None:
         self.app, self.max_body, self.max_depth, self.max_message = app, max_body, max_depth, max_message
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,8 +113,12 @@ class Guard:
         body = b"".join(chunks)
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
         if "json" in content_type and json_depth(body, self.max_depth) > self.max_depth:
-            await self._answer(send, 400, f"JSON nested deeper than {self.max_depth} levels; send a flat "
-                               "dataframe_split or dataframe_records request")  # fmt: skip
+            await self._answer(
+                send,
+                400,
+                f"JSON nested deeper than {self.max_depth} levels; send a flat "
+                "dataframe_split or dataframe_records request",
+            )
             return
         replayed = False
 
@@ -157,8 +162,13 @@ class Guard:
     @staticmethod
     async def _answer(send: Send, status: int, message: str) -> None:
         body = _error_body(status, message)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -171,9 +181,11 @@ def build_app(model_uri: str, **limits: Any) -> Guard:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m productgen.serving",
-                                     description="Serve a productgen model over REST (MLflow's scoring protocol), "
-                                                 "with request size, JSON depth and error length limits.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m productgen.serving",
+        description="Serve a productgen model over REST (MLflow's scoring protocol), "
+        "with request size, JSON depth and error length limits.",
+    )
     parser.add_argument("model_uri", help="models:/productgen-gan@champion, models:/NAME/VERSION or a model folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=5001)

@@ -46,8 +46,9 @@ class Snapshot:
 
 def _dvc(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
@@ -62,12 +63,15 @@ def dvc_root(start: Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / ".dvc").is_dir():
             return folder
-    raise UserError(f"{here}: not inside a DVC repository; run the flow from the project checkout "
-                    "(or 'dvc init' here), or set retrain.snapshot: false")  # fmt: skip
+    raise UserError(
+        f"{here}: not inside a DVC repository; run the flow from the project checkout "
+        "(or 'dvc init' here), or set retrain.snapshot: false"
+    )
 
 
-def snapshot_dataset(prepared: Path, model: str, snapshot_dir: str, remote: str | None = None,
-                     repo: Path | None = None) -> Snapshot:  # fmt: skip
+def snapshot_dataset(
+    prepared: Path, model: str, snapshot_dir: str, remote: str | None = None, repo: Path | None = None
+) -> Snapshot:
     """Version ``prepared`` with DVC (copy, ``dvc add``, ``dvc push``) and return its md5.
 
     The copy is swapped in as a whole (a crash leaves the previous snapshot), and the user's prepared folder is
@@ -138,13 +142,16 @@ def restore_snapshot(md5: str, out: Path, remote: str | None = None, repo: Path 
     return out
 
 
-def restore_commands(md5: str, out: str, remote: str | None = None, tag: str | None = None,
-                     pointer: str | None = None) -> list[str]:  # fmt: skip
+def restore_commands(
+    md5: str, out: str, remote: str | None = None, tag: str | None = None, pointer: str | None = None
+) -> list[str]:
     """The shell commands that bring the data back by hand (what ``registry lineage`` prints)."""
     r = f" -r {remote}" if remote else ""
-    cmds = [f"productgen registry lineage TASK --version N --restore {out}    # does the two lines below",
-            f"printf 'outs:\\n- md5: {md5}\\n  hash: md5\\n  path: {Path(out).name}\\n' > {out}.dvc",
-            f"dvc pull{r} {out}.dvc && rm {out}.dvc"]
+    cmds = [
+        f"productgen registry lineage TASK --version N --restore {out}    # does the two lines below",
+        f"printf 'outs:\\n- md5: {md5}\\n  hash: md5\\n  path: {Path(out).name}\\n' > {out}.dvc",
+        f"dvc pull{r} {out}.dvc && rm {out}.dvc",
+    ]
     if tag and pointer:
         cmds.append(f"git checkout {tag} && dvc pull{r} {pointer}    # code and data of that version together")
     return cmds
@@ -152,8 +159,9 @@ def restore_commands(md5: str, out: str, remote: str | None = None, tag: str | N
 
 def _git(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
-                             env={**os.environ, **(env or {})})  # fmt: skip
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})}
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -174,14 +182,20 @@ def code_version(package_dir: Path | None = None) -> dict[str, str]:
     where = package_dir or Path(productgen.__file__).resolve().parent
     commit = _git("rev-parse", "HEAD", cwd=where)
     if commit is None:
-        return {"git_commit": f"unknown (productgen {getattr(productgen, '__version__', '?')}, not a git checkout)",
-                "git_dirty": "unknown", "code_diff_sha": ""}  # fmt: skip
+        return {
+            "git_commit": f"unknown (productgen {getattr(productgen, '__version__', '?')}, not a git checkout)",
+            "git_dirty": "unknown",
+            "code_diff_sha": "",
+        }
     top = Path(_git("rev-parse", "--show-toplevel", cwd=where) or where)
     paths = [str(where)] + [str(top / "flows")] * (top / "flows").is_dir()
     status = _git("status", "--porcelain", "--untracked-files=no", "--", *paths, cwd=where) or ""
     diff = (_git("diff", "HEAD", "--", *paths, cwd=where) or "") if status else ""
-    return {"git_commit": commit, "git_dirty": str(bool(status)).lower(),
-            "code_diff_sha": hashlib.sha256(diff.encode()).hexdigest()[:16] if status else ""}  # fmt: skip
+    return {
+        "git_commit": commit,
+        "git_dirty": str(bool(status)).lower(),
+        "code_diff_sha": hashlib.sha256(diff.encode()).hexdigest()[:16] if status else "",
+    }
 
 
 def params_hash(resolved: dict[str, Any]) -> str:
@@ -219,7 +233,10 @@ def tag_snapshot(model: str, version: str, pointer: Path, md5: str, repo: Path |
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         if head:
             _git("read-tree", head, cwd=root, env=env)
-        if blob is None or _git("update-index", "--add", "--cacheinfo", f"100644,{blob},{rel}", cwd=root, env=env) is None:
+        if (
+            blob is None
+            or _git("update-index", "--add", "--cacheinfo", f"100644,{blob},{rel}", cwd=root, env=env) is None
+        ):
             return None
         tree = _git("write-tree", cwd=root, env=env)
     if tree is None:

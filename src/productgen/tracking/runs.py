@@ -62,8 +62,12 @@ class TrackingIncomplete(UserError):
 
 
 # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) let one call to a dead server take ~4 minutes.
-BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}  # fmt: skip
+BOUNDED_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 PROBE_TIMEOUT_S = 4.0
 PROBE_ATTEMPTS = 2
 
@@ -86,7 +90,6 @@ def server_problem(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     Any HTTP answer counts as reachable (a 401 of a server with auth too: MLflow then says what is wrong); only
     no answer at all (refused, unknown host, timed out) is a problem.
     """
-    import socket
     import ssl
     import urllib.error
     import urllib.request
@@ -105,7 +108,7 @@ def server_problem(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         if isinstance(reason, ssl.SSLError):
             return None  # it answered; TLS settings are MLflow's to judge (MLFLOW_TRACKING_INSECURE_TLS ...)
         return reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return f"no answer within {timeout:.0f} s"
     except (OSError, ValueError) as err:
         return str(err) or type(err).__name__
@@ -120,9 +123,11 @@ def check_server(uri: str) -> None:
             return
         if attempt + 1 < PROBE_ATTEMPTS:
             time.sleep(1.0)
-    raise TrackingUnavailable(f"MLflow tracking server {display_uri(uri)} does not answer ({problem}); nothing was "
-                              "done: start it, point MLFLOW_TRACKING_URI at one that runs, or pass --no-track "
-                              "to train without tracking")  # fmt: skip
+    raise TrackingUnavailable(
+        f"MLflow tracking server {display_uri(uri)} does not answer ({problem}); nothing was "
+        "done: start it, point MLFLOW_TRACKING_URI at one that runs, or pass --no-track "
+        "to train without tracking"
+    )
 
 
 @contextmanager
@@ -140,10 +145,16 @@ def bounded_http() -> Iterator[None]:
 def _first_line(err: BaseException) -> str:
     """A short reason: MLflow's connection errors are a few hundred characters of urllib3 repr."""
     text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    for needle, short in (("Connection refused", "connection refused"), ("NewConnectionError", "connection refused"),
-                          ("Read timed out", "timed out"), ("ConnectTimeout", "timed out"),
-                          ("Name or service not known", "unknown host"), ("RemoteDisconnected", "connection dropped"),
-                          ("Connection aborted", "connection dropped"), ("Connection reset", "connection dropped")):  # fmt: skip
+    for needle, short in (
+        ("Connection refused", "connection refused"),
+        ("NewConnectionError", "connection refused"),
+        ("Read timed out", "timed out"),
+        ("ConnectTimeout", "timed out"),
+        ("Name or service not known", "unknown host"),
+        ("RemoteDisconnected", "connection dropped"),
+        ("Connection aborted", "connection dropped"),
+        ("Connection reset", "connection dropped"),
+    ):
         if needle in text:
             return short
     return text[:200]
@@ -167,13 +178,17 @@ def configure(experiment: str) -> str:
                 exp_id = found.experiment_id
             else:
                 root = _artifact_root(uri)
-                exp_id = mlflow.create_experiment(experiment, artifact_location=f"{root}/{experiment}" if root else None)
+                exp_id = mlflow.create_experiment(
+                    experiment, artifact_location=f"{root}/{experiment}" if root else None
+                )
             mlflow.set_experiment(experiment_id=exp_id)
     except UserError:
         raise
     except Exception as err:  # MlflowException, requests errors: the store answered but cannot be used
-        raise TrackingUnavailable(f"MLflow tracking store {display_uri(uri)}: {_first_line(err)}; nothing was done "
-                                  "(fix the store, or pass --no-track)") from None  # fmt: skip
+        raise TrackingUnavailable(
+            f"MLflow tracking store {display_uri(uri)}: {_first_line(err)}; nothing was done "
+            "(fix the store, or pass --no-track)"
+        ) from None
     return exp_id
 
 
@@ -336,9 +351,11 @@ class RunLogger:
             return None
         steps = f" (steps {self.outage_steps[0]}-{self.outage_steps[1]})" if self.outage_steps else ""
         state = "does not answer" if self.down else "answered again"
-        return (f"MLflow server {display_uri(self.uri)} failed {self.failures} request(s){steps} and {state}: "
-                f"{self.lost} metric value(s) not logged, all of them are in metrics.jsonl"
-                f"{f' (last error: {self.last_error})' if self.last_error else ''}")  # fmt: skip
+        return (
+            f"MLflow server {display_uri(self.uri)} failed {self.failures} request(s){steps} and {state}: "
+            f"{self.lost} metric value(s) not logged, all of them are in metrics.jsonl"
+            f"{f' (last error: {self.last_error})' if self.last_error else ''}"
+        )
 
 
 @contextmanager
@@ -361,8 +378,10 @@ def run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, 
         except Exception as err:  # noqa: BLE001
             if mlflow.active_run() is not None:
                 _end_run(mlflow, "FAILED")
-            raise TrackingUnavailable(f"MLflow tracking store {display_uri(tracking_uri())}: cannot start a run "
-                                      f"({_first_line(err)}); nothing was done (or pass --no-track)") from None  # fmt: skip
+            raise TrackingUnavailable(
+                f"MLflow tracking store {display_uri(tracking_uri())}: cannot start a run "
+                f"({_first_line(err)}); nothing was done (or pass --no-track)"
+            ) from None
         logger = RunLogger(active.info.run_id)
         status = "FAILED"
         try:
@@ -394,16 +413,22 @@ def log_gan_model(model_dir: Path, registered_name: str | None = None) -> str:
     """Log the trained GAN as a pyfunc model from code (no pickle); return its ``models:/`` URI."""
     import mlflow
     import pandas as pd
-
-    from productgen.models.io import read_config
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+
+    from productgen.models.io import read_config
 
     code = Path(__file__).parent.parent / "serving" / "gan_pyfunc.py"
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "category"), ColSpec("long", "count"), ColSpec("long", "seed")]),
-        outputs=Schema([ColSpec("string", "category"), ColSpec("long", "seed"), ColSpec("long", "index"),
-                        ColSpec("string", "image")]),  # fmt: skip
+        outputs=Schema(
+            [
+                ColSpec("string", "category"),
+                ColSpec("long", "seed"),
+                ColSpec("long", "index"),
+                ColSpec("string", "image"),
+            ]
+        ),
     )
     info = mlflow.pyfunc.log_model(
         name="model",
@@ -436,16 +461,23 @@ def log_image_model(model_dir: Path, registered_name: str | None = None) -> str:
     cols = [ColSpec("string", "image")]
     if cfg.get("model") == "adain":
         cols.append(ColSpec("string", "style", required=False))
-    signature = ModelSignature(inputs=Schema(cols), outputs=Schema(
-        [ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height")]))  # fmt: skip
+    signature = ModelSignature(
+        inputs=Schema(cols),
+        outputs=Schema([ColSpec("string", "image"), ColSpec("long", "width"), ColSpec("long", "height")]),
+    )
     buf = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), 255, dtype=np.uint8)).save(buf, format="PNG")
     example = {"image": [base64.b64encode(buf.getvalue()).decode("ascii")]}
     if cfg.get("model") == "adain":
         example["style"] = example["image"]
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(code), artifacts={"model_dir": str(model_dir)}, signature=signature,
-        input_example=pd.DataFrame(example), pip_requirements=PIP_REQUIREMENTS, registered_model_name=registered_name,
+        name="model",
+        python_model=str(code),
+        artifacts={"model_dir": str(model_dir)},
+        signature=signature,
+        input_example=pd.DataFrame(example),
+        pip_requirements=PIP_REQUIREMENTS,
+        registered_model_name=registered_name,
     )
     return info.model_uri
 
@@ -493,10 +525,14 @@ def model_dir_from_uri(uri: str, dest: Path | None = None) -> Path:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     except MlflowException as err:
-        raise UserError(f"{uri}: cannot load from the MLflow store {tracking_uri()} ({str(err).splitlines()[0]})") from None
+        raise UserError(
+            f"{uri}: cannot load from the MLflow store {tracking_uri()} ({str(err).splitlines()[0]})"
+        ) from None
     # The pyfunc stores the weights folder under artifacts/ (the name of the folder it was logged from).
-    found = next((p.parent for p in sorted((local / "artifacts").rglob("config.json"))
-                  if any(p.parent.glob("*.safetensors"))), None)  # fmt: skip
+    found = next(
+        (p.parent for p in sorted((local / "artifacts").rglob("config.json")) if any(p.parent.glob("*.safetensors"))),
+        None,
+    )
     if found is None:
         raise UserError(f"{uri}: not a productgen model (no weights folder with config.json among its artifacts)")
     return found
@@ -511,6 +547,8 @@ def resolve_model(ref: str | Path) -> Path:
         return model_dir_from_uri(text)
     path = Path(text).expanduser().resolve()
     if not (path / "config.json").is_file():
-        raise UserError(f"{ref}: no model here (expected a folder with config.json and *.safetensors, "
-                        f"or an MLflow URI such as models:/productgen-restore@champion)")  # fmt: skip
+        raise UserError(
+            f"{ref}: no model here (expected a folder with config.json and *.safetensors, "
+            f"or an MLflow URI such as models:/productgen-restore@champion)"
+        )
     return path

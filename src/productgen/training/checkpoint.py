@@ -192,8 +192,10 @@ def load_latest_intact(
                 warn(f"warning: {str(err).rstrip('.')}{moved}; trying the previous checkpoint")
             continue
         return path, state
-    raise UserError(f"{folder}: no intact checkpoint to resume from ({', '.join(damaged)} damaged); "
-                    "start a new --out, or run without --resume after moving the folder away")  # fmt: skip
+    raise UserError(
+        f"{folder}: no intact checkpoint to resume from ({', '.join(damaged)} damaged); "
+        "start a new --out, or run without --resume after moving the folder away"
+    )
 
 
 def prune_checkpoints(folder: Path, keep: int, newest: Path | None = None) -> str | None:

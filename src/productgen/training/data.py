@@ -23,7 +23,9 @@ class DeviceBatches:
         world_size: int = 1,
     ) -> None:
         if len(images) < batch_size * world_size:
-            raise ValueError(f"dataset has {len(images)} images, fewer than one global batch ({batch_size * world_size})")
+            raise ValueError(
+                f"dataset has {len(images)} images, fewer than one global batch ({batch_size * world_size})"
+            )
         self.device = device
         self.images = images.to(device) if on_device else images
         self.labels = labels.to(device) if on_device else labels

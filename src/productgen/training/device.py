@@ -97,10 +97,11 @@ def init_runtime(device_name: str, precision: str) -> Runtime:
         torch.backends.cudnn.benchmark = True
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device=device, dtype=pick_dtype(precision, device), rank=rank, world_size=world, local_rank=local_rank)
+    return Runtime(
+        device=device, dtype=pick_dtype(precision, device), rank=rank, world_size=world, local_rank=local_rank
+    )
 
 
 def shutdown(rt: Runtime) -> None:
     if rt.distributed and dist.is_initialized():
         dist.destroy_process_group()
-

@@ -19,7 +19,6 @@ temp files of an interrupted run are removed at start; a torn last line of ``met
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -35,8 +34,9 @@ import torch.distributed as dist
 from torch import nn
 
 from productgen.common import atomic
-from productgen.config import TrainConfig
 from productgen.common.errors import UserError
+from productgen.common.grids import make_grid, save_png
+from productgen.config import TrainConfig
 from productgen.training.checkpoint import (
     checkpoint_path,
     checkpoints,
@@ -49,7 +49,6 @@ from productgen.training.checkpoint import (
 from productgen.training.data import DeviceBatches
 from productgen.training.device import Runtime
 from productgen.training.ema import EMA
-from productgen.common.grids import make_grid, save_png
 
 
 class TrainingDiverged(UserError):
@@ -85,9 +84,7 @@ class Task(Protocol):
 
     def config(self) -> dict[str, Any]: ...
 
-    def train_step(
-        self, engine: Engine, images: torch.Tensor, labels: torch.Tensor
-    ) -> dict[str, torch.Tensor]: ...
+    def train_step(self, engine: Engine, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
     def sample_grid(self, engine: Engine, generator: torch.Generator) -> np.ndarray: ...
 
@@ -223,7 +220,9 @@ class Engine:
                 out[r][key] = part.cpu()
         return out
 
-    def state(self, task: Task, config: dict[str, Any], rng_ranks: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    def state(
+        self, task: Task, config: dict[str, Any], rng_ranks: list[dict[str, torch.Tensor]] | None = None
+    ) -> dict[str, Any]:
         state: dict[str, Any] = {
             "step": self.step,
             "config": json.dumps(config, sort_keys=True),
@@ -244,8 +243,10 @@ class Engine:
         saved = json.loads(state["config"])
         if saved != config:
             diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            raise UserError(f"{path}: checkpoint was trained with different settings ({', '.join(diff)}); "
-                            "resume with the same params or start a new --out")  # fmt: skip
+            raise UserError(
+                f"{path}: checkpoint was trained with different settings ({', '.join(diff)}); "
+                "resume with the same params or start a new --out"
+            )
         for k, m in task.modules.items():
             m.load_state_dict(state["modules"][k])
         for k, o in task.optimizers.items():
@@ -326,7 +327,9 @@ NEVER = 2**62  # "no non-finite step seen" in the per-step divergence tracker
 
 def _finite_weights(task: Task) -> bool:
     for module in task.modules.values():
-        tensors = [t.detach() for t in module.parameters()] + [b.detach() for b in module.buffers() if b.is_floating_point()]
+        tensors = [t.detach() for t in module.parameters()] + [
+            b.detach() for b in module.buffers() if b.is_floating_point()
+        ]
         if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             return False
     return True
@@ -365,8 +368,10 @@ def fit(
     if rt.is_main:
         removed = remove_temp_files(out) if out.is_dir() else []
         if removed:
-            warn(f"note: removed {len(removed)} temp file(s) of an interrupted run in {out} "
-                 f"({', '.join(removed[:3])}{', ...' if len(removed) > 3 else ''})")  # fmt: skip
+            warn(
+                f"note: removed {len(removed)} temp file(s) of an interrupted run in {out} "
+                f"({', '.join(removed[:3])}{', ...' if len(removed) > 3 else ''})"
+            )
     if rt.distributed:
         dist.barrier()  # rank 0 has removed the temp files before any rank reads the folder
     if resume:
@@ -377,11 +382,14 @@ def fit(
             _trim_log(log_path, engine.step)
     elif rt.is_main and (latest_checkpoint(ckpt_dir) is not None):
         raise UserError(f"{out}: already holds checkpoints; pass --resume to continue or choose a new --out")
-    batches = DeviceBatches(images, labels, cfg.batch_size, cfg.seed, rt.device, cfg.data_on_device,
-                            rt.rank, rt.world_size)  # fmt: skip
+    batches = DeviceBatches(
+        images, labels, cfg.batch_size, cfg.seed, rt.device, cfg.data_on_device, rt.rank, rt.world_size
+    )
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(out / "train_config.json", {"train": asdict(cfg), "task": task.config(), "world_size": rt.world_size})
+        atomic.write_json(
+            out / "train_config.json", {"train": asdict(cfg), "task": task.config(), "world_size": rt.world_size}
+        )
     sample_gen_seed = cfg.seed + 12345
     sums: dict[str, torch.Tensor] = {}
     n_sum = 0
@@ -427,7 +435,8 @@ def fit(
                     f"training diverged: a loss or a weight (parameter or running statistic) became NaN/inf at step "
                     f"{int(bad.item())}; nothing of that "
                     f"step was saved, {_last_good(ckpt_dir)} and model/ was not written (lower the learning rates, "
-                    "then --resume, or start a new --out)")  # fmt: skip
+                    "then --resume, or start a new --out)"
+                )
         if logs:
             if rt.distributed:
                 for v in sums.values():
@@ -446,15 +455,19 @@ def fit(
                     bar.set_postfix({**{k: f"{v:.3f}" for k, v in last.items()}, "img/s": f"{ips:,.0f}"})
         if samples:
             grid = task.sample_grid(engine, torch.Generator(device=rt.device).manual_seed(sample_gen_seed))
-            save_png(make_grid(grid, ncol=8, scale=max(1, 64 // grid.shape[-2])), out / "samples" / f"step-{done:07d}.png")
+            save_png(
+                make_grid(grid, ncol=8, scale=max(1, 64 // grid.shape[-2])), out / "samples" / f"step-{done:07d}.png"
+            )
         if ckpt:
             rng_ranks = engine.gather_rng()
             if rt.is_main:
                 path = save_state(checkpoint_path(ckpt_dir, done), engine.state(task, config, rng_ranks))
                 problem = prune_checkpoints(ckpt_dir, cfg.keep_checkpoints, newest=path)
                 if problem is not None:
-                    warn(f"warning: {problem}: read back wrong right after writing (disk problem?); "
-                         "kept every older checkpoint")  # fmt: skip
+                    warn(
+                        f"warning: {problem}: read back wrong right after writing (disk problem?); "
+                        "kept every older checkpoint"
+                    )
                 saved.append(path.name)
             if rt.distributed:
                 dist.barrier()

@@ -10,8 +10,8 @@ import torch
 
 from productgen.config import GanConfig
 from productgen.models.gan import Discriminator, Generator, d_loss, diffaugment, g_loss
-from productgen.training.engine import Engine
 from productgen.tasks import DatasetInfo
+from productgen.training.engine import Engine
 
 
 class GanTask:
@@ -22,8 +22,16 @@ class GanTask:
         self.cfg, self.classes = cfg, classes
         self.shape = {"resolution": resolution, "channels": channels, "num_classes": len(classes)}
         torch.manual_seed(engine.cfg.seed)  # identical initial weights for a given seed
-        g = Generator(resolution, channels, len(classes), cfg.z_dim, cfg.g_channels, cfg.max_channels, cfg.embed_dim,
-                      cfg.self_modulation)  # fmt: skip
+        g = Generator(
+            resolution,
+            channels,
+            len(classes),
+            cfg.z_dim,
+            cfg.g_channels,
+            cfg.max_channels,
+            cfg.embed_dim,
+            cfg.self_modulation,
+        )
         d = Discriminator(resolution, channels, len(classes), cfg.d_channels, cfg.max_channels, cfg.spectral_norm)
         self.modules = {"G": engine.prepare_module(g), "D": engine.prepare_module(d)}
         betas = (cfg.beta1, cfg.beta2)
@@ -68,8 +76,13 @@ class GanTask:
             loss_g = g_loss(D(diffaugment(fake, policy, gen), y_fake).float(), self.cfg.loss)
         engine.optimize(self.optimizers["G"], loss_g)
         d_acc = 0.5 * ((logits_real > 0).float().mean() + (logits_fake < 0).float().mean())
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": logits_real.detach().float().mean(),
-                "d_fake": logits_fake.detach().float().mean(), "d_acc": d_acc.detach()}  # fmt: skip
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": logits_real.detach().float().mean(),
+            "d_fake": logits_fake.detach().float().mean(),
+            "d_acc": d_acc.detach(),
+        }
 
     @torch.no_grad()
     def sample_grid(self, engine: Engine, generator: torch.Generator) -> np.ndarray:

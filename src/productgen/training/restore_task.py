@@ -16,8 +16,8 @@ import torch
 
 from productgen.config import RestoreConfig, ViewsConfig
 from productgen.models.restore import UNet, degrade, parse_view, to_uint8
-from productgen.training.engine import Engine
 from productgen.tasks import DatasetInfo
+from productgen.training.engine import Engine
 
 
 def cosine_lr(step: int, lr: float, lr_min: float, decay_steps: int, warmup_steps: int = 0) -> float:
@@ -61,10 +61,16 @@ def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
 
 def restorer_config(model: str, section: str, cfg: Any, views_cfg: ViewsConfig, info: DatasetInfo) -> dict[str, Any]:
     """config.json of a restorer: what load_predictor needs to rebuild it and redo its degradation."""
-    return {"model": model, "view": cfg.view, section: asdict(cfg),
-            "views": {"blur_sigma": views_cfg.blur_sigma, "jpeg_quality": views_cfg.jpeg_quality},
-            "resolution": info.resolution, "channels": info.channels,
-            "num_classes": len(info.classes), "classes": info.classes}  # fmt: skip
+    return {
+        "model": model,
+        "view": cfg.view,
+        section: asdict(cfg),
+        "views": {"blur_sigma": views_cfg.blur_sigma, "jpeg_quality": views_cfg.jpeg_quality},
+        "resolution": info.resolution,
+        "channels": info.channels,
+        "num_classes": len(info.classes),
+        "classes": info.classes,
+    }
 
 
 class RestoreTask:
@@ -103,8 +109,11 @@ class RestoreTask:
         with torch.no_grad():
             mse = ((out.detach().float().clamp(-1, 1) - y) * 0.5).pow(2).mean()
             mse_in = ((x - y) * 0.5).pow(2).mean()
-        return {"loss": loss.detach(), "psnr_batch": -10 * torch.log10(mse.clamp_min(1e-12)),
-                "psnr_input": -10 * torch.log10(mse_in.clamp_min(1e-12))}  # fmt: skip
+        return {
+            "loss": loss.detach(),
+            "psnr_batch": -10 * torch.log10(mse.clamp_min(1e-12)),
+            "psnr_input": -10 * torch.log10(mse_in.clamp_min(1e-12)),
+        }
 
     @torch.no_grad()
     def sample_grid(self, engine: Engine, generator: torch.Generator) -> np.ndarray:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from productgen.config import StyleConfig
-from productgen.training.engine import Engine
 from productgen.tasks import DatasetInfo
+from productgen.training.engine import Engine
 
 
 def _dark_background(info: DatasetInfo) -> bool:
@@ -89,9 +89,15 @@ class _StyleBase:
         return product_mask(x, c.mask_threshold, c.mask_dilate, c.mask_feather)
 
     def shape(self) -> dict[str, Any]:
-        return {"style": asdict(self.cfg), "resolution": self.info.resolution, "channels": self.info.channels,
-                "classes": list(self.info.classes), "invert_content": self.invert,
-                "encoder_channels": list(self.encoder.channels), "encoder_strides": list(self.encoder.strides)}  # fmt: skip
+        return {
+            "style": asdict(self.cfg),
+            "resolution": self.info.resolution,
+            "channels": self.info.channels,
+            "classes": list(self.info.classes),
+            "invert_content": self.invert,
+            "encoder_channels": list(self.encoder.channels),
+            "encoder_strides": list(self.encoder.strides),
+        }
 
 
 class StyleTask(_StyleBase):
@@ -167,7 +173,9 @@ class AdainTask(_StyleBase):
         self.style_digests = [_style_digest(spec) for spec in cfg.adain_styles]
         level = cfg.adain_level
         torch.manual_seed(engine.cfg.seed)
-        dec = engine.prepare_module(Decoder(self.encoder.channels[level], self.encoder.strides[level], cfg.decoder_channels))
+        dec = engine.prepare_module(
+            Decoder(self.encoder.channels[level], self.encoder.strides[level], cfg.decoder_channels)
+        )
         self.modules: dict[str, torch.nn.Module] = {"decoder": dec}
         self.optimizers = {"decoder": engine.adam(dec.parameters(), cfg.adain_lr, (0.9, 0.999))}
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from productgen.config import TranslateConfig, ViewsConfig
 from productgen.common.errors import UserError
+from productgen.config import TranslateConfig, ViewsConfig
 from productgen.models.translate import (
     ImagePool,
     PatchDiscriminator,
@@ -26,8 +26,8 @@ from productgen.models.translate import (
     patch_layers,
     unet_depth,
 )
-from productgen.training.engine import Engine
 from productgen.tasks import DatasetInfo
+from productgen.training.engine import Engine
 
 # Offset of the pseudo-indices that seed training views (noise): far from the split indices evaluation uses.
 TRAIN_VIEW_INDEX = 1 << 40
@@ -57,8 +57,10 @@ def check_config(cfg: TranslateConfig, views: ViewsConfig | None = None) -> None
     if cfg.lr <= 0 or not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
         raise UserError("translate.lr / beta1 / beta2: need lr > 0 and betas in [0, 1)")
     if views is not None and cfg.source_view not in view_kinds(views):
-        raise UserError(f"translate.source_view: {cfg.source_view!r} is not a view of the views: section "
-                        f"(choose from {', '.join(view_kinds(views))})")  # fmt: skip
+        raise UserError(
+            f"translate.source_view: {cfg.source_view!r} is not a view of the views: section "
+            f"(choose from {', '.join(view_kinds(views))})"
+        )
 
 
 def _arch(cfg: TranslateConfig, resolution: int) -> dict[str, Any]:
@@ -85,14 +87,22 @@ class Pix2PixTask:
         d = PatchDiscriminator(2 * c, cfg.d_channels, self.arch["d_layers"], cfg.max_channels, cfg.norm)
         self.modules = {"G": engine.prepare_module(g), "D": engine.prepare_module(d)}
         betas = (cfg.beta1, cfg.beta2)
-        self.optimizers = {"G": engine.adam(self.modules["G"].parameters(), cfg.lr, betas),
-                           "D": engine.adam(self.modules["D"].parameters(), cfg.lr, betas)}  # fmt: skip
+        self.optimizers = {
+            "G": engine.adam(self.modules["G"].parameters(), cfg.lr, betas),
+            "D": engine.adam(self.modules["D"].parameters(), cfg.lr, betas),
+        }
         self._fixed: torch.Tensor | None = None
 
     def config(self) -> dict[str, Any]:
-        return {"model": "pix2pix", "translate": self.arch, "views": asdict(self.views),
-                "source_view": self.cfg.source_view, "resolution": self.info.resolution,
-                "channels": self.info.channels, "classes": self.info.classes}  # fmt: skip
+        return {
+            "model": "pix2pix",
+            "translate": self.arch,
+            "views": asdict(self.views),
+            "source_view": self.cfg.source_view,
+            "resolution": self.info.resolution,
+            "channels": self.info.channels,
+            "classes": self.info.classes,
+        }
 
     def export(self, engine: Engine) -> dict[str, torch.nn.Module]:
         """Users get the EMA generator; the discriminator and raw generator are kept for analysis."""
@@ -124,8 +134,14 @@ class Pix2PixTask:
             loss_g = adv + self.cfg.lambda_l1 * l1
         engine.optimize(self.optimizers["G"], loss_g)
         self.modules["D"].requires_grad_(True)
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "g_gan": adv.detach(), "l1": l1.detach(),
-                "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}  # fmt: skip
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "g_gan": adv.detach(),
+            "l1": l1.detach(),
+            "d_real": real_logits.detach().mean(),
+            "d_fake": fake_logits.detach().mean(),
+        }
 
     @torch.no_grad()
     def sample_grid(self, engine: Engine, generator: torch.Generator) -> np.ndarray:
@@ -164,8 +180,10 @@ def _match_category(name: str, classes: list[str], field: str) -> int:
     norm = lambda s: s.strip().lower().replace(" ", "_").replace("-", "_")  # noqa: E731
     matches = [i for i, c in enumerate(classes) if norm(c) == norm(name)]
     if len(matches) != 1:
-        raise UserError(f"translate.{field}: unknown category {name!r} (choose from {', '.join(classes)}), "
-                        "or set translate.folder_a and folder_b")  # fmt: skip
+        raise UserError(
+            f"translate.{field}: unknown category {name!r} (choose from {', '.join(classes)}), "
+            "or set translate.folder_a and folder_b"
+        )
     return matches[0]
 
 
@@ -197,15 +215,24 @@ def load_folder(folder: str | Path, resolution: int, channels: int, field: str) 
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), skipped
 
 
-def domain_images(cfg: TranslateConfig, info: DatasetInfo, split: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def domain_images(
+    cfg: TranslateConfig, info: DatasetInfo, split: str
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Domain A and B images (uint8) for ``split`` of the prepared dataset, or of the two folders, and a summary."""
     if (cfg.folder_a is None) != (cfg.folder_b is None):
         raise UserError("translate.folder_a / folder_b: set both (two folders of images) or neither (categories)")
     if cfg.folder_a is not None and cfg.folder_b is not None:
         a, skip_a = load_folder(cfg.folder_a, info.resolution, info.channels, "folder_a")
         b, skip_b = load_folder(cfg.folder_b, info.resolution, info.channels, "folder_b")
-        meta = {"kind": "folders", "a": cfg.folder_a, "b": cfg.folder_b, "n_a": len(a), "n_b": len(b),
-                "skipped_a": skip_a, "skipped_b": skip_b}  # fmt: skip
+        meta = {
+            "kind": "folders",
+            "a": cfg.folder_a,
+            "b": cfg.folder_b,
+            "n_a": len(a),
+            "n_b": len(b),
+            "skipped_a": skip_a,
+            "skipped_b": skip_b,
+        }
         return a, b, meta
     from productgen.data.dataset import PreparedDataset
 
@@ -244,7 +271,7 @@ class CycleGanTask:
             "G_BA": build_generator(kind, c, r, self.arch, cfg.cyclegan_residual),
             "D_A": PatchDiscriminator(c, cfg.d_channels, self.arch["d_layers"], cfg.max_channels, cfg.norm),
             "D_B": PatchDiscriminator(c, cfg.d_channels, self.arch["d_layers"], cfg.max_channels, cfg.norm),
-        }  # fmt: skip
+        }
         if cfg.pool_size > 0:  # buffers in modules: checkpointed, so resume continues the same history
             modules["pool_A"] = ImagePool(cfg.pool_size, (c, r, r))
             modules["pool_B"] = ImagePool(cfg.pool_size, (c, r, r))
@@ -255,15 +282,24 @@ class CycleGanTask:
         self.optimizers = {"G": engine.adam(g_params, cfg.lr, betas), "D": engine.adam(d_params, cfg.lr, betas)}
 
     def config(self) -> dict[str, Any]:
-        return {"model": "cyclegan", "translate": self.arch, "domains": self.domains,
-                "resolution": self.info.resolution, "channels": self.info.channels}  # fmt: skip
+        return {
+            "model": "cyclegan",
+            "translate": self.arch,
+            "domains": self.domains,
+            "resolution": self.info.resolution,
+            "channels": self.info.channels,
+        }
 
     def export(self, engine: Engine) -> dict[str, torch.nn.Module]:
         """``generator`` is the EMA A->B generator (what the predictor uses); ``generator_ba`` the B->A one."""
         assert engine.ema is not None
-        return {"generator": engine.ema.shadow, "generator_ba": self.modules["G_BA"],
-                "generator_raw": self.modules["G_AB"], "discriminator_a": self.modules["D_A"],
-                "discriminator_b": self.modules["D_B"]}  # fmt: skip
+        return {
+            "generator": engine.ema.shadow,
+            "generator_ba": self.modules["G_BA"],
+            "generator_raw": self.modules["G_AB"],
+            "discriminator_a": self.modules["D_A"],
+            "discriminator_b": self.modules["D_B"],
+        }
 
     def _draw(self, engine: Engine, pool: torch.Tensor, n: int) -> torch.Tensor:
         idx = torch.randint(0, len(pool), (n,), generator=engine.generator, device=engine.rt.device)
@@ -299,12 +335,21 @@ class CycleGanTask:
         old_b = self._history(engine, "pool_B", fake_b.float())
         old_a = self._history(engine, "pool_A", fake_a.float())
         with engine.autocast():
-            loss_d_b = 0.5 * (gan_loss(d_b(real_b).float(), True, "lsgan") + gan_loss(d_b(old_b).float(), False, "lsgan"))
-            loss_d_a = 0.5 * (gan_loss(d_a(real_a).float(), True, "lsgan") + gan_loss(d_a(old_a).float(), False, "lsgan"))
+            loss_d_b = 0.5 * (
+                gan_loss(d_b(real_b).float(), True, "lsgan") + gan_loss(d_b(old_b).float(), False, "lsgan")
+            )
+            loss_d_a = 0.5 * (
+                gan_loss(d_a(real_a).float(), True, "lsgan") + gan_loss(d_a(old_a).float(), False, "lsgan")
+            )
             loss_d = loss_d_a + loss_d_b
         engine.optimize(self.optimizers["D"], loss_d)
-        return {"loss_g": loss_g.detach(), "g_gan": adv.detach(), "cycle": cycle.detach(),
-                "identity": identity.detach(), "loss_d": loss_d.detach()}  # fmt: skip
+        return {
+            "loss_g": loss_g.detach(),
+            "g_gan": adv.detach(),
+            "cycle": cycle.detach(),
+            "identity": identity.detach(),
+            "loss_d": loss_d.detach(),
+        }
 
     @torch.no_grad()
     def sample_grid(self, engine: Engine, generator: torch.Generator) -> np.ndarray:
@@ -313,7 +358,9 @@ class CycleGanTask:
         g_ba = self.modules["G_BA"]
         was_training = g_ba.training
         g_ba.eval()
-        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator, device=generator.device)))
+        gen = torch.Generator().manual_seed(
+            int(torch.randint(0, 2**31, (1,), generator=generator, device=generator.device))
+        )
         idx = torch.randperm(len(self.a), generator=gen)[:8]
         a = self.a[idx.to(self.a.device)]
         x = engine.to_input(a)

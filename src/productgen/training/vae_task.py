@@ -16,9 +16,9 @@ import torch
 from productgen.config import VaeConfig, ViewsConfig
 from productgen.models.restore import degrade, parse_view, to_uint8
 from productgen.models.vae import ConditionalVAE, VaeRestorer, check_resolution, kl_normal, recon_loss
+from productgen.tasks import DatasetInfo
 from productgen.training.engine import Engine
 from productgen.training.restore_task import preview_images, random_flip
-from productgen.tasks import DatasetInfo
 
 
 def kl_weight(cfg: VaeConfig, step: int) -> float:
@@ -35,16 +35,30 @@ class VaeTask:
     def __init__(self, cfg: VaeConfig, engine: Engine, info: DatasetInfo) -> None:
         self.cfg, self.info = cfg, info
         torch.manual_seed(engine.cfg.seed)
-        net = ConditionalVAE(info.resolution, info.channels, len(info.classes), cfg.z_dim, cfg.channels,
-                             cfg.max_channels, cfg.levels, cfg.embed_dim)  # fmt: skip
+        net = ConditionalVAE(
+            info.resolution,
+            info.channels,
+            len(info.classes),
+            cfg.z_dim,
+            cfg.channels,
+            cfg.max_channels,
+            cfg.levels,
+            cfg.embed_dim,
+        )
         self.modules = {"vae": engine.prepare_module(net)}
         self.optimizers = {"vae": engine.adam(self.modules["vae"].parameters(), cfg.lr, (cfg.beta1, cfg.beta2))}
 
     def config(self) -> dict[str, Any]:
         """``gan.z_dim`` duplicates ``vae.z_dim`` so the GAN sampling and FID code can use the decoder as is."""
-        return {"model": "vae", "vae": asdict(self.cfg), "gan": {"z_dim": self.cfg.z_dim},
-                "resolution": self.info.resolution, "channels": self.info.channels,
-                "num_classes": len(self.info.classes), "classes": self.info.classes}  # fmt: skip
+        return {
+            "model": "vae",
+            "vae": asdict(self.cfg),
+            "gan": {"z_dim": self.cfg.z_dim},
+            "resolution": self.info.resolution,
+            "channels": self.info.channels,
+            "num_classes": len(self.info.classes),
+            "classes": self.info.classes,
+        }
 
     def export(self, engine: Engine) -> dict[str, torch.nn.Module]:
         """The EMA decoder as ``generator`` (GAN-compatible); the raw full VAE (with encoder) for analysis."""

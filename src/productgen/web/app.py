@@ -27,8 +27,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from productgen.config import Params
 from productgen.common.errors import UserError
+from productgen.config import Params
 from productgen.web import auth, work
 from productgen.web.champions import Champion, Champions, no_champion_message
 from productgen.web.forms import Busy, Form, Gate, TooLarge, mib, read_form
@@ -44,10 +44,20 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
-PAGES = [("generate", "Generate"), ("enhance", "Enhance"), ("restyle", "Restyle"), ("sketch", "Sketch to product"),
-         ("models", "Models")]  # fmt: skip
-ENHANCE_LABELS = {"denoise": "Denoise", "deblur": "Deblur", "jpeg": "JPEG clean-up", "sr2": "Upscale 2x",
-                  "sr4": "Upscale 4x"}  # fmt: skip
+PAGES = [
+    ("generate", "Generate"),
+    ("enhance", "Enhance"),
+    ("restyle", "Restyle"),
+    ("sketch", "Sketch to product"),
+    ("models", "Models"),
+]
+ENHANCE_LABELS = {
+    "denoise": "Denoise",
+    "deblur": "Deblur",
+    "jpeg": "JPEG clean-up",
+    "sr2": "Upscale 2x",
+    "sr4": "Upscale 4x",
+}
 _CREDENTIALS_LOCK = threading.Lock()
 
 
@@ -69,8 +79,9 @@ class State:
         return self.params.web
 
 
-def create_app(params: Params, users_file: Path | None = None, cache_dir: Path | None = None,
-               warm: bool = True) -> FastAPI:  # fmt: skip
+def create_app(
+    params: Params, users_file: Path | None = None, cache_dir: Path | None = None, warm: bool = True
+) -> FastAPI:
     """The page over the registry's champions (``$MLFLOW_TRACKING_URI`` or the embedded ``./mlflow.db``).
 
     ``cache_dir`` holds the downloaded champion weights (default: a temporary folder removed at shutdown);
@@ -103,8 +114,9 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         # oversubscribed CPU run several times slower with more threads than cores)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // web.workers))
         if warm:
-            threading.Thread(target=state.champions.keep_warm, args=(stop,), name="productgen-web-warm",
-                             daemon=True).start()  # fmt: skip
+            threading.Thread(
+                target=state.champions.keep_warm, args=(stop,), name="productgen-web-warm", daemon=True
+            ).start()
         yield
         stop.set()
         state.gate.shutdown()
@@ -121,11 +133,13 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
 
     def set_cookie(response: Response, request: Request, s: auth.Session) -> None:
         secure = request.url.scheme == "https"
-        response.set_cookie(COOKIE, s.sid, max_age=int(web.session_hours * 3600), httponly=True, samesite="lax",
-                            secure=secure, path="/")  # fmt: skip
+        response.set_cookie(
+            COOKIE, s.sid, max_age=int(web.session_hours * 3600), httponly=True, samesite="lax", secure=secure, path="/"
+        )
 
-    def render(request: Request, template: str, status: int = 200, session: auth.Session | None = None,
-               **ctx: Any) -> HTMLResponse:  # fmt: skip
+    def render(
+        request: Request, template: str, status: int = 200, session: auth.Session | None = None, **ctx: Any
+    ) -> HTMLResponse:
         s, new = (session, True) if session is not None else session_of(request)
         flash, s.flash = s.flash, None
         context = {"pages": PAGES, "user": s.user, "csrf": s.csrf, "flash": flash, "web": web, "mib": mib, **ctx}
@@ -136,8 +150,13 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
             set_cookie(response, request, s)
         return response
 
-    def error_page(request: Request, status: int, message: str, title: str = "Something is wrong",
-                   headers: dict[str, str] | None = None) -> HTMLResponse:  # fmt: skip
+    def error_page(
+        request: Request,
+        status: int,
+        message: str,
+        title: str = "Something is wrong",
+        headers: dict[str, str] | None = None,
+    ) -> HTMLResponse:
         response = render(request, "error.html", status=status, title=title, message=message)
         for k, v in (headers or {}).items():
             response.headers[k] = v
@@ -178,8 +197,13 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         for i, f in enumerate(files):
             name = work.safe_name(f.name, i)
             if f.too_big:
-                bad.append((name, f"{mib(f.size)} is over the {mib(web.max_file_bytes)} limit per file "
-                                  "(web.max_file_bytes); send a smaller file"))  # fmt: skip
+                bad.append(
+                    (
+                        name,
+                        f"{mib(f.size)} is over the {mib(web.max_file_bytes)} limit per file "
+                        "(web.max_file_bytes); send a smaller file",
+                    )
+                )
             elif f.size == 0:
                 bad.append((name, "empty file (0 bytes)"))
             else:
@@ -214,26 +238,42 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
 
     @app.exception_handler(CsrfFailed)
     async def _csrf(request: Request, err: Exception) -> Response:
-        return error_page(request, 403, "The form was not sent from this page, or it expired (missing or wrong CSRF "
-                          "token). Reload the page and try again.", "Refused")  # fmt: skip
+        return error_page(
+            request,
+            403,
+            "The form was not sent from this page, or it expired (missing or wrong CSRF "
+            "token). Reload the page and try again.",
+            "Refused",
+        )
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, err: Exception) -> Response:
-        return error_page(request, 503, f"The server is busy with {state.gate.max_pending} requests; try again in "
-                          f"{web.retry_after} s.", "Busy", {"Retry-After": str(web.retry_after)})  # fmt: skip
+        return error_page(
+            request,
+            503,
+            f"The server is busy with {state.gate.max_pending} requests; try again in {web.retry_after} s.",
+            "Busy",
+            {"Retry-After": str(web.retry_after)},
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> Response:
         message = {404: "No such page.", 405: "This page does not take that kind of request."}.get(
-            err.status_code, str(err.detail))
+            err.status_code, str(err.detail)
+        )
         return error_page(request, err.status_code, message, "Not here")
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, err: Exception) -> Response:
         eid = secrets.token_hex(4)
         log.exception("error %s on %s %s", eid, request.method, request.url.path)
-        return error_page(request, 500, f"Something went wrong on the server (error id {eid}, in its log). "
-                          "Try again; if it persists, tell the team the error id.", "Server error")  # fmt: skip
+        return error_page(
+            request,
+            500,
+            f"Something went wrong on the server (error id {eid}, in its log). "
+            "Try again; if it persists, tell the team the error id.",
+            "Server error",
+        )
 
     # -- pages -----------------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -243,13 +283,21 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
     @app.get("/health")
     def health() -> Response:
         index = state.champions.index()
-        return JSONResponse({"status": "ok", "champions": {k: v[1] for k, v in index.items()},
-                             "pending": state.gate.pending})  # fmt: skip
+        return JSONResponse(
+            {"status": "ok", "champions": {k: v[1] for k, v in index.items()}, "pending": state.gate.pending}
+        )
 
     def generate_page(request: Request, status: int = 200, **ctx: Any) -> HTMLResponse:
         champs = champions_of("generation")
-        return render(request, "generate.html", status, champions=champs, missing=no_champion_message("gan"),
-                      max_count=work.MAX_GENERATE, **ctx)  # fmt: skip
+        return render(
+            request,
+            "generate.html",
+            status,
+            champions=champs,
+            missing=no_champion_message("gan"),
+            max_count=work.MAX_GENERATE,
+            **ctx,
+        )
 
     @app.get("/generate", response_class=HTMLResponse)
     def generate_get(request: Request) -> Response:
@@ -264,10 +312,16 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
             count = int_field(form, "count", 16, 1, work.MAX_GENERATE)
             seed = int_field(form, "seed", 0, 0, 2**31 - 1)
             items = await state.gate.run(work.generate_items, champ, category, count, seed)
-            result = state.results.add(s.sid, "generate", f"{count} x {category} from {champ.label}, seed {seed}",
-                                       items)  # fmt: skip
-            return await run_in_threadpool(lambda: generate_page(request, result=result, chosen={
-                "model": champ.name, "category": category, "count": count, "seed": seed}))  # fmt: skip
+            result = state.results.add(
+                s.sid, "generate", f"{count} x {category} from {champ.label}, seed {seed}", items
+            )
+            return await run_in_threadpool(
+                lambda: generate_page(
+                    request,
+                    result=result,
+                    chosen={"model": champ.name, "category": category, "count": count, "seed": seed},
+                )
+            )
 
         return await model_work(request, page)
 
@@ -284,8 +338,9 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         return out
 
     def enhance_page(request: Request, status: int = 200, **ctx: Any) -> HTMLResponse:
-        return render(request, "enhance.html", status, options=enhance_options(),
-                      missing=no_champion_message("restore"), **ctx)  # fmt: skip
+        return render(
+            request, "enhance.html", status, options=enhance_options(), missing=no_champion_message("restore"), **ctx
+        )
 
     @app.get("/enhance", response_class=HTMLResponse)
     def enhance_get(request: Request) -> Response:
@@ -303,12 +358,19 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
                 raise UserError(f"model: {wanted!r} is not one of the champions now; reload the page")
             task, label, champ = chosen
             uploads, bad = uploads_of(form, "photos", "photos")
-            decoded, bad2 = await state.gate.run(work.decode_uploads, uploads, int(champ.model.channels),
-                                                 state.params.data.max_pixels, None, web.max_side)  # fmt: skip
+            decoded, bad2 = await state.gate.run(
+                work.decode_uploads,
+                uploads,
+                int(champ.model.channels),
+                state.params.data.max_pixels,
+                None,
+                web.max_side,
+            )
             items, bad3 = await state.gate.run(work.image_items, champ.model, decoded) if decoded else ([], [])
             result = state.results.add(s.sid, "enhance", label, items, bad + bad2 + bad3)
-            return await run_in_threadpool(lambda: enhance_page(
-                request, 200 if items else 400, result=result, chosen=wanted))  # fmt: skip
+            return await run_in_threadpool(
+                lambda: enhance_page(request, 200 if items else 400, result=result, chosen=wanted)
+            )
 
         return await model_work(request, page)
 
@@ -316,8 +378,15 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         from productgen.models.styles import style_names
 
         champs = champions_of("style")
-        return render(request, "restyle.html", status, champions=champs, styles=style_names(),
-                      missing=no_champion_message("adain"), **ctx)  # fmt: skip
+        return render(
+            request,
+            "restyle.html",
+            status,
+            champions=champs,
+            styles=style_names(),
+            missing=no_champion_message("adain"),
+            **ctx,
+        )
 
     @app.get("/restyle", response_class=HTMLResponse)
     def restyle_get(request: Request) -> Response:
@@ -339,8 +408,10 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
                 if style_files:
                     f = style_files[0]
                     if f.too_big:
-                        raise UserError(f"style image {work.safe_name(f.name, 0)}: {mib(f.size)} is over the "
-                                        f"{mib(web.max_file_bytes)} limit per file (web.max_file_bytes)")  # fmt: skip
+                        raise UserError(
+                            f"style image {work.safe_name(f.name, 0)}: {mib(f.size)} is over the "
+                            f"{mib(web.max_file_bytes)} limit per file (web.max_file_bytes)"
+                        )
                     style_up = work.Upload(work.safe_name(f.name, 0), f.read())
                 style = form.get("style")
                 arr = await state.gate.run(work.style_array, style, style_up, state.params.data.max_pixels)
@@ -354,22 +425,34 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
                     raise UserError(f"alpha: {alpha} is outside 0..1")
                 options["alpha"] = alpha
                 label += f", style {style_up.name if style_up else style}, alpha {alpha:g}"
-            decoded, bad2 = await state.gate.run(work.decode_uploads, uploads, int(champ.model.channels),
-                                                 state.params.data.max_pixels, web.restyle_size)  # fmt: skip
-            items, bad3 = await state.gate.run(work.image_items, champ.model, decoded, **options) if decoded else ([], [])
+            decoded, bad2 = await state.gate.run(
+                work.decode_uploads, uploads, int(champ.model.channels), state.params.data.max_pixels, web.restyle_size
+            )
+            items, bad3 = (
+                await state.gate.run(work.image_items, champ.model, decoded, **options) if decoded else ([], [])
+            )
             if options["preserve_product"]:
                 label += ", product preserved"
             result = state.results.add(s.sid, "restyle", label, items, bad + bad2 + bad3)
-            return await run_in_threadpool(lambda: restyle_page(
-                request, 200 if items else 400, result=result, chosen={"model": champ.name, "style": form.get("style"),
-                "preserve_product": options["preserve_product"], "alpha": options.get("alpha", 1.0)}))  # fmt: skip
+            return await run_in_threadpool(
+                lambda: restyle_page(
+                    request,
+                    200 if items else 400,
+                    result=result,
+                    chosen={
+                        "model": champ.name,
+                        "style": form.get("style"),
+                        "preserve_product": options["preserve_product"],
+                        "alpha": options.get("alpha", 1.0),
+                    },
+                )
+            )
 
         return await model_work(request, page)
 
     def sketch_page(request: Request, status: int = 200, **ctx: Any) -> HTMLResponse:
         champs = [c for c in champions_of("translation") if c.task == "pix2pix"]
-        return render(request, "sketch.html", status, champions=champs, missing=no_champion_message("pix2pix"),
-                      **ctx)  # fmt: skip
+        return render(request, "sketch.html", status, champions=champs, missing=no_champion_message("pix2pix"), **ctx)
 
     @app.get("/sketch", response_class=HTMLResponse)
     def sketch_get(request: Request) -> Response:
@@ -381,30 +464,44 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
             champs = await run_in_threadpool(lambda: [c for c in champions_of("translation") if c.task == "pix2pix"])
             champ = pick(champs, form.get("model"), "pix2pix")
             uploads, bad = uploads_of(form, "photos", "sketch")
-            decoded, bad2 = await state.gate.run(work.decode_uploads, uploads, int(champ.model.channels),
-                                                 state.params.data.max_pixels, web.sketch_size)  # fmt: skip
+            decoded, bad2 = await state.gate.run(
+                work.decode_uploads, uploads, int(champ.model.channels), state.params.data.max_pixels, web.sketch_size
+            )
             from_photo = form.get("edges") == "on"
             if from_photo and decoded:
-                edged = await state.gate.run(work.edges_of, [d.array for d in decoded],
-                                             state.params.views.edge_threshold)  # fmt: skip
+                edged = await state.gate.run(
+                    work.edges_of, [d.array for d in decoded], state.params.views.edge_threshold
+                )
                 decoded = [work.Decoded(d.name, e) for d, e in zip(decoded, edged, strict=True)]
-            items, bad3 = (await state.gate.run(work.image_items, champ.model, decoded, direction="ab") if decoded
-                           else ([], []))  # fmt: skip
+            items, bad3 = (
+                await state.gate.run(work.image_items, champ.model, decoded, direction="ab") if decoded else ([], [])
+            )
             label = champ.label + (" (edges drawn from the photo first)" if from_photo else "")
             result = state.results.add(s.sid, "sketch", label, items, bad + bad2 + bad3)
-            return await run_in_threadpool(lambda: sketch_page(
-                request, 200 if items else 400, result=result, chosen={"edges": from_photo}))  # fmt: skip
+            return await run_in_threadpool(
+                lambda: sketch_page(request, 200 if items else 400, result=result, chosen={"edges": from_photo})
+            )
 
         return await model_work(request, page)
 
     # -- models ----------------------------------------------------------------------------------------------
-    def models_page(request: Request, status: int = 200, session: auth.Session | None = None,
-                    **ctx: Any) -> HTMLResponse:  # fmt: skip
+    def models_page(
+        request: Request, status: int = 200, session: auth.Session | None = None, **ctx: Any
+    ) -> HTMLResponse:
         from productgen.tasks import TASKS
         from productgen.web.registry_view import models_by_task
 
-        return render(request, "models.html", status, session=session, tasks=TASKS, models=models_by_task(),
-                      missing=no_champion_message, auth_mode=web.auth, **ctx)  # fmt: skip
+        return render(
+            request,
+            "models.html",
+            status,
+            session=session,
+            tasks=TASKS,
+            models=models_by_task(),
+            missing=no_champion_message,
+            auth_mode=web.auth,
+            **ctx,
+        )
 
     @app.get("/models", response_class=HTMLResponse)
     def models_get(request: Request) -> Response:
@@ -446,8 +543,11 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         with tempfile.TemporaryDirectory(prefix="req-", dir=tmp_root / "uploads") as tmp:
             form, s = await posted(request, Path(tmp))
         if s.user is None:
-            return await run_in_threadpool(lambda: models_page(
-                request, 401, message=f"Sign in to {action}: changing the registry needs a configured user."))
+            return await run_in_threadpool(
+                lambda: models_page(
+                    request, 401, message=f"Sign in to {action}: changing the registry needs a configured user."
+                )
+            )
         name = form.get("name") or ""
         task = form.get("task") or ""
         from productgen.tasks import TASKS
@@ -460,8 +560,14 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
             if action == "promote":
                 version = form.get("version") or None
                 # exactly what `productgen registry promote TASK --name NAME` runs: the same margin and gate settings
-                d = registry.promote(task, version, registry.margin_for(task, state.params.registry), False,
-                                     registered, **_gate_settings(registry.promote, state.params))  # fmt: skip
+                d = registry.promote(
+                    task,
+                    version,
+                    registry.margin_for(task, state.params.registry),
+                    False,
+                    registered,
+                    **_gate_settings(registry.promote, state.params),
+                )
                 verdict = "promoted" if d.promoted else "not promoted"
                 return f"{d.model} v{d.version}: {verdict} ({d.reason}); champion is now v{d.champion_after}"
             d = registry.rollback(task, form.get("version") or None, registered)
@@ -474,8 +580,10 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
                 return str(registry_change(s, change))
             except MlflowException as err:  # the team server's permissions: a message, not a server error
                 if err.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "403" in str(err):
-                    raise UserError(f"the tracking server refused to let {s.user} {action} {registered} "
-                                    f"({str(err).splitlines()[0][:200]}); ask an MLflow admin for EDIT on it") from None
+                    raise UserError(
+                        f"the tracking server refused to let {s.user} {action} {registered} "
+                        f"({str(err).splitlines()[0][:200]}); ask an MLflow admin for EDIT on it"
+                    ) from None
                 raise
 
         message = await run_in_threadpool(guarded)
@@ -511,8 +619,10 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
                 return (name, password) if auth.check_mlflow_user(tracking_uri(), name, password) else None
             users = auth.load_users(state.users_file)
             if not users:
-                raise UserError(f"no users are configured: add one with 'productgen web add-user NAME' "
-                                f"(writes {state.users_file}) or set ${auth.USERS_ENV}")  # fmt: skip
+                raise UserError(
+                    f"no users are configured: add one with 'productgen web add-user NAME' "
+                    f"(writes {state.users_file}) or set ${auth.USERS_ENV}"
+                )
             stored = users.get(name)
             ok = auth.verify_password(password, stored) if stored else auth.verify_password(password, _DUMMY)
             return (name, "") if ok and stored else None
@@ -523,8 +633,7 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         finally:
             state.gate.leave()
         if creds is None:
-            return render(request, "signin.html", 401, auth_mode=web.auth,
-                          message="Wrong user name or password.")  # fmt: skip
+            return render(request, "signin.html", 401, auth_mode=web.auth, message="Wrong user name or password.")
         state.sessions.drop(s.sid)  # a new session id at sign-in: a planted cookie cannot be promoted to a user
         new = state.sessions.new(name, creds if web.auth == "mlflow" else None)
         new.flash = f"Signed in as {name}."
@@ -559,14 +668,23 @@ def create_app(params: Params, users_file: Path | None = None, cache_dir: Path |
         if data is None:
             raise StarletteHTTPException(404)
         filename = os.path.basename(item.name) if not before else "input-" + os.path.basename(item.name)
-        return Response(data, media_type="image/png", headers={
-            "Content-Disposition": f'inline; filename="{_header_safe(filename)}"', "Cache-Control": "private"})
+        return Response(
+            data,
+            media_type="image/png",
+            headers={"Content-Disposition": f'inline; filename="{_header_safe(filename)}"', "Cache-Control": "private"},
+        )
 
     @app.get("/results/{rid}.zip")
     def result_zip(request: Request, rid: str) -> Response:
         r = result_of(request, rid)
-        return Response(r.zip_bytes(), media_type="application/zip", headers={
-            "Content-Disposition": f'attachment; filename="productgen-{r.kind}.zip"', "Cache-Control": "private"})
+        return Response(
+            r.zip_bytes(),
+            media_type="application/zip",
+            headers={
+                "Content-Disposition": f'attachment; filename="productgen-{r.kind}.zip"',
+                "Cache-Control": "private",
+            },
+        )
 
     @app.get("/styles/{name}.jpg")
     def style_thumb(name: str) -> Response:

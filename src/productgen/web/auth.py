@@ -47,8 +47,15 @@ def verify_password(password: str, stored: str) -> bool:
         kind, n, r, p, salt, digest = stored.split(":")
         if kind != "scrypt":
             return False
-        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
-                             maxmem=64 * 1024 * 1024, dklen=len(bytes.fromhex(digest)))  # fmt: skip
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=bytes.fromhex(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=64 * 1024 * 1024,
+            dklen=len(bytes.fromhex(digest)),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, bytes.fromhex(digest))
@@ -61,8 +68,10 @@ def parse_users(text: str, where: str) -> dict[str, str]:
     for i, line in enumerate(entries, 1):
         name, _, stored = line.partition(":")
         if not NAME_RE.fullmatch(name) or not stored.startswith("scrypt:") or stored.count(":") != 5:
-            raise UserError(f"{where}: entry {i} is not 'name:scrypt:N:r:p:salt:hash'; "
-                            "write entries with: productgen web add-user NAME")  # fmt: skip
+            raise UserError(
+                f"{where}: entry {i} is not 'name:scrypt:N:r:p:salt:hash'; "
+                "write entries with: productgen web add-user NAME"
+            )
         users[name] = stored
     return users
 
@@ -151,8 +160,10 @@ def check_mlflow_user(tracking_uri: str, name: str, password: str, timeout_s: fl
     import urllib.request
 
     if not tracking_uri.startswith(("http://", "https://")):
-        raise UserError(f"web.auth is mlflow, but MLFLOW_TRACKING_URI ({tracking_uri}) is not a tracking server; "
-                        "set it to the team server or use web.auth: users-file")  # fmt: skip
+        raise UserError(
+            f"web.auth is mlflow, but MLFLOW_TRACKING_URI ({tracking_uri}) is not a tracking server; "
+            "set it to the team server or use web.auth: users-file"
+        )
     url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/registered-models/search?max_results=1"
     token = base64.b64encode(f"{name}:{password}".encode()).decode()
     req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})

@@ -174,8 +174,8 @@ class Champions:
 
     def _load(self, name: str, task: str, version: str) -> Champion:
         from productgen.models.io import read_config
-        from productgen.tracking.runs import model_dir_from_uri
         from productgen.tasks import TASKS
+        from productgen.tracking.runs import model_dir_from_uri
 
         folder = model_dir_from_uri(f"models:/{name}/{version}", self.cache_dir / _safe(name) / version)
         family = TASKS[task].family
@@ -201,11 +201,17 @@ def no_champion_message(task: str) -> str:
     from productgen.tasks import TASKS
 
     family = TASKS[task].family if task in TASKS else ""
-    profile = {"generation": "quick-cpu", "restoration": "quick-cpu-restore", "translation": "quick-cpu-translate",
-               "style": "quick-cpu-style"}.get(family, "quick-cpu")  # fmt: skip
+    profile = {
+        "generation": "quick-cpu",
+        "restoration": "quick-cpu-restore",
+        "translation": "quick-cpu-translate",
+        "style": "quick-cpu-style",
+    }.get(family, "quick-cpu")
     flag = "" if task == "gan" else f"--task {task} "
-    return (f"No {task} champion in the registry yet. Train, evaluate, register and promote one with: "
-            f"python flows/retrain.py {flag}--profile {profile}" + ("   (or: make run)" if task == "gan" else ""))
+    return (
+        f"No {task} champion in the registry yet. Train, evaluate, register and promote one with: "
+        f"python flows/retrain.py {flag}--profile {profile}" + ("   (or: make run)" if task == "gan" else "")
+    )
 
 
 def require(champion: Champion | None, task: str) -> Champion:

@@ -72,8 +72,10 @@ async def read_form(request: Any, tmpdir: Path, max_file_bytes: int, max_request
 
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_request_bytes:
-        raise TooLarge(f"the upload is {mib(int(length))}, over the {mib(max_request_bytes)} limit per request "
-                       "(web.max_request_bytes); send fewer or smaller files")  # fmt: skip
+        raise TooLarge(
+            f"the upload is {mib(int(length))}, over the {mib(max_request_bytes)} limit per request "
+            "(web.max_request_bytes); send fewer or smaller files"
+        )
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
     form = Form()
     total = 0
@@ -83,8 +85,10 @@ async def read_form(request: Any, tmpdir: Path, max_file_bytes: int, max_request
         async for chunk in request.stream():
             total += len(chunk)
             if total > max_request_bytes:
-                raise TooLarge(f"the upload is over the {mib(max_request_bytes)} limit per request "
-                               "(web.max_request_bytes); send fewer or smaller files")  # fmt: skip
+                raise TooLarge(
+                    f"the upload is over the {mib(max_request_bytes)} limit per request "
+                    "(web.max_request_bytes); send fewer or smaller files"
+                )
             yield chunk
 
     if ctype == b"application/x-www-form-urlencoded":
@@ -153,10 +157,15 @@ async def read_form(request: Any, tmpdir: Path, max_file_bytes: int, max_request
         if state.get("file") is None and "field" in state:
             form.fields.setdefault(state["field"], []).append(bytes(state["buf"]).decode("utf-8", "replace"))
 
-    callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                 "on_header_value": on_header_value, "on_header_end": on_header_end,
-                 "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-                 "on_part_end": on_part_end}  # fmt: skip
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
     parser = MultipartParser(options[b"boundary"], callbacks)  # type: ignore[arg-type]
     try:
         async for chunk in chunks():

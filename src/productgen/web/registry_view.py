@@ -90,8 +90,15 @@ def version_view(c: Any, name: str, version: str) -> VersionView:
             run_lineage = sorted((k, show(v)) for k, v in run_tags.items() if k.startswith(RUN_LINEAGE))
         except Exception:  # the run may be deleted; the version's own tags still show
             run_lineage = []
-    return VersionView(str(mv.version), list(mv.aliases or []), _fmt_time(mv.creation_timestamp), mv.run_id,
-                       groups, run_lineage, record)  # fmt: skip
+    return VersionView(
+        str(mv.version),
+        list(mv.aliases or []),
+        _fmt_time(mv.creation_timestamp),
+        mv.run_id,
+        groups,
+        run_lineage,
+        record,
+    )
 
 
 def models_by_task() -> dict[str, list[ModelView]]:

@@ -56,8 +56,9 @@ class Results:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def add(self, owner: str, kind: str, title: str, items: list[Item],
-            failed: list[tuple[str, str]] | None = None) -> Result:  # fmt: skip
+    def add(
+        self, owner: str, kind: str, title: str, items: list[Item], failed: list[tuple[str, str]] | None = None
+    ) -> Result:
         r = Result(secrets.token_urlsafe(16), owner, kind, title, items, failed or [])
         with self._lock:
             self._items[r.rid] = r

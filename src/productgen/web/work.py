@@ -62,8 +62,9 @@ def output_name(name: str) -> str:
     return f"{stem or name}.png"
 
 
-def decode_uploads(uploads: list[Upload], channels: int, max_pixels: int, max_side: int | None = None,
-                   refuse_side: int | None = None) -> tuple[list[Decoded], list[tuple[str, str]]]:  # fmt: skip
+def decode_uploads(
+    uploads: list[Upload], channels: int, max_pixels: int, max_side: int | None = None, refuse_side: int | None = None
+) -> tuple[list[Decoded], list[tuple[str, str]]]:
     """Decode every upload by its content (never its extension); bad files become (name, reason), never errors."""
     from productgen.apply.folders import read_image_bytes
 
@@ -76,8 +77,13 @@ def decode_uploads(uploads: list[Upload], channels: int, max_pixels: int, max_si
             bad.append((up.name, str(err)))
             continue
         if refuse_side is not None and max(arr.shape[:2]) > refuse_side:
-            bad.append((up.name, f"{arr.shape[1]}x{arr.shape[0]} px is over the {refuse_side} px limit of this page "
-                                 "(web.max_side); resize it first"))  # fmt: skip
+            bad.append(
+                (
+                    up.name,
+                    f"{arr.shape[1]}x{arr.shape[0]} px is over the {refuse_side} px limit of this page "
+                    "(web.max_side); resize it first",
+                )
+            )
             continue
         good.append(Decoded(up.name, arr))
     return good, bad
@@ -100,12 +106,15 @@ def generate_items(champion: Any, category: str, count: int, seed: int) -> list[
     labels = torch.full((count,), label, dtype=torch.long, device=device)
     images = to_nhwc(sample(net, int(cfg["gan"]["z_dim"]), labels, seed))
     cat = champion.classes[label]
-    return [Item(f"{cat}/{cat}-seed{seed}-{i:02d}.png", png_bytes(img), width=img.shape[1], height=img.shape[0])
-            for i, img in enumerate(images)]  # fmt: skip
+    return [
+        Item(f"{cat}/{cat}-seed{seed}-{i:02d}.png", png_bytes(img), width=img.shape[1], height=img.shape[0])
+        for i, img in enumerate(images)
+    ]
 
 
-def apply_model(predictor: Any, arrays: list[np.ndarray], batch_size: int = 8,
-                **options: Any) -> list[np.ndarray | str]:  # fmt: skip
+def apply_model(
+    predictor: Any, arrays: list[np.ndarray], batch_size: int = 8, **options: Any
+) -> list[np.ndarray | str]:
     """Run an image -> image predictor over arrays of any sizes, in input order, the way ``apply_to_folder``
     does: equal sizes batched as far as the memory budget allows, an image too large for one pass in tiles
     (:func:`productgen.apply.folders.predict_image`); an image that cannot be processed becomes its one-line reason."""
