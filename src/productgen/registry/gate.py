@@ -89,44 +89,67 @@ def decide(
         "eval_set": challenger.eval_set,
         "challenger": {"version": challenger.version, metric: value, "per_category": _primary(spec, per_cat)},
     }
+    # The evidence first, whichever rule refuses: the champion's score on the same set and the categories new and
+    # removed this week are recorded with every refusal (the absolute bar's too), never only when it got that far.
+    champ_value = None
+    new: list[str] = sorted(per_cat) if champion is None else []
+    removed: list[str] = []
+    champ_cat: dict[str, dict[str, Any]] = {}
+    if champion is not None:
+        champ_value = champion.metrics.get(metric)
+        champ_cat = champion.metrics.get("per_category") or {}
+        evidence["champion"] = {
+            "version": champion.version,
+            metric: champ_value,
+            "eval_set": champion.eval_set,
+            "per_category": _primary(spec, champ_cat),
+        }
+        known = set(champion.trained_on) if champion.trained_on is not None else set(per_cat) | set(champ_cat)
+        new = sorted(set(per_cat) - known)
+        removed = sorted(known - set(per_cat)) if champion.trained_on is not None else []
+    evidence["categories"] = {"new": new, "new_failing": [], "worse": [], "removed": removed}
+    notes = (
+        "".join(
+            [
+                f"; new categories judged by the absolute bar: {', '.join(new)}" if new else "",
+                f"; categories no longer in the data: {', '.join(removed)}" if removed else "",
+            ]
+        )
+        if champion is not None
+        else ""
+    )
+    same_set = champion is not None and champion.eval_set == challenger.eval_set and champ_value is not None
+    vs = f" (champion v{champion.version} on the same set: {metric} {_fmt(champ_value)})" if same_set else ""
+
+    def refuse(rule: str, reason: str) -> Verdict:
+        evidence["refused_by"] = rule
+        return Verdict(False, reason, evidence)
+
     if value is None or not math.isfinite(float(value)):
-        return Verdict(False, f"challenger has no finite {metric} evaluation", evidence)
+        return refuse("no_metric", f"challenger has no finite {metric} evaluation{vs}{notes}")
     bar = absolute_bar(spec, cfg)
     if bar is not None:
         key, bound, limit = bar
         got = challenger.metrics.get(key)
         evidence["absolute"] = {"key": key, "bound": bound, "limit": limit, "value": got}
         if not _passes(got, bound, limit):
-            return Verdict(
-                False, f"{key} {_fmt(got)} fails the absolute bar ({bound} {limit:g}; registry.{key}_{bound})", evidence
+            return refuse(
+                "absolute",
+                f"{key} {_fmt(got)} fails the absolute bar ({bound} {limit:g}; registry.{key}_{bound}){vs}{notes}",
             )
     if champion is None:
         # The first champion is judged on the whole set only: per-category figures of a first week's small set
         # (FID on 30 images a category) are too biased to hold against the overall bar.
-        evidence["categories"] = {"new": sorted(per_cat), "new_failing": [], "worse": [], "removed": []}
         passed = f", {bar[0]} {_fmt(challenger.metrics.get(bar[0]))} clears {bar[1]} {bar[2]:g}" if bar else ""
         return Verdict(True, f"no champion yet{passed}", evidence)
-
-    champ_value = champion.metrics.get(metric)
-    champ_cat: dict[str, dict[str, Any]] = champion.metrics.get("per_category") or {}
-    evidence["champion"] = {
-        "version": champion.version,
-        metric: champ_value,
-        "eval_set": champion.eval_set,
-        "per_category": _primary(spec, champ_cat),
-    }
-    if champion.eval_set != challenger.eval_set or champ_value is None:
-        return Verdict(
-            False,
+    if not same_set:
+        return refuse(
+            "eval_set",
             f"champion {champion.version} was scored on another set ({champion.eval_set}) than the "
             f"challenger ({challenger.eval_set}); score both in the same run",
-            evidence,
         )
     gain = spec.better(float(value), float(champ_value))
     evidence["gain"] = gain
-    known = set(champion.trained_on) if champion.trained_on is not None else set(per_cat) | set(champ_cat)
-    new = sorted(set(per_cat) - known)
-    removed = sorted(known - set(per_cat)) if champion.trained_on is not None else []
     worse: list[str] = []
     for cat in sorted(set(per_cat) & set(champ_cat) - set(new)):
         key = _category_key(spec, per_cat[cat], champ_cat[cat])
@@ -141,24 +164,16 @@ def decide(
             worse.append(f"{cat} ({key} {_fmt(per_cat[cat][key])} vs {_fmt(champ_cat[cat][key])})")
     failing = _failing_new(spec, cfg, per_cat, new)
     evidence["categories"] = {"new": new, "new_failing": failing, "worse": worse, "removed": removed}
-    notes = "".join(
-        [
-            f"; new categories judged by the absolute bar: {', '.join(new)}" if new else "",
-            f"; categories no longer in the data: {', '.join(removed)}" if removed else "",
-        ]
-    )
     head = (
         f"{metric} {_fmt(value)} vs champion {_fmt(champ_value)}: "
         f"{'better' if gain > 0 else 'not better'} by {abs(gain):.4g} (margin {margin:g})"
     )
     if gain <= margin:
-        return Verdict(False, head + notes, evidence)
+        return refuse("margin", head + notes)
     if worse:
-        return Verdict(False, f"{head}, but worse in {', '.join(worse)} (registry.category_*_margin){notes}", evidence)
+        return refuse("category", f"{head}, but worse in {', '.join(worse)} (registry.category_*_margin){notes}")
     if failing:
-        return Verdict(
-            False, f"{head}, but new categories fail the absolute bar: {', '.join(failing)}{notes}", evidence
-        )
+        return refuse("new_category", f"{head}, but new categories fail the absolute bar: {', '.join(failing)}{notes}")
     return Verdict(True, head + notes, evidence)
 
 

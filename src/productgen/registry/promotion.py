@@ -230,6 +230,7 @@ def promote(
     name: str | None = None,
     verdict: Any = None,
     cfg: Any = None,
+    approval: dict[str, Any] | None = None,
 ) -> Decision:
     """Make ``version`` (default: the challenger) champion if the gate lets it through.
 
@@ -238,6 +239,8 @@ def promote(
     Without one, the version's stored verdict against the current champion is used, else both versions' stored
     evaluations when they were scored on the very same set; anything else is refused with what to run.
     ``cfg``: the ``registry:`` settings (margins, per-category margins, absolute bars; default: built-in).
+    ``approval``: the person's answer (:mod:`productgen.registry.approval`), stored with the decision. A version
+    that waits for approval, or that a person rejected, is refused here without one (``force`` overrides).
     """
     from productgen.config import RegistryConfig
     from productgen.registry import gate
@@ -254,22 +257,20 @@ def promote(
         if other not in (None, task):
             raise UserError(f"{name} v{version} is a {other} model, not {task}; name the task it was registered for")
         before = alias_version(client, name, CHAMPION)
+        asked = mv.tags.get("approval.state")
         if before == version:
             v = gate.Verdict(False, f"version {version} is already champion", {})
         elif force:
             v = gate.Verdict(True, "forced by the user", {})
-        elif verdict is not None:
-            scored_against = (verdict.evidence.get("champion") or {}).get("version")
-            v = (
-                verdict
-                if scored_against == before
-                else gate.Verdict(
-                    False,
-                    f"scored against champion {scored_against}, but the champion is now {before}; score again "
-                    f"(productgen registry promote {task} --version {version} --rescore)",
-                    verdict.evidence,
-                )
+        elif asked in ("waiting", "rejected", "timed_out") and approval is None:
+            hint = (
+                f"answer with: productgen registry approve {task} --version {version}"
+                if asked == "waiting"
+                else "--force overrides"
             )
+            raise UserError(f"{name} v{version}: approval {asked.replace('_', ' ')} ({hint})")
+        elif verdict is not None:
+            v = _current(verdict, before, task, version)
         else:
             v = _stored_verdict(client, task, name, version, before, margin, cfg)
         promoted = v.promote
@@ -288,6 +289,7 @@ def promote(
             "champion_before": before,
             "champion_after": after,
             "evidence": v.evidence,
+            **({"approval": approval} if approval else {}),
         }
         client.set_model_version_tag(name, version, "promotion.decision", "promoted" if promoted else "rejected")
         client.set_model_version_tag(name, version, "promotion.record", json.dumps(record)[:4900])
@@ -306,8 +308,10 @@ def _stored_verdict(
     if GATE_TAG in tags:
         with contextlib.suppress(ValueError, TypeError, KeyError):
             stored = json.loads(tags[GATE_TAG])
-            if (stored.get("evidence", {}).get("champion") or {}).get("version") == champion:
-                return gate.Verdict(bool(stored["promote"]), stored["reason"], stored.get("evidence", {}))
+            v = gate.Verdict(bool(stored["promote"]), stored["reason"], stored.get("evidence", {}))
+            scored_against = (v.evidence.get("champion") or {}).get("version")
+            if scored_against == champion or not v.promote:
+                return _current(v, champion, task, version)
     challenger = stored_scored(client, name, version)
     champ = stored_scored(client, name, champion) if champion is not None else None
     v = gate.decide(task, challenger, champ, cfg, margin)
@@ -319,6 +323,30 @@ def _stored_verdict(
             v.evidence,
         )
     return v
+
+
+def _current(verdict: Any, champion: str | None, task: str, version: str) -> Any:
+    """``verdict`` as it stands now that ``champion`` is champion.
+
+    A refusal stands whoever is champion now: its own reason is kept (the absolute bar, the margin, a category),
+    with a note when the champion has moved since. Only a verdict to promote needs the champion it was scored
+    against still in place; otherwise it is refused with what to run."""
+    from productgen.registry import gate
+
+    scored_against = (verdict.evidence.get("champion") or {}).get("version")
+    if scored_against == champion:
+        return verdict
+    if not verdict.promote:
+        moved = f"champion v{scored_against}" if scored_against else "no champion"
+        return gate.Verdict(
+            False, f"{verdict.reason} (judged against {moved}; the champion is now v{champion})", verdict.evidence
+        )
+    return gate.Verdict(
+        False,
+        f"scored against champion {scored_against}, but the champion is now {champion}; score again "
+        f"(productgen registry promote {task} --version {version} --rescore)",
+        verdict.evidence,
+    )
 
 
 def resolve_version(task: str, version: str | None = None, name: str | None = None) -> str:
