@@ -184,6 +184,18 @@ class RegistryConfig:
     gain_db_min: float | None = 0.5  # restore, vae-restore, pix2pix: PSNR above the degraded input, in dB
     fid_gain_min: float | None = 0.0  # cyclegan: FID better than not translating at all
     style_score_max: float | None = 1.0  # style, adain: 1 means no more style than the unstylised content
+    # Approval before promotion (registry/approval.py): required = a challenger the gate lets through waits for a
+    # person (web Models page, `productgen registry approve|reject`) until the timeout; auto = the gate alone.
+    approval: Literal["auto", "required"] = "auto"
+    approval_timeout_hours: float = 72.0  # unanswered this long: timed_out, not promoted
+    approval_poll_seconds: float = 30.0  # how often the waiting flow reads the version's approval tags
+    review_url: str = "http://127.0.0.1:8000"  # the web page's base URL: the webhook links to <review_url>/models
+
+    def __post_init__(self) -> None:
+        if not self.approval_timeout_hours > 0:
+            raise UserError(f"registry.approval_timeout_hours: {self.approval_timeout_hours:g} must be above 0")
+        if not self.approval_poll_seconds > 0:
+            raise UserError(f"registry.approval_poll_seconds: {self.approval_poll_seconds:g} must be above 0")
 
 
 @dataclass(frozen=True)
