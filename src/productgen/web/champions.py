@@ -18,9 +18,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from productgen.common.errors import UserError
+
+if TYPE_CHECKING:
+    from productgen.tasks import TaskSpec
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -47,9 +50,16 @@ class Champion:
         return list(self.config.get("classes", []))
 
     @property
+    def spec(self) -> TaskSpec:
+        """The task's :class:`~productgen.tasks.TaskSpec` (what the pages ask instead of comparing names)."""
+        from productgen.tasks import TASKS
+
+        return TASKS[self.task]
+
+    @property
     def view(self) -> str | None:
-        """The degradation a restorer was trained on (noise25, blur, jpeg, sr2, ...)."""
-        return getattr(self.model, "view", None) if self.family == "restoration" else None
+        """The degradation view an image -> image model was trained on (noise25, blur, jpeg, sr2, ...)."""
+        return getattr(self.model, "view", None) if self.spec.maps_images else None
 
 
 def task_of(name: str, version_tags: dict[str, str]) -> str | None:
@@ -115,12 +125,14 @@ class Champions:
                     del self._loaded[name]
             return dict(found)
 
-    def names(self, family: str | None = None, task: str | None = None) -> list[str]:
-        from productgen.tasks import TASKS
+    def names(self, page: str | None = None, task: str | None = None) -> list[str]:
+        """Registered names with a champion, of ``task`` and / or of the tasks ``page`` offers."""
+        from productgen.tasks import on_page
 
+        offered = None if page is None else {t.name for t in on_page(page)}
         out = []
         for name, (t, _) in sorted(self.index().items()):
-            if (task is None or t == task) and (family is None or TASKS[t].family == family):
+            if (task is None or t == task) and (offered is None or t in offered):
                 out.append(name)
         return out
 
@@ -178,10 +190,10 @@ class Champions:
         from productgen.tracking.runs import model_dir_from_uri
 
         folder = model_dir_from_uri(f"models:/{name}/{version}", self.cache_dir / _safe(name) / version)
-        family = TASKS[task].family
+        spec = TASKS[task]
         config = read_config(folder)
         model: Any
-        if family == "generation":
+        if spec.generates:
             from productgen.models.io import load_generator
 
             model = load_generator(folder, self.device)
@@ -189,7 +201,7 @@ class Champions:
             from productgen.models.predict import load_predictor
 
             model = load_predictor(folder, self.device)
-        return Champion(name, task, family, version, folder, config, model)
+        return Champion(name, task, spec.family, version, folder, config, model)
 
 
 def _safe(name: str) -> str:
@@ -200,17 +212,13 @@ def no_champion_message(task: str) -> str:
     """What a page says instead of failing when a task has no champion: the command that trains one."""
     from productgen.tasks import TASKS
 
-    family = TASKS[task].family if task in TASKS else ""
-    profile = {
-        "generation": "quick-cpu",
-        "restoration": "quick-cpu-restore",
-        "translation": "quick-cpu-translate",
-        "style": "quick-cpu-style",
-    }.get(family, "quick-cpu")
-    flag = "" if task == "gan" else f"--task {task} "
+    spec = TASKS.get(task)
+    profile = spec.flow_profile if spec is not None else "quick-cpu"
+    default = spec is not None and spec.default
+    flag = "" if default else f"--task {task} "
     return (
         f"No {task} champion in the registry yet. Train, evaluate, register and promote one with: "
-        f"python flows/retrain.py {flag}--profile {profile}" + ("   (or: make run)" if task == "gan" else "")
+        f"python flows/retrain.py {flag}--profile {profile}" + ("   (or: make run)" if default else "")
     )
 
 
