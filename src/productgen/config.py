@@ -476,6 +476,10 @@ class WebConfig:
     retry_after: int = 2  # seconds a 503 asks the client to wait
     alias_check_seconds: float = 2.0  # how often the champion aliases are re-read (a moved alias reloads)
     result_bytes: int = 256 * 1024 * 1024  # memory for downloadable results; the oldest are dropped first
+    signin_window_seconds: float = 900.0  # failed sign-ins are counted per user name and per address over this
+    signin_max_failures: int = 5  # failures in the window that lock the name / address (429 + Retry-After)
+    signin_base_delay_seconds: float = 30.0  # the first lock; each further failure doubles it
+    signin_max_delay_seconds: float = 900.0  # the longest lock
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -495,6 +499,12 @@ class WebConfig:
                 raise UserError(f"web.{name}: must be at least 1")
         if self.max_pending < self.workers:
             raise UserError("web.max_pending: must be at least web.workers")
+        if self.signin_max_failures < 1:
+            raise UserError("web.signin_max_failures: must be at least 1")
+        if not 0 < self.signin_base_delay_seconds <= self.signin_max_delay_seconds or self.signin_window_seconds <= 0:
+            raise UserError(
+                "web.signin_*: the window and the delays must be above 0, the base delay at most the max delay"
+            )
 
 
 @dataclass(frozen=True)
