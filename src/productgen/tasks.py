@@ -58,6 +58,7 @@ class TaskSpec:
     # What the CLI, the pages, serving and the loaders ask of a task (instead of comparing its name or family):
     generator: str | None = None  # "module:function" (folder, device) -> (net, config): generates from categories
     style_input: bool = False  # takes the user's style image when applied (arbitrary style: AdaIN)
+    preserves_product: bool = False  # style transfer: can leave the product untouched (option preserve_product)
     paired: bool | None = None  # translation: trained on aligned pairs (True) or on two unpaired domains (False)
     reversible: bool = False  # applies both ways (a -> b and b -> a: CycleGAN)
     page: str | None = None  # the web page that offers its champions: generate, enhance, restyle or sketch
@@ -72,6 +73,15 @@ class TaskSpec:
     @property
     def maps_images(self) -> bool:
         return self.predictor is not None
+
+    @property
+    def translates(self) -> bool:
+        """An image-to-image translation model (paired or unpaired): ``paired`` is set for these only."""
+        return self.paired is not None
+
+    def loads_with(self, loader: str) -> bool:
+        """Its generator or predictor is the ``"module:function"`` ``loader`` (how a loader knows its models)."""
+        return loader in (self.generator, self.predictor)
 
     def build(self, params: Params, engine: Engine, info: DatasetInfo) -> Any:
         return _resolve(self.builder)(params, engine, info)
@@ -268,6 +278,7 @@ register(
         ("style_score", "max"),
         predictor="productgen.models.style:load_predictor",
         quick_profile="flows/profiles/quick-cpu-style.yaml",
+        preserves_product=True,
         page="restyle",
         flow_profile="quick-cpu-style",
     )
@@ -286,6 +297,7 @@ register(
         predictor="productgen.models.adain:load_predictor",
         quick_profile="flows/profiles/quick-cpu-style.yaml",
         style_input=True,
+        preserves_product=True,
         page="restyle",
         flow_profile="quick-cpu-style",
     )

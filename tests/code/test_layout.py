@@ -178,3 +178,19 @@ def test_nothing_outside_the_registry_branches_on_a_task_name() -> None:
 )
 def test_task_name_check_can_fail(source: str) -> None:
     assert _compared_words(ast.parse(source), {"adain", "pix2pix", "cyclegan", "generation"})
+
+
+MAX_FUNCTION_LINES = 150
+
+
+def test_no_function_longer_than_150_lines() -> None:
+    """Long functions hide their steps: split them into named pieces (nested functions count on their own and
+    inside the function that holds them)."""
+    long = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PKG.parent)}:{node.lineno}: {node.name} ({n} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)

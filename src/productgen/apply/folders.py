@@ -78,11 +78,6 @@ def scan_images(in_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     return files, skipped
 
 
-def list_images(in_dir: Path) -> list[Path]:
-    """Image files under ``in_dir`` (recursively), sorted, skipping hidden files and symlinks leaving the folder."""
-    return scan_images(in_dir)[0]
-
-
 def check_out_dir(in_dir: Path, out_dir: Path) -> Path:
     src, dst = in_dir.resolve(), out_dir.resolve()
     if dst == src or dst.is_relative_to(src):

@@ -32,12 +32,12 @@ def resolve_categories(requested: list[str] | None, classes: list[str]) -> list[
 @torch.no_grad()
 def sample(net: torch.nn.Module, z_dim: int, labels: torch.Tensor, seed: int, batch: int = 500) -> np.ndarray:
     """uint8 ``[N, C, H, W]`` images for ``labels``; the noise comes from ``seed`` alone, so it is repeatable."""
-    from productgen.training.gan_task import to_uint8
+    from productgen.common.images import to_uint8
 
     device = labels.device
     gen = torch.Generator(device=device).manual_seed(seed)
     z = torch.randn(len(labels), z_dim, generator=gen, device=device)
-    parts = [to_uint8(net(z[i : i + batch], labels[i : i + batch])) for i in range(0, len(labels), batch)]
+    parts = [to_uint8(net(z[i : i + batch], labels[i : i + batch])).cpu().numpy() for i in range(0, len(labels), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, 1, 1, 1), np.uint8)
 
 

@@ -74,7 +74,7 @@ def evaluate_cmd(
     from productgen.tasks import get
 
     spec = get(task)
-    if spec.family != "generation":
+    if not spec.generates:
         metric, better = spec.metric, spec.direction
         shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float))
         typer.echo(f"{metric} {m[metric]:.4g} ({better} is better); {shown}")

@@ -101,6 +101,7 @@ def stylize_command(
     from productgen.apply.folders import apply_to_folder, before_after_grid
     from productgen.common.errors import UserError
     from productgen.models.predict import load_predictor
+    from productgen.tasks import for_model
     from productgen.training.device import pick_device
 
     if style is None and model is None:
@@ -124,8 +125,9 @@ def stylize_command(
 
         compile_predictor(predictor)
     kind = predictor.config.get("model")
+    spec = for_model(str(kind))
     options: dict[str, object] = {}
-    if kind == "adain":
+    if spec is not None and spec.style_input:
         if style is None:
             raise UserError(f"--style: {model} is an AdaIN model; give a built-in style name or a JPEG/PNG path")
         from productgen.models.styles import load_style
@@ -143,7 +145,7 @@ def stylize_command(
         if alpha is not None:
             raise UserError(f"--alpha: only AdaIN models blend styles; {model} holds a {kind!r} model")
     if preserve_product is not None:
-        if kind not in ("style", "adain"):
+        if spec is None or not spec.preserves_product:
             raise UserError(
                 f"--preserve-product: only style-transfer models mask the product; {model} holds a {kind!r} model"
             )

@@ -64,6 +64,7 @@ def translate_command(
     from productgen.apply.folders import apply_to_folder, before_after_grid
     from productgen.metrics.extractors import resolve_device
     from productgen.models.predict import load_predictor
+    from productgen.tasks import for_model
 
     if direction not in ("ab", "ba"):
         raise UserError(f"--direction: {direction!r} is not ab or ba")
@@ -71,7 +72,8 @@ def translate_command(
         raise UserError(f"--size: {size} is too small; give at least 8 px")
     dev = resolve_device(device)
     predictor = load_predictor(model, dev)
-    if direction == "ba" and predictor.config.get("model") != "cyclegan":
+    spec = for_model(str(predictor.config.get("model")))
+    if direction == "ba" and not (spec is not None and spec.reversible):
         raise UserError(
             f"--direction ba: {model} holds a {predictor.config.get('model')} model, which translates one "
             "way only; use --direction ab"

@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from productgen.common.errors import UserError
+from productgen.common.images import to_uint8
 from productgen.config import ViewsConfig
 
 
@@ -37,7 +38,8 @@ def _rng(seed: int, kind: str, index: int) -> np.random.Generator:
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.round().clamp_(0, 255).to(torch.uint8)
+    """Float grey levels (0..255) -> uint8, rounded half to even and clamped."""
+    return to_uint8(x, low=0.0, high=255.0)
 
 
 def add_noise(clean: torch.Tensor, sigma: float, seed: int, indices: torch.Tensor) -> torch.Tensor:

@@ -90,11 +90,12 @@ def style(
     """
     import torch
 
+    from productgen.common.images import to_uint8
     from productgen.data.dataset import PreparedDataset
     from productgen.evaluation.categories import category_mask
     from productgen.evaluation.style import style_report
     from productgen.models.predict import load_predictor
-    from productgen.models.styles import content_batch, to_uint8
+    from productgen.models.styles import content_batch
 
     e = p.evaluate
     ds = PreparedDataset(prepared)
@@ -107,7 +108,7 @@ def style(
     predictor = load_predictor(model_dir, device)
     size = int(predictor.config.get("style", {}).get("image_size", p.style.image_size))
     invert = bool(predictor.config.get("invert_content", False))
-    content = to_uint8(content_batch(images[pick], size, invert))
+    content = to_uint8(content_batch(images[pick], size, invert), low=0.0)
     m = style_report(
         predictor,
         content,

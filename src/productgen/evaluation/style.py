@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from productgen.common.errors import UserError
+from productgen.common.images import to_uint8
 from productgen.models.styles import (
     content_loss,
     gram,
@@ -22,7 +23,6 @@ from productgen.models.styles import (
     resize_short,
     style_loss,
     to_float,
-    to_uint8,
 )
 
 # product SSIM below this: the product is no longer kept (its structure under the style is lost). Chosen from the
@@ -157,6 +157,7 @@ def style_report(
     from productgen.apply.folders import run_batch
     from productgen.common import atomic
     from productgen.models.encoders import load_encoder
+    from productgen.tasks import for_model
 
     if isinstance(style, str):
         style_arr = load_style(style)
@@ -173,7 +174,8 @@ def style_report(
     arrays = list(to_float(content).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     if channels == 1:
         arrays = [a[..., :1] for a in arrays]
-    if predictor.config.get("model") == "adain":
+    spec = for_model(str(predictor.config.get("model")))
+    if spec is not None and spec.style_input:
         options = {"style": torch.from_numpy(style_arr.copy()).permute(2, 0, 1)[None].contiguous(), **options}
     with torch.inference_mode():
         outs = run_batch(predictor, arrays, device, **options)
@@ -214,7 +216,10 @@ def style_report(
     atomic.write_json(out / "metrics.json", metrics)
     k = min(8, len(content))
     _report_grid(
-        to_uint8(content_f[:k]).permute(0, 2, 3, 1).numpy(), np.stack(outs[:k]), style_arr, out / "before_after.png"
+        to_uint8(content_f[:k], low=0.0).permute(0, 2, 3, 1).numpy(),
+        np.stack(outs[:k]),
+        style_arr,
+        out / "before_after.png",
     )
     md = [
         "# Style transfer report",

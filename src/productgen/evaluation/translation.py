@@ -110,7 +110,8 @@ def evaluate_translation(
         raise UserError(f"batch_size: {batch_size} must be at least 1")
     mcfg = read_config(Path(model_dir))
     kind = mcfg.get("model")
-    if kind not in ("pix2pix", "cyclegan"):
+    spec = for_model(str(kind))
+    if spec is None or not spec.translates:
         raise UserError(f"{model_dir}: holds a {kind!r} model; evaluate_translation takes pix2pix or cyclegan models")
     ds = PreparedDataset(prepared)
     if int(mcfg["channels"]) != ds.channels:
@@ -122,7 +123,7 @@ def evaluate_translation(
     predictor = load_predictor(Path(model_dir), dev)
     out = Path(out)
     metrics: dict[str, Any] = {"model": kind, "split": split}
-    if kind == "pix2pix":
+    if spec.paired:
         views = views_cfg or from_dict(ViewsConfig, mcfg.get("views") or {}, f"{model_dir}/config.json views")
         rows, labels, sets = _eval_pix2pix(
             predictor,
@@ -156,14 +157,14 @@ def evaluate_translation(
         if "fid_identity" in metrics:
             metrics["fid_gain"] = metrics["fid_identity"] - metrics["fid"]
         metrics["extractor"] = {"name": net.name, "sha": net.sha}
-    spec = for_model(kind)
-    assert spec is not None
     name, direction = spec.metric, spec.direction
     metrics["primary_metric"] = {"name": name, "direction": direction}
     out.mkdir(parents=True, exist_ok=True)
     _grid(rows, labels, out / "before_after.png")
     atomic.write_json(out / "metrics.json", metrics)
-    atomic.write_text(out / "report.md", _report(metrics, Path(model_dir), Path(prepared), ds.content_hash))
+    atomic.write_text(
+        out / "report.md", _report(metrics, Path(model_dir), Path(prepared), ds.content_hash, bool(spec.paired))
+    )
     return metrics
 
 
@@ -273,14 +274,15 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _report(m: dict[str, Any], model_dir: Path, prepared: Path, content_hash: str) -> str:
+def _report(m: dict[str, Any], model_dir: Path, prepared: Path, content_hash: str, paired: bool) -> str:
+    """``paired``: a pix2pix-like model scored against targets; otherwise CycleGAN-like, between two domains."""
     name, direction = m["primary_metric"]["name"], m["primary_metric"]["direction"]
     lines = [
         f"# Translation evaluation of `{model_dir}` ({m['model']})",
         "",
         f"- Dataset `{prepared}` (content hash `{content_hash[:16]}`), split `{m['split']}`",
     ]
-    if m["model"] == "pix2pix":
+    if paired:
         lines += [
             f"- {m['n_images']:,} images; input: the `{m['source_view']}` view, target: the clean image",
             "",
@@ -313,8 +315,7 @@ def _report(m: dict[str, Any], model_dir: Path, prepared: Path, content_hash: st
         f"Primary metric for the registry gate: `{name}` ({direction} is better)"
         + (f" = {_fmt(shown)}" if shown is not None else " (not computed: run with FID)"),
         "",
-        "`before_after.png`: rows "
-        + ("input / output / target" if m["model"] == "pix2pix" else "A / G_AB(A) / G_BA(G_AB(A))"),
+        "`before_after.png`: rows " + ("input / output / target" if paired else "A / G_AB(A) / G_BA(G_AB(A))"),
         "",
     ]
     if "extractor" in m:

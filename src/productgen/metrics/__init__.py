@@ -8,6 +8,7 @@ functions below. Command line: ``productgen metrics fid DIR_A DIR_B``.
 
 from __future__ import annotations
 
+from productgen.common.images import list_images, to_uint8
 from productgen.metrics.api import (
     Comparison,
     compare,
@@ -29,7 +30,6 @@ from productgen.metrics.extractors import (
     strict_fp32,
 )
 from productgen.metrics.frechet import FeatureStats, fid_from_features, fid_from_stats, frechet_distance
-from productgen.metrics.images import list_images, to_uint8
 from productgen.metrics.kid import KIDResult, kid_from_features, mmd2_unbiased
 
 __all__ = [

@@ -9,7 +9,6 @@ extractors treat every image independently.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -18,32 +17,9 @@ import torch
 from PIL import Image
 
 from productgen.common.errors import UserError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+from productgen.common.images import list_images
 
 ImageSource = str | Path | torch.Tensor | np.ndarray | Iterable[torch.Tensor]
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files (PNG, JPEG, WebP, any case) under ``folder``, recursively, in sorted order.
-
-    Symlinked folders are not followed (no loops); a folder with no images is a :class:`UserError`.
-    """
-    root = Path(folder).expanduser()
-    if not root.exists():
-        raise UserError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise UserError(f"{root}: not a folder (give a folder of PNG, JPEG or WebP images)")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
-                found.append(p)
-    if not found:
-        raise UserError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files, recursively)")
-    return found
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -104,13 +80,3 @@ def iter_batches(source: ImageSource, batch_size: int) -> Iterator[torch.Tensor]
         t = as_tensor_batch(batch)
         for i in range(0, len(t), batch_size):
             yield t[i : i + batch_size]
-
-
-def to_uint8(images: torch.Tensor, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
-    """Float images in ``[low, high]`` (generator output, default [-1, 1]) to uint8, rounded and clamped.
-
-    StyleGAN's convention: ``x * 127.5 + 128`` for [-1, 1], then clamp to [0, 255]; the metrics then see
-    exactly the pixels a saved PNG would hold.
-    """
-    scale = 255.0 / (high - low)
-    return (images.detach().float().sub(low).mul(scale).add(0.5)).clamp(0, 255).to(torch.uint8)

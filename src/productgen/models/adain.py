@@ -92,7 +92,8 @@ class AdainPredictor:
         self.decoder, _ = inference_recipe(decoder.to(device).eval(), device)
 
     def __call__(self, images: torch.Tensor, **options: Any) -> torch.Tensor:
-        from productgen.models.styles import composite, product_mask, resize_short, to_float, to_uint8
+        from productgen.common.images import to_uint8
+        from productgen.models.styles import composite, product_mask, resize_short, to_float
 
         unknown = set(options) - {"style", "alpha", "preserve_product"}
         if unknown:
@@ -120,7 +121,7 @@ class AdainPredictor:
         if bool(self.style_cfg.get("preserve_product", False)) if preserve is None else bool(preserve):
             c = self.style_cfg
             y = composite(y, product_mask(x, c["mask_threshold"], c["mask_dilate"], c["mask_feather"]))
-        return to_uint8(y).cpu()
+        return to_uint8(y, low=0.0).cpu()
 
 
 def build_decoder(config: dict[str, Any]) -> Decoder:
@@ -134,11 +135,9 @@ def build_decoder(config: dict[str, Any]) -> Decoder:
 def load_predictor(folder: Path, device: str | torch.device = "cpu") -> AdainPredictor:
     """The AdaIN model saved by ``productgen train adain`` (decoder + encoder safetensors, config.json)."""
     from productgen.models.encoders import build_encoder
-    from productgen.models.io import load_weights, read_config
+    from productgen.models.io import load_weights, read_model_config
 
-    config = read_config(folder)
-    if config.get("model") != "adain":
-        raise UserError(f"{folder}: holds a {config.get('model')!r} model, not an AdaIN model")
+    config, _ = read_model_config(folder, f"{__name__}:load_predictor", "an AdaIN model")
     encoder = load_weights(build_encoder(config["style"]["encoder"]), folder / "encoder.safetensors")
     decoder = load_weights(build_decoder(config), folder / "decoder.safetensors")
     return AdainPredictor(encoder, decoder, config, torch.device(device))

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,42 +132,64 @@ class Discriminator(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
 
 
+def _color(x: torch.Tensor, rand: Callable[..., torch.Tensor]) -> torch.Tensor:
+    n = x.shape[0]
+    x = x + (rand(n, 1, 1, 1) - 0.5)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * (rand(n, 1, 1, 1) * 2) + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * (rand(n, 1, 1, 1) + 0.5) + mean
+
+
+def _shift(x: torch.Tensor, rand: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """DiffAugment's "translation": shift by up to 1/8 of the size, zero-padded."""
+    n, _, h, w = x.shape
+    dev = x.device
+    sx, sy = int(w * 0.125 + 0.5), int(h * 0.125 + 0.5)
+    tx = (rand(n) * (2 * sx + 1)).long() - sx
+    ty = (rand(n) * (2 * sy + 1)).long() - sy
+    gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
+    iy = (gy[None] + ty[:, None, None] + 1).clamp(0, h + 1)
+    ix = (gx[None] + tx[:, None, None] + 1).clamp(0, w + 1)
+    padded = F.pad(x, (1, 1, 1, 1))
+    flat = padded.flatten(2)
+    idx = (iy * (w + 2) + ix).flatten(1)[:, None, :].expand(-1, x.shape[1], -1)
+    return flat.gather(2, idx).view_as(x)
+
+
+def _cutout(x: torch.Tensor, rand: Callable[..., torch.Tensor]) -> torch.Tensor:
+    n, _, h, w = x.shape
+    dev = x.device
+    ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+    oy = (rand(n) * (h + 1 - ch % 2)).long()
+    ox = (rand(n) * (w + 1 - cw % 2)).long()
+    gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
+    top, left = (oy - ch // 2)[:, None, None], (ox - cw // 2)[:, None, None]
+    inside = (gy[None] >= top) & (gy[None] < top + ch) & (gx[None] >= left) & (gx[None] < left + cw)
+    return x * (~inside)[:, None].to(x.dtype)
+
+
+# DiffAugment's ops by their policy name (``gan.diffaugment``: comma-separated, applied in that order).
+DIFFAUGMENT_OPS: dict[str, Callable[[torch.Tensor, Callable[..., torch.Tensor]], torch.Tensor]] = {
+    "color": _color,
+    "translation": _shift,
+    "cutout": _cutout,
+}
+
+
 def diffaugment(x: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
     """Differentiable augmentation with randomness drawn from ``generator`` (so resumes are exact)."""
     if not policy:
         return x
-    n, _, h, w = x.shape
     dev = x.device
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator, device=dev)
 
     for op in policy.split(","):
-        if op == "color":
-            x = x + (rand(n, 1, 1, 1) - 0.5)
-            mean = x.mean(dim=1, keepdim=True)
-            x = (x - mean) * (rand(n, 1, 1, 1) * 2) + mean
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * (rand(n, 1, 1, 1) + 0.5) + mean
-        elif op == "translation":
-            sx, sy = int(w * 0.125 + 0.5), int(h * 0.125 + 0.5)
-            tx = (rand(n) * (2 * sx + 1)).long() - sx
-            ty = (rand(n) * (2 * sy + 1)).long() - sy
-            gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
-            iy = (gy[None] + ty[:, None, None] + 1).clamp(0, h + 1)
-            ix = (gx[None] + tx[:, None, None] + 1).clamp(0, w + 1)
-            padded = F.pad(x, (1, 1, 1, 1))
-            flat = padded.flatten(2)
-            idx = (iy * (w + 2) + ix).flatten(1)[:, None, :].expand(-1, x.shape[1], -1)
-            x = flat.gather(2, idx).view_as(x)
-        elif op == "cutout":
-            ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
-            oy = (rand(n) * (h + 1 - ch % 2)).long()
-            ox = (rand(n) * (w + 1 - cw % 2)).long()
-            gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
-            top, left = (oy - ch // 2)[:, None, None], (ox - cw // 2)[:, None, None]
-            inside = (gy[None] >= top) & (gy[None] < top + ch) & (gx[None] >= left) & (gx[None] < left + cw)
-            x = x * (~inside)[:, None].to(x.dtype)
+        fn = DIFFAUGMENT_OPS.get(op)
+        if fn is not None:  # an unknown name does nothing, as before (params.yaml checks the policy)
+            x = fn(x, rand)
     return x
 
 

@@ -40,6 +40,19 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({err})") from None
 
 
+def read_model_config(folder: Path, loader: str, what: str) -> tuple[dict[str, Any], Any]:
+    """``config.json`` of ``folder`` and the task (:class:`~productgen.tasks.TaskSpec`) of its model, checked to
+    be one that ``loader`` (the calling loader's ``"module:function"``, as the task registry names it) loads;
+    anything else is a :class:`UserError` saying the folder holds another kind of model, not ``what``."""
+    from productgen import tasks
+
+    cfg = read_config(folder)
+    spec = tasks.for_model(str(cfg.get("model")))
+    if spec is None or not spec.loads_with(loader):
+        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, not {what}")
+    return cfg, spec
+
+
 def load_weights(module: nn.Module, path: Path) -> nn.Module:
     """Fill ``module`` from a safetensors file; a missing, truncated or damaged file, or one that does not fit the
     architecture in config.json, is a one-line :class:`UserError` (never a traceback)."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from productgen.common.errors import UserError
+from productgen.common.images import to_uint8
 from productgen.config import ViewsConfig
 from productgen.data import views
 
@@ -151,11 +152,6 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.float().div(127.5).sub(1.0)
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint8 (rounded, clamped), same device."""
-    return x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-
-
 class ImagePredictor:
     """Wraps an image -> image network in the :class:`~productgen.models.predict.Predictor` interface.
 
@@ -194,11 +190,9 @@ class ImagePredictor:
 
 def load_predictor(folder: Path, device: str | torch.device = "cpu") -> ImagePredictor:
     """The exported (EMA) restoration network of a ``restore`` model folder, ready to apply."""
-    from productgen.models.io import load_weights, read_config
+    from productgen.models.io import load_weights, read_model_config
 
-    cfg = read_config(folder)
-    if cfg.get("model") != "restore":
-        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, not a restore model")
+    cfg, _ = read_model_config(folder, f"{__name__}:load_predictor", "a restore model")
     try:
         net = build_unet(int(cfg["channels"]), cfg["restore"])
         view = str(cfg["view"])

@@ -103,7 +103,8 @@ class StylePredictor:
         self.style_cfg: dict[str, Any] = config.get("style", {})
 
     def __call__(self, images: torch.Tensor, **options: Any) -> torch.Tensor:
-        from productgen.models.styles import composite, product_mask, to_float, to_uint8
+        from productgen.common.images import to_uint8
+        from productgen.models.styles import composite, product_mask, to_float
 
         unknown = set(options) - {"preserve_product"}
         if unknown:
@@ -120,7 +121,7 @@ class StylePredictor:
             y = composite(
                 y, product_mask(x, c.get("mask_threshold", 0.94), c.get("mask_dilate", 1), c.get("mask_feather", 1.0))
             )
-        return to_uint8(y).cpu()
+        return to_uint8(y, low=0.0).cpu()
 
 
 def build_transformer(config: dict[str, Any]) -> TransformerNet:
@@ -130,10 +131,8 @@ def build_transformer(config: dict[str, Any]) -> TransformerNet:
 
 def load_predictor(folder: Path, device: str | torch.device = "cpu") -> StylePredictor:
     """The per-style network saved by ``productgen train style`` (``transformer.safetensors`` + config.json)."""
-    from productgen.models.io import load_weights, read_config
+    from productgen.models.io import load_weights, read_model_config
 
-    config = read_config(folder)
-    if config.get("model") != "style":
-        raise UserError(f"{folder}: holds a {config.get('model')!r} model, not a per-style network")
+    config, _ = read_model_config(folder, f"{__name__}:load_predictor", "a per-style network")
     net = load_weights(build_transformer(config), folder / "transformer.safetensors")
     return StylePredictor(net, config, torch.device(device))

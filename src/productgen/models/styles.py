@@ -78,10 +78,6 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.float().mul(255.0).round().clamp(0, 255).to(torch.uint8)
-
-
 def resize_short(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize ``[N, C, H, W]`` so the shorter side is ``size`` (antialiased when shrinking)."""
     h, w = x.shape[-2:]

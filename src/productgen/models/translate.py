@@ -300,17 +300,16 @@ class TranslatePredictor:
 
 def load_predictor(folder: Path, device: str | torch.device = "cpu") -> TranslatePredictor:
     """The predictor of a ``pix2pix`` or ``cyclegan`` model folder (the EMA A->B generator; raw B->A)."""
-    from productgen.models.io import load_weights, read_config
+    from productgen.models.io import load_weights, read_model_config
 
-    cfg = read_config(folder)
-    kind = cfg.get("model")
-    if kind not in ("pix2pix", "cyclegan"):
-        raise UserError(f"{folder}: holds a {kind!r} model, not a pix2pix or cyclegan translation model")
+    cfg, spec = read_model_config(folder, f"{__name__}:load_predictor", "a pix2pix or cyclegan translation model")
+    kind = spec.name
     try:
         t, res, ch = cfg["translate"], int(cfg["resolution"]), int(cfg["channels"])
-        arch = "unet" if kind == "pix2pix" else t["cyclegan_generator"]
-        files = {"ab": "generator"} if kind == "pix2pix" else {"ab": "generator", "ba": "generator_ba"}
-        residual = kind == "cyclegan" and bool(t.get("cyclegan_residual", False))  # older models: not residual
+        # paired (pix2pix): one U-Net; unpaired (CycleGAN): the configured generator, both ways
+        arch = "unet" if spec.paired else t["cyclegan_generator"]
+        files = {"ab": "generator", "ba": "generator_ba"} if spec.reversible else {"ab": "generator"}
+        residual = not spec.paired and bool(t.get("cyclegan_residual", False))  # older models: not residual
         nets = {d: build_generator(arch, ch, res, t, residual) for d in files}
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{folder}/config.json: incomplete {kind} config ({err!r}); retrain or re-export it") from None

@@ -175,11 +175,9 @@ def recon_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.T
 
 def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The (EMA) decoder of a trained ``vae`` as a generator ``(z, labels) -> [-1, 1]``, in eval mode, and its config."""
-    from productgen.models.io import load_weights, read_config
+    from productgen.models.io import load_weights, read_model_config
 
-    cfg = read_config(folder)
-    if cfg.get("model") != "vae":
-        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, not a VAE")
+    cfg, _ = read_model_config(folder, f"{__name__}:load_generator", "a VAE")
     try:
         v = cfg["vae"]
         net = VaeDecoder(
@@ -200,12 +198,10 @@ def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn
 
 def load_predictor(folder: Path, device: str | torch.device = "cpu") -> Any:
     """The (EMA) VAE restorer of a ``vae-restore`` model folder as an image -> image predictor."""
-    from productgen.models.io import load_weights, read_config
+    from productgen.models.io import load_weights, read_model_config
     from productgen.models.restore import ImagePredictor, parse_view
 
-    cfg = read_config(folder)
-    if cfg.get("model") != "vae-restore":
-        raise UserError(f"{folder}: holds a {cfg.get('model')!r} model, not a vae-restore model")
+    cfg, _ = read_model_config(folder, f"{__name__}:load_predictor", "a vae-restore model")
     try:
         v = cfg["vae"]
         net = VaeRestorer(int(cfg["channels"]), v["z_dim"], v["channels"], v["max_channels"], v["levels"])

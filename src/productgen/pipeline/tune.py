@@ -423,14 +423,51 @@ def tune(
 ) -> TuneResult:
     """Run ``trials`` (default ``tune.trials``) new trials of ``task``'s study (``tune.study``), created or
     resumed; see the module docstring. Prints one line per trial through ``echo``."""
-    import optuna
+    session = _start(params, task, trials, show_progress, track, echo)
+    with contextlib.ExitStack() as stack:
+        if track:
+            session.result.parent_run_id = stack.enter_context(_parent_run(session)).run_id
+        try:
+            _optimize(session)
+        finally:
+            _finish(session)
+    return session.result
 
-    from productgen import tasks
-    from productgen.data.dataset import PreparedDataset
-    from productgen.pipeline.train import train
-    from productgen.training.engine import TrainingDiverged
 
-    spec = tasks.get(task)
+@dataclass
+class _Session:
+    """What the trials of one ``tune`` invocation share: the settings, the study, the dataset, the probe that
+    scores a model, and the result being filled in."""
+
+    params: Params
+    task: str
+    spec: Any  # the task's TaskSpec
+    cfg: TuneConfig
+    space: TuneSpace
+    base: Any  # the task's params section the trials vary
+    study: Any
+    study_name: str
+    out: Path
+    url: str
+    result: TuneResult
+    fid_probe: FidProbe | None  # the generators scored on FID: in memory, real side cached
+    probe: EvaluatorProbe | None  # everything else: the task's own evaluator
+    show_progress: bool
+    track: bool
+    echo: Callable[[str], None]
+    lineage: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best_file(self) -> Path:
+        return self.out / "best_params.yaml"
+
+    @property
+    def name(self) -> str:
+        return label(self.spec.metric)
+
+
+def _check_start(params: Params, trials: int | None) -> TuneConfig:
+    """The tune settings of this invocation, refused before anything is opened when they cannot work."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError(
             "tune runs one process per worker: start several 'productgen tune' processes on a shared "
@@ -440,16 +477,15 @@ def tune(
     if cfg.trials < 1:
         raise UserError(f"trials: {cfg.trials}; run at least 1")
     check_workers(cfg)
-    space = task_space(cfg, task)
-    study_name, out = cfg.study_for(task), Path(cfg.out_for(task))
+    return cfg
+
+
+def _study_settings(
+    params: Params, task: str, spec: Any, cfg: TuneConfig, space: TuneSpace, ds: Any, n_eval: int
+) -> dict[str, Any]:
+    """The settings that make the trial values of one study comparable (stored in the study, checked on resume)."""
     base = getattr(params, spec.section)
-    metric, direction = spec.metric, spec.direction
-    url = storage_url(cfg.storage)
-    ds = PreparedDataset(params.train.prepared or params.data.out)
-    n_split = len(ds.arrays(cfg.eval_split)[0])  # also refuses an unknown split before the study is touched
-    n_eval = min(cfg.eval_images, n_split)
-    fixed = {k: v for k, v in dataclasses.asdict(base).items() if k not in space}
-    settings = {
+    return {
         "task": task,
         "steps": cfg.steps,
         "eval_every": cfg.eval_every,
@@ -459,16 +495,37 @@ def tune(
         "seed": cfg.seed,
         "dataset": ds.content_hash,
         "train": {k: getattr(params.train, k) for k in TRAIN_KEYS},
-        f"{spec.section}_fixed": fixed,
+        f"{spec.section}_fixed": {k: v for k, v in dataclasses.asdict(base).items() if k not in space},
     }
 
+
+def _start(
+    params: Params, task: str, trials: int | None, show_progress: bool, track: bool, echo: Callable[[str], None]
+) -> _Session:
+    """Check the settings, open (or resume) the study, claim the output folder and set up the probe."""
+    import optuna
+
+    from productgen import tasks
+    from productgen.data.dataset import PreparedDataset
+
+    spec = tasks.get(task)
+    cfg = _check_start(params, trials)
+    space = task_space(cfg, task)
+    study_name, out = cfg.study_for(task), Path(cfg.out_for(task))
+    base = getattr(params, spec.section)
+    url = storage_url(cfg.storage)
+    ds = PreparedDataset(params.train.prepared or params.data.out)
+    n_split = len(ds.arrays(cfg.eval_split)[0])  # also refuses an unknown split before the study is touched
+    n_eval = min(cfg.eval_images, n_split)
+    settings = _study_settings(params, task, spec, cfg, space, ds, n_eval)
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the per-trial lines below say the same, shorter
-    study = _open_study(cfg, study_name, "minimize" if direction == "lower" else "maximize")
+    study = _open_study(cfg, study_name, "minimize" if spec.direction == "lower" else "maximize")
     study_id = _check_settings(study, settings, study_name)
     _claim_out(out, study_id, study_name, url)
     if n_eval < cfg.eval_images:
         echo(f"note: the {cfg.eval_split} split holds {n_split} images; the evaluations use all of them")
-    fid_fast = spec.family == "generation" and metric == "fid"  # the generators: FID in memory, real side cached
+    fid_fast = spec.generates and spec.metric == "fid"  # the generators: FID in memory, real side cached
     fid_probe = FidProbe(ds, cfg, show_progress=show_progress) if fid_fast else None
     probe = None if fid_fast else EvaluatorProbe(spec, ds, cfg, n_eval)
     result = TuneResult(
@@ -478,169 +535,227 @@ def tune(
         eval_images=fid_probe.n if fid_probe else n_eval,
         task=task,
         section=spec.section,
-        metric=metric,
-        direction=direction,
+        metric=spec.metric,
+        direction=spec.direction,
         section_fields=tuple(f.name for f in dataclasses.fields(base)),
     )
-    lineage: dict[str, str] = {}
+    session = _Session(
+        params=params,
+        task=task,
+        spec=spec,
+        cfg=cfg,
+        space=space,
+        base=base,
+        study=study,
+        study_name=study_name,
+        out=out,
+        url=url,
+        result=result,
+        fid_probe=fid_probe,
+        probe=probe,
+        show_progress=show_progress,
+        track=track,
+        echo=echo,
+    )
     if track:
         from productgen.tracking import runs as tracking
 
-        lineage = tracking.lineage(ds.root, ds.content_hash)
-    best_file = out / "best_params.yaml"
-    tuned = tuned_keys(space)
+        session.lineage = tracking.lineage(ds.root, ds.content_hash)
+    return session
+
+
+def _parent_run(s: _Session) -> Any:
+    """The MLflow parent run of this invocation (a context manager)."""
+    from productgen.tracking import runs as tracking
+
+    cfg, task = s.cfg, s.task
+    run_params = {
+        "tune": {
+            **dataclasses.asdict(cfg),
+            "storage": mask_url(s.url),
+            "study": s.study_name,
+            "out": str(s.out),
+            "space": {task: _plain(s.space)},
+        },
+        "train": dataclasses.asdict(s.params.train),
+        s.spec.section: dataclasses.asdict(s.base),
+    }
+    tags = {
+        **s.lineage,
+        "task": task,
+        "kind": "tune",
+        "optuna.study": s.study_name,
+        "optuna.storage": mask_url(s.url),
+        "optuna.trials_before": str(s.result.trials_in_study),
+        "metric": s.spec.metric,
+        "direction": s.spec.direction,
+    }
+    return tracking.run(f"productgen-{task}", f"tune-{task}", run_params, tags)
+
+
+def _optimize(s: _Session) -> None:
+    """Run the new trials (up to ``tune.total_trials`` finished in the study, when set)."""
+    study, cfg = s.study, s.cfg
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    name = label(metric)
 
     def objective(trial: Any) -> float:
-        section = suggest(trial, space, base)
-        trial_dir = out / f"trial-{trial.number}"
-        trial.set_user_attr("out", str(trial_dir))
-        trial.set_user_attr("worker", worker)  # which process ran it: one worker per trial, dead ones identifiable
-        train_cfg = dataclasses.replace(params.train, out=str(trial_dir), max_steps=cfg.steps)
-        tp = dataclasses.replace(params, train=train_cfg, **{spec.section: section})
-        values: dict[int, float] = {}
+        return _objective(s, trial, worker)
 
-        def on_step(step: int, engine: Any, model: Any) -> None:
-            if step % cfg.eval_every and step != cfg.steps:
-                return
-            if fid_probe is not None:
-                generator = model.export(engine)["generator"]
-                value = fid_probe(generator, int(model.config()["gan"]["z_dim"]))
-            else:
-                assert probe is not None
-                value = probe(tp, engine, model, step, trial_dir)
-            values[step] = value
-            trial.report(value, step)
-            if track:
-                import mlflow
+    def after(study: Any, frozen: Any) -> None:
+        _after_trial(s, study, frozen)
 
-                mlflow.log_metric(metric, value, step=step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"{name} {value:.4g} at step {step}")
+    if cfg.total_trials is None or finished_trials(study) < cfg.total_trials:
+        study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[after])
+    else:
+        s.echo(
+            f"study {s.study_name!r} already holds {finished_trials(study)} finished trials "
+            f"(tune.total_trials {cfg.total_trials}): nothing to do"
+        )
+    if cfg.total_trials is not None:
+        _settle(study, cfg, lambda n: study.optimize(objective, n_trials=n, callbacks=[after]), s.echo)
 
-        with contextlib.ExitStack() as stack:
-            if track:
-                import mlflow
 
-                from productgen.tracking import runs as tracking
+def _finish(s: _Session) -> None:
+    """The study's best trial into the result, ``best_params.yaml`` and (tracked) the parent run."""
+    best = _best(s.study)
+    s.result.trials_in_study = len(s.study.get_trials(deepcopy=False))
+    if best is not None:
+        s.result.best = _summary(best)
+        s.result.best_params_file = write_best_params(s.best_file, best, s.base, s.result, s.cfg, s.url)
+    if s.track:
+        _log_best(best, s.best_file, s.result)
 
-                run = stack.enter_context(
-                    mlflow.start_run(
-                        run_name=f"trial-{trial.number}",
-                        nested=True,
-                        tags={
-                            **lineage,
-                            "task": task,
-                            "kind": "tune-trial",
-                            "optuna.study": study_name,
-                            "optuna.trial_number": str(trial.number),
-                            "tuned": ",".join(tuned),
-                        },
-                    )
-                )
-                mlflow.log_params(
-                    tracking.flatten(
-                        {
-                            spec.section: dataclasses.asdict(section),
-                            "train": {"max_steps": cfg.steps},
-                            "trial": dict(trial.params),
-                        }
-                    )
-                )
-                trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            state, pruned = "fail", None
-            try:
-                res = train(tp, task, show_progress=show_progress, track=False, on_step=on_step)
-                state = "complete"
-            except optuna.TrialPruned as err:
-                state, pruned = "pruned", err
-            except TrainingDiverged as err:  # a diverging trial (NaN loss) ends alone, as pruned; the study goes on
-                state, pruned = "diverged", optuna.TrialPruned(str(err))
-            finally:
-                shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # a trial is never resumed
-                shutil.rmtree(trial_dir / "eval" / "model", ignore_errors=True)  # a copy; model/ is the trial's
-                if track:
-                    import mlflow
 
-                    mlflow.set_tag("state", state)
-                    if state == "pruned" and values:
-                        mlflow.log_metric("pruned_at_step", max(values))
-            if pruned is None and track:
-                import mlflow
+def _step_hook(
+    s: _Session, trial: Any, tp: Params, trial_dir: Path, values: dict[int, float]
+) -> Callable[[int, Any, Any], None]:
+    """``fit``'s ``on_step``: every ``tune.eval_every`` steps and at the last, score the model, report the value
+    to Optuna (and MLflow) and raise ``TrialPruned`` when the pruner says so."""
+    import optuna
 
-                final = {f"final_{k}": v for k, v in res.final_losses.items()}
-                mlflow.log_metrics({f"{metric}_final": values[cfg.steps], **final})
-                if not math.isfinite(values[cfg.steps]):  # Optuna fails a trial whose value is NaN
-                    mlflow.set_tag("state", "fail")
-        if pruned is not None:
-            raise pruned  # after the nested run ended as FINISHED with state=pruned, not as a crashed run
-        return values[cfg.steps]
+    cfg, metric = s.cfg, s.spec.metric
 
-    def after_trial(study: Any, frozen: Any) -> None:
-        s = _summary(frozen)
-        result.new_trials.append(s)
-        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in s.params.items())
-        if s.state == "complete":
-            echo(f"trial {s.number} complete: {name} {s.value:.4g} ({shown})")
-        elif s.state == "pruned" and s.step is not None:
-            echo(f"trial {s.number} pruned at step {s.step}: {name} {frozen.intermediate_values[s.step]:.4g} ({shown})")
-        elif s.state == "pruned":
-            echo(f"trial {s.number} pruned before its first evaluation ({shown})")
+    def on_step(step: int, engine: Any, model: Any) -> None:
+        if step % cfg.eval_every and step != cfg.steps:
+            return
+        if s.fid_probe is not None:
+            generator = model.export(engine)["generator"]
+            value = s.fid_probe(generator, int(model.config()["gan"]["z_dim"]))
         else:
-            echo(f"trial {s.number} failed ({shown})")
-        best = _best(study)
-        if s.state == "complete" and best is not None and best.number == s.number:
-            write_best_params(best_file, best, base, result, cfg, url)
-        if cfg.total_trials is not None and finished_trials(study) >= cfg.total_trials:
-            study.stop()  # the other workers stop after their current trial
+            assert s.probe is not None
+            value = s.probe(tp, engine, model, step, trial_dir)
+        values[step] = value
+        trial.report(value, step)
+        if s.track:
+            import mlflow
+
+            mlflow.log_metric(metric, value, step=step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"{s.name} {value:.4g} at step {step}")
+
+    return on_step
+
+
+def _start_trial_run(s: _Session, trial: Any, section: Any, stack: contextlib.ExitStack) -> None:
+    """Start the nested MLflow run of one trial (ended by ``stack``) and log its parameters."""
+    import mlflow
+
+    from productgen.tracking import runs as tracking
+
+    run = stack.enter_context(
+        mlflow.start_run(
+            run_name=f"trial-{trial.number}",
+            nested=True,
+            tags={
+                **s.lineage,
+                "task": s.task,
+                "kind": "tune-trial",
+                "optuna.study": s.study_name,
+                "optuna.trial_number": str(trial.number),
+                "tuned": ",".join(tuned_keys(s.space)),
+            },
+        )
+    )
+    mlflow.log_params(
+        tracking.flatten(
+            {
+                s.spec.section: dataclasses.asdict(section),
+                "train": {"max_steps": s.cfg.steps},
+                "trial": dict(trial.params),
+            }
+        )
+    )
+    trial.set_user_attr("mlflow_run_id", run.info.run_id)
+
+
+def _objective(s: _Session, trial: Any, worker: str) -> float:
+    """Train one trial with the sampled section, evaluated along the way; its value at the last step."""
+    import optuna
+
+    from productgen.pipeline.train import train
+    from productgen.training.engine import TrainingDiverged
+
+    cfg = s.cfg
+    section = suggest(trial, s.space, s.base)
+    trial_dir = s.out / f"trial-{trial.number}"
+    trial.set_user_attr("out", str(trial_dir))
+    trial.set_user_attr("worker", worker)  # which process ran it: one worker per trial, dead ones identifiable
+    train_cfg = dataclasses.replace(s.params.train, out=str(trial_dir), max_steps=cfg.steps)
+    tp = dataclasses.replace(s.params, train=train_cfg, **{s.spec.section: section})
+    values: dict[int, float] = {}
+    on_step = _step_hook(s, trial, tp, trial_dir, values)
 
     with contextlib.ExitStack() as stack:
-        if track:
-            from productgen.tracking import runs as tracking
-
-            run_params = {
-                "tune": {
-                    **dataclasses.asdict(cfg),
-                    "storage": mask_url(url),
-                    "study": study_name,
-                    "out": str(out),
-                    "space": {task: _plain(space)},
-                },
-                "train": dataclasses.asdict(params.train),
-                spec.section: dataclasses.asdict(base),
-            }
-            tags = {
-                **lineage,
-                "task": task,
-                "kind": "tune",
-                "optuna.study": study_name,
-                "optuna.storage": mask_url(url),
-                "optuna.trials_before": str(result.trials_in_study),
-                "metric": metric,
-                "direction": direction,
-            }
-            parent = stack.enter_context(tracking.run(f"productgen-{task}", f"tune-{task}", run_params, tags))
-            result.parent_run_id = parent.run_id
+        if s.track:
+            _start_trial_run(s, trial, section, stack)
+        state, pruned = "fail", None
         try:
-            if cfg.total_trials is None or finished_trials(study) < cfg.total_trials:
-                study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout, callbacks=[after_trial])
-            else:
-                echo(
-                    f"study {study_name!r} already holds {finished_trials(study)} finished trials "
-                    f"(tune.total_trials {cfg.total_trials}): nothing to do"
-                )
-            if cfg.total_trials is not None:
-                _settle(study, cfg, lambda n: study.optimize(objective, n_trials=n, callbacks=[after_trial]), echo)
+            res = train(tp, s.task, show_progress=s.show_progress, track=False, on_step=on_step)
+            state = "complete"
+        except optuna.TrialPruned as err:
+            state, pruned = "pruned", err
+        except TrainingDiverged as err:  # a diverging trial (NaN loss) ends alone, as pruned; the study goes on
+            state, pruned = "diverged", optuna.TrialPruned(str(err))
         finally:
-            best = _best(study)
-            result.trials_in_study = len(study.get_trials(deepcopy=False))
-            if best is not None:
-                result.best = _summary(best)
-                result.best_params_file = write_best_params(best_file, best, base, result, cfg, url)
-            if track:
-                _log_best(best, best_file, result)
-    return result
+            shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)  # a trial is never resumed
+            shutil.rmtree(trial_dir / "eval" / "model", ignore_errors=True)  # a copy; model/ is the trial's
+            if s.track:
+                import mlflow
+
+                mlflow.set_tag("state", state)
+                if state == "pruned" and values:
+                    mlflow.log_metric("pruned_at_step", max(values))
+        if pruned is None and s.track:
+            import mlflow
+
+            final = {f"final_{k}": v for k, v in res.final_losses.items()}
+            mlflow.log_metrics({f"{s.spec.metric}_final": values[cfg.steps], **final})
+            if not math.isfinite(values[cfg.steps]):  # Optuna fails a trial whose value is NaN
+                mlflow.set_tag("state", "fail")
+    if pruned is not None:
+        raise pruned  # after the nested run ended as FINISHED with state=pruned, not as a crashed run
+    return values[cfg.steps]
+
+
+def _after_trial(s: _Session, study: Any, frozen: Any) -> None:
+    """One line per finished trial; ``best_params.yaml`` rewritten when it is the new best; the study stopped
+    once it holds ``tune.total_trials`` finished trials."""
+    t = _summary(frozen)
+    s.result.new_trials.append(t)
+    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in t.params.items())
+    if t.state == "complete":
+        s.echo(f"trial {t.number} complete: {s.name} {t.value:.4g} ({shown})")
+    elif t.state == "pruned" and t.step is not None:
+        s.echo(f"trial {t.number} pruned at step {t.step}: {s.name} {frozen.intermediate_values[t.step]:.4g} ({shown})")
+    elif t.state == "pruned":
+        s.echo(f"trial {t.number} pruned before its first evaluation ({shown})")
+    else:
+        s.echo(f"trial {t.number} failed ({shown})")
+    best = _best(study)
+    if t.state == "complete" and best is not None and best.number == t.number:
+        write_best_params(s.best_file, best, s.base, s.result, s.cfg, s.url)
+    if s.cfg.total_trials is not None and finished_trials(study) >= s.cfg.total_trials:
+        study.stop()  # the other workers stop after their current trial
 
 
 def _plain(space: TuneSpace) -> dict[str, Any]:

@@ -165,14 +165,15 @@ def agreement(reference: Path, candidate: Path, n: int = 500, seed: int = 0) -> 
     import torch
 
     from productgen.models.io import read_config
+    from productgen.tasks import for_model
 
-    kind = read_config(reference).get("model")
-    if kind in ("gan", "vae"):
+    spec = for_model(str(read_config(reference).get("model")))
+    if spec is not None and spec.generates:
         from productgen.apply.generation import sample
         from productgen.models.io import load_generator
 
         (a, cfg), (b, _) = load_generator(reference), load_generator(candidate)
-        z_dim = (cfg.get("gan") or cfg["vae"])["z_dim"]
+        z_dim = cfg[spec.section]["z_dim"]
         labels = torch.arange(n) % int(cfg["num_classes"])
         with torch.no_grad():
             x, y = torch.from_numpy(sample(a, z_dim, labels, seed)), torch.from_numpy(sample(b, z_dim, labels, seed))
@@ -186,7 +187,7 @@ def agreement(reference: Path, candidate: Path, n: int = 500, seed: int = 0) -> 
             0, 256, (min(n, 32), ch, res, res), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
         )
         options: dict[str, Any] = {}
-        if kind == "adain":  # arbitrary style: one built-in style stands in for the user's
+        if spec is not None and spec.style_input:  # arbitrary style: one built-in style stands in for the user's
             from productgen.models.styles import load_style, style_names
 
             options["style"] = torch.from_numpy(load_style(style_names()[0], 256).copy()).permute(2, 0, 1)[None]

@@ -25,6 +25,7 @@ MAX_ROWS = 32
 MAX_SIDE = 1024
 MAX_BYTES = 8 * 1024 * 1024
 MAX_MESSAGE = 300  # characters of an error message: never echo a request's megabytes back
+STYLE_COLUMN = "style"  # the style image's column, for models that take the user's style (TaskSpec.style_input)
 
 
 class ImageModel(PythonModel):
@@ -32,9 +33,11 @@ class ImageModel(PythonModel):
         from pathlib import Path
 
         from productgen.models.predict import load_predictor
+        from productgen.tasks import for_model
 
         self.predictor = load_predictor(Path(context.artifacts["model_dir"]), "cpu")
-        self.needs_style = self.predictor.config.get("model") == "adain"
+        spec = for_model(str(self.predictor.config.get("model")))
+        self.needs_style = spec is not None and spec.style_input
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
@@ -94,9 +97,9 @@ class ImageModel(PythonModel):
         images = [self._decode(v, f"row {i}: image", channels) for i, v in enumerate(frame["image"])]
         styles: list[np.ndarray | None] = [None] * len(images)
         if self.needs_style:
-            if "style" not in frame.columns or not isinstance(frame["style"].iloc[0], str):
+            if STYLE_COLUMN not in frame.columns or not isinstance(frame[STYLE_COLUMN].iloc[0], str):
                 raise _invalid("this style-transfer model needs a column 'style' (base64 style image) in the first row")
-            for i, v in enumerate(frame["style"]):
+            for i, v in enumerate(frame[STYLE_COLUMN]):
                 if isinstance(v, str) and v:
                     styles[i] = self._decode(v, f"row {i}: style", 3)
         return images, styles

@@ -455,11 +455,13 @@ def log_image_model(model_dir: Path, registered_name: str | None = None) -> str:
     from PIL import Image
 
     from productgen.models.io import read_config
+    from productgen.tasks import for_model
 
-    cfg = read_config(model_dir)
+    spec = for_model(str(read_config(model_dir).get("model")))
+    style_input = spec is not None and spec.style_input  # the user's style image travels in a column of its own
     code = Path(__file__).parent.parent / "serving" / "image_pyfunc.py"
     cols = [ColSpec("string", "image")]
-    if cfg.get("model") == "adain":
+    if style_input:
         cols.append(ColSpec("string", "style", required=False))
     signature = ModelSignature(
         inputs=Schema(cols),
@@ -468,7 +470,7 @@ def log_image_model(model_dir: Path, registered_name: str | None = None) -> str:
     buf = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), 255, dtype=np.uint8)).save(buf, format="PNG")
     example = {"image": [base64.b64encode(buf.getvalue()).decode("ascii")]}
-    if cfg.get("model") == "adain":
+    if style_input:
         example["style"] = example["image"]
     info = mlflow.pyfunc.log_model(
         name="model",
@@ -483,14 +485,14 @@ def log_image_model(model_dir: Path, registered_name: str | None = None) -> str:
 
 
 def log_trained_model(model_dir: Path, registered_name: str | None = None) -> str:
-    """Log the model in ``model_dir`` with the pyfunc flavour that fits its family; return its URI."""
+    """Log the model in ``model_dir`` with the pyfunc flavour that fits it (generators: the generator pyfunc, which
+    samples per category; everything else: the image -> image pyfunc); return its URI."""
     from productgen.models.io import read_config
+    from productgen.tasks import for_model
 
-    kind = read_config(model_dir).get("model")
-    if kind == "gan":
+    spec = for_model(str(read_config(model_dir).get("model")))
+    if spec is not None and spec.generates:
         return log_gan_model(model_dir, registered_name)
-    if kind == "vae":
-        return log_vae_model(model_dir, registered_name)
     return log_image_model(model_dir, registered_name)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from productgen.common.images import to_uint8
 from productgen.config import GanConfig
 from productgen.models.gan import Discriminator, Generator, d_loss, diffaugment, g_loss
 from productgen.tasks import DatasetInfo
@@ -91,13 +92,8 @@ class GanTask:
         k = len(self.classes)
         y = torch.arange(k, device=engine.rt.device).repeat_interleave(8)
         z = torch.randn(len(y), self.cfg.z_dim, generator=generator, device=engine.rt.device)
-        return to_uint8(g(z, y))
+        return to_uint8(g(z, y)).cpu().numpy()
 
 
 def build(params: Any, engine: Engine, info: DatasetInfo) -> GanTask:
     return GanTask(params.gan, engine, info.resolution, info.channels, info.classes)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float images -> uint8 ``[N, C, H, W]`` numpy."""
-    return x.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()

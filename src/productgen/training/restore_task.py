@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from productgen.common.images import to_uint8
 from productgen.config import RestoreConfig, ViewsConfig
-from productgen.models.restore import UNet, degrade, parse_view, to_uint8
+from productgen.models.restore import UNet, degrade, parse_view
 from productgen.tasks import DatasetInfo
 from productgen.training.engine import Engine
 

@@ -148,14 +148,15 @@ class StyleTask(_StyleBase):
     @torch.no_grad()
     def sample_grid(self, engine: Engine, generator: torch.Generator) -> np.ndarray:
         """Row 1: the fixed product images; row 2: stylised (with the product mask when preserving)."""
-        from productgen.models.styles import composite, to_uint8
+        from productgen.common.images import to_uint8
+        from productgen.models.styles import composite
 
         x = self.content(engine, self.samples)
         mask = self.mask(x)
         with engine.autocast():
             y = self.modules["net"](x).float()
         y = composite(y, mask) if mask is not None else y
-        return to_uint8(torch.cat([x, y])).cpu().numpy()
+        return to_uint8(torch.cat([x, y]), low=0.0).cpu().numpy()
 
 
 class AdainTask(_StyleBase):
@@ -227,8 +228,9 @@ class AdainTask(_StyleBase):
     @torch.no_grad()
     def sample_grid(self, engine: Engine, generator: torch.Generator) -> np.ndarray:
         """Rows: the fixed product images; a centre crop of style ``i mod styles``; the stylised result."""
+        from productgen.common.images import to_uint8
         from productgen.models.adain import stylise
-        from productgen.models.styles import composite, to_uint8
+        from productgen.models.styles import composite
 
         x = self.content(engine, self.samples)
         n = len(x)
@@ -241,7 +243,7 @@ class AdainTask(_StyleBase):
         y = y.float()
         mask = self.mask(x)
         y = composite(y, mask) if mask is not None else y
-        return to_uint8(torch.cat([x, style.float(), y])).cpu().numpy()
+        return to_uint8(torch.cat([x, style.float(), y]), low=0.0).cpu().numpy()
 
 
 def build_style(params: Any, engine: Engine, info: DatasetInfo) -> StyleTask:

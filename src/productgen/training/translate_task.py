@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from productgen.common.errors import UserError
+from productgen.common.images import to_uint8
 from productgen.config import TranslateConfig, ViewsConfig
 from productgen.models.translate import (
     ImagePool,
@@ -31,11 +32,6 @@ from productgen.training.engine import Engine
 
 # Offset of the pseudo-indices that seed training views (noise): far from the split indices evaluation uses.
 TRAIN_VIEW_INDEX = 1 << 40
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float images -> uint8 ``[N, C, H, W]`` numpy."""
-    return x.float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def check_config(cfg: TranslateConfig, views: ViewsConfig | None = None) -> None:
@@ -154,7 +150,7 @@ class Pix2PixTask:
         g = engine.ema.shadow if engine.ema is not None else self.modules["G"]
         src = self.source(self._fixed, -len(self._fixed) - 1)
         out = g(engine.to_input(src))
-        return np.concatenate([src.cpu().numpy(), to_uint8(out), self._fixed.cpu().numpy()])
+        return np.concatenate([src.cpu().numpy(), to_uint8(out).cpu().numpy(), self._fixed.cpu().numpy()])
 
 
 def _pick(images: torch.Tensor, labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -194,14 +190,14 @@ def load_folder(folder: str | Path, resolution: int, channels: int, field: str) 
     """
     from PIL import Image
 
-    from productgen.apply.folders import list_images, read_image
+    from productgen.apply.folders import read_image, scan_images
     from productgen.data.decode import resize_pad
 
     root = Path(folder)
     if not root.is_dir():
         raise UserError(f"translate.{field}: {folder} is not a folder of images")
     arrays, skipped = [], 0
-    for path in list_images(root):
+    for path in scan_images(root)[0]:  # hidden files and links leaving the folder left out
         try:
             arr = read_image(path, channels)
         except ValueError:
@@ -367,7 +363,7 @@ class CycleGanTask:
         ab = g_ab(x)
         aba = g_ba(ab)
         g_ba.train(was_training)
-        return np.concatenate([a.cpu().numpy(), to_uint8(ab), to_uint8(aba)])
+        return np.concatenate([a.cpu().numpy(), to_uint8(ab).cpu().numpy(), to_uint8(aba).cpu().numpy()])
 
 
 def build_pix2pix(params: Any, engine: Engine, info: DatasetInfo) -> Pix2PixTask:

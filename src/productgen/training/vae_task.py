@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from productgen.common.images import to_uint8
 from productgen.config import VaeConfig, ViewsConfig
-from productgen.models.restore import degrade, parse_view, to_uint8
+from productgen.models.restore import degrade, parse_view
 from productgen.models.vae import ConditionalVAE, VaeRestorer, check_resolution, kl_normal, recon_loss
 from productgen.tasks import DatasetInfo
 from productgen.training.engine import Engine
