@@ -63,6 +63,12 @@ def create_app(
         gate=Gate(web.workers, web.max_pending),
         templates=Jinja2Templates(directory=str(HERE / "templates")),
         tmp_root=tmp_root,
+        limiter=auth.SignInLimiter(
+            web.signin_window_seconds,
+            web.signin_max_failures,
+            web.signin_base_delay_seconds,
+            web.signin_max_delay_seconds,
+        ),
     )
     (tmp_root / "uploads").mkdir()
 

@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import os
 import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from productgen.common.errors import UserError
 
+log = logging.getLogger("productgen.web")
+T = TypeVar("T")
 USERS_ENV = "PRODUCTGEN_WEB_USERS"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 # scrypt cost: N=2**14, r=8, p=1 (about 16 MiB and tens of ms per check): the stdlib's recommended interactive level.
@@ -176,3 +182,132 @@ def check_mlflow_user(tracking_uri: str, name: str, password: str, timeout_s: fl
         raise UserError(f"the tracking server answered {err.code} to a sign-in check; try again") from None
     except OSError as err:
         raise UserError(f"cannot reach the tracking server {tracking_uri} ({err}); try again") from None
+
+
+class SignInLocked(Exception):
+    """Too many failed sign-ins for this user name or client address (HTTP 429 with ``Retry-After``)."""
+
+    def __init__(self, retry_after: int, key: str) -> None:
+        super().__init__(f"too many failed sign-ins ({key}); try again in {retry_after} s")
+        self.retry_after = retry_after
+        self.key = key
+
+
+@dataclass
+class _Failures:
+    times: list[float] = field(default_factory=list)  # monotonic times of the failures inside the window
+    locked_until: float = 0.0
+
+
+class SignInLimiter:
+    """Failed sign-ins counted per user name and per client address over a sliding window.
+
+    After ``max_failures`` failures inside ``window_s`` the name (or address) is locked for ``base_delay_s``;
+    each further failure once that lock has passed doubles it (capped at ``max_delay_s``). While locked, every
+    attempt for that name or from that address is refused before any password is checked (so a correct password
+    does not get through either); other names from other addresses are not affected. A successful sign-in clears
+    the name's failures, not the address's (a valid account must not buy an address more guesses at others).
+
+    Both backends of sign-in (the users file and the team server's MLflow users) go through :meth:`check`.
+    Thread-safe; bounded (the entries with nothing left in the window are forgotten first).
+    """
+
+    MAX_KEYS = 100_000
+
+    def __init__(
+        self,
+        window_s: float,
+        max_failures: int,
+        base_delay_s: float,
+        max_delay_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_s = window_s
+        self.max_failures = max_failures
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self._clock = clock
+        self._items: OrderedDict[str, _Failures] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def keys(name: str, address: str | None) -> list[str]:
+        return [f"user {name.lower()}", f"address {address or 'unknown'}"]
+
+    def _entry(self, key: str, now: float) -> _Failures:
+        entry = self._items.get(key)
+        if entry is None:
+            self._prune(now)
+            entry = self._items[key] = _Failures()
+        entry.times = [t for t in entry.times if now - t < self.window_s]
+        return entry
+
+    def _prune(self, now: float) -> None:
+        """Over ``MAX_KEYS``: forget what has nothing left in the window and no lock, then the oldest, down to 90 %
+        (so a flood of new names costs one scan per tenth of the table, not one per name)."""
+        if len(self._items) <= self.MAX_KEYS:
+            return
+        for key in [
+            k
+            for k, e in self._items.items()
+            if e.locked_until <= now and not any(now - t < self.window_s for t in e.times)
+        ]:
+            del self._items[key]
+        while len(self._items) > self.MAX_KEYS * 9 // 10:
+            self._items.popitem(last=False)
+
+    def retry_after(self, name: str, address: str | None) -> tuple[int, str] | None:
+        """(seconds, key) when this name or address is locked now, else None."""
+        now = self._clock()
+        with self._lock:
+            waits = [(self._items[k].locked_until - now, k) for k in self.keys(name, address) if k in self._items]
+        wait, key = max(waits, default=(0.0, ""))
+        return (max(1, math.ceil(wait)), key) if wait > 0 else None
+
+    def failed(self, name: str, address: str | None) -> list[tuple[int, str]]:
+        """Record a failure against the name and the address; the (lock seconds, key) of each it locks."""
+        now = self._clock()
+        locks: list[tuple[int, str]] = []
+        with self._lock:
+            for key in self.keys(name, address):
+                entry = self._entry(key, now)
+                entry.times.append(now)
+                self._items.move_to_end(key)
+                extra = len(entry.times) - self.max_failures
+                if extra >= 0:
+                    delay = min(self.max_delay_s, self.base_delay_s * 2 ** min(extra, 32))
+                    entry.locked_until = max(entry.locked_until, now + delay)
+                    locks.append((max(1, math.ceil(entry.locked_until - now)), key))
+        return locks
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._items.pop(self.keys(name, None)[0], None)
+
+    def refuse_if_locked(self, name: str, address: str | None) -> None:
+        """:class:`SignInLocked` (logged) while this name or address is locked."""
+        locked = self.retry_after(name, address)
+        if locked is not None:
+            log.warning("sign-in refused for %r from %s: locked for %d s more (%s)", name, address, *locked)
+            raise SignInLocked(*locked)
+
+    def check(self, name: str, address: str | None, verify: Callable[[], T]) -> T | None:
+        """``verify()`` (the password check of either backend; its result, None meaning wrong) under the limit:
+        :class:`SignInLocked` without calling it while the name or address is locked; failures are counted and
+        logged (logger ``productgen.web``) with each lock they cause; the attempt that locks still answers as a
+        wrong password (None), the next ones get :class:`SignInLocked`."""
+        self.refuse_if_locked(name, address)
+        result = verify()
+        if result is not None:
+            self.succeeded(name)
+            return result
+        log.warning("failed sign-in for %r from %s", name, address)
+        for seconds, key in self.failed(name, address):
+            log.warning(
+                "sign-in locked for %d s (%s) after %d or more failures in %g s",
+                seconds,
+                key,
+                self.max_failures,
+                self.window_s,
+            )
+        return None

@@ -66,6 +66,7 @@ class State:
     gate: Gate
     templates: Jinja2Templates
     tmp_root: Path
+    limiter: auth.SignInLimiter
     samples: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
     thumbs: dict[str, bytes] = field(default_factory=dict)
 

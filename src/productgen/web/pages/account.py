@@ -1,4 +1,7 @@
-"""Sign in and sign out: the users file (scrypt hashes) or, with ``web.auth: mlflow``, the team server's users."""
+"""Sign in and sign out: the users file (scrypt hashes) or, with ``web.auth: mlflow``, the team server's users.
+
+Both backends go through the same :class:`productgen.web.auth.SignInLimiter`: failures are counted per user name
+and per client address; a locked name or address is answered 429 with ``Retry-After`` before any password check."""
 
 from __future__ import annotations
 
@@ -39,15 +42,34 @@ def signin_get(request: Request) -> Response:
     return state.render(request, "signin.html", auth_mode=state.web.auth)
 
 
+def locked_page(state: State, request: Request, err: auth.SignInLocked) -> Response:
+    response = state.render(
+        request,
+        "signin.html",
+        429,
+        auth_mode=state.web.auth,
+        message=f"Too many failed sign-ins for this user name or from this address. Try again in {err.retry_after} s.",
+    )
+    response.headers["Retry-After"] = str(err.retry_after)
+    return response
+
+
 @router.post("/signin", response_class=HTMLResponse)
 async def signin_post(request: Request) -> Response:
     state = state_of(request)
     form, s = await state.posted_small(request)
     name = (form.get("username") or "").strip()
     password = form.get("password") or ""
+    address = request.client.host if request.client else None  # the proxy's X-Forwarded-For when it is trusted
+    try:  # refused before any password check (and before taking a slot of the gate)
+        state.limiter.refuse_if_locked(name, address)
+    except auth.SignInLocked as err:
+        return locked_page(state, request, err)
     state.gate.enter()  # a password check costs tens of ms of CPU (scrypt): bounded like model work
     try:
-        creds = await state.gate.run(check_password, state, name, password)
+        creds = await state.gate.run(state.limiter.check, name, address, lambda: check_password(state, name, password))
+    except auth.SignInLocked as err:  # locked meanwhile by a parallel attempt
+        return locked_page(state, request, err)
     finally:
         state.gate.leave()
     if creds is None:
