@@ -45,11 +45,16 @@ $(RAW): | $(STAMP)
 
 data: $(RAW)  ## Put the built-in Fashion-MNIST dataset into data/ (DVC-tracked)
 
-run: data  ## Data stages (dvc repro validate + push), then the retrain flow: validate -> train -> evaluate -> register -> promote
+run: data  ## Data stages (dvc repro validate + push), the retrain flow (validate -> train -> evaluate -> register -> promote), then the shipped champions
 	@# Only the data stages here: the flow trains and evaluates itself (the DVC train/evaluate stages are `dvc repro`).
 	dvc repro --pull validate
 	dvc push -q --with-deps data.dvc validate
 	$(BIN)/python flows/retrain.py --profile quick-cpu
+	@# Every page of `productgen web` needs a champion: register the models in champions/ (idempotent: a model
+	@# shipped before is not registered again; a task that has a champion keeps it, the shipped one is challenger).
+	@echo
+	@echo "Shipped champions (champions/, productgen registry ship), one line per task:"
+	@$(BIN)/productgen registry ship
 	@echo
 	@echo "Validation report:  artifacts/validation/report.md (HTML: artifacts/validation/report.html)"
 	@echo "Sample grid:        $$(ls -t artifacts/eval/gan-quick/*/samples.png | head -n 1)"
