@@ -152,6 +152,14 @@ def champion_lineage(rp: RetrainParams) -> dict[str, Any] | None:
         return None
 
 
+@task(name="earlier-decision", cache_policy=NONE, timeout_seconds=300, **TRANSIENT_RETRIES)
+def earlier_decision(rp: RetrainParams, key: str, champion: str | None) -> tuple[str, str] | None:
+    """A version made from this very key and already judged against this champion (refused, rejected, waiting)."""
+    from productgen.registry import promotion as registry
+
+    return registry.earlier_decision(rp.task, key, champion, rp.model_name)
+
+
 @task(name="drift-report", cache_policy=NONE, timeout_seconds=3600)
 def drift_report(rp: RetrainParams, data: dict[str, Any], champion: dict[str, Any] | None, out: str) -> dict[str, Any]:
     """This week's data against the champion's training snapshot (restored with DVC); may stop the flow."""
@@ -238,9 +246,11 @@ def gate_and_promote(
     metrics: dict[str, Any],
     data: dict[str, Any],
     lineage_tags: dict[str, str],
+    drift_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Register the challenger, score the champion beside it on this week's set, decide, promote if better."""
-    from productgen.registry import gate
+    """Register the challenger, score the champion beside it on this week's set, decide, promote if better (with
+    ``registry.approval: required``: ask for approval instead; the flow then waits for the answer)."""
+    from productgen.registry import approval, gate
     from productgen.registry import promotion as registry
     from productgen.registry.rescore import score_pair
     from productgen.tracking import lineage
@@ -263,6 +273,10 @@ def gate_and_promote(
         tag = lineage.tag_snapshot(name, version, repo / lineage_tags["dvc_pointer"], lineage_tags["data_md5"], repo)
         if tag:
             registry.tag_version(rp.task, version, "lineage.git_tag", tag, rp.model_name)
+    if drift_summary is not None:
+        registry.tag_version(
+            rp.task, version, approval.DRIFT_TAG, json.dumps(drift_summary, default=str), rp.model_name
+        )
     eval_out = Path(p.evaluate.out)
     challenger, champion = score_pair(
         p, rp.task, Path(p.evaluate.model), metrics, version, Path(data["prepared"]), eval_out / "gate", rp.model_name
@@ -272,7 +286,10 @@ def gate_and_promote(
     registry.record_verdict(rp.task, version, verdict, rp.model_name)
     _comparison_artifact(rp, name, version, verdict)
     decision = None
-    if rp.promote:
+    waiting = None
+    if rp.promote and verdict.promote and p.registry.approval == "required":
+        waiting = approval.request(rp.task, version, p.registry.approval_timeout_hours, rp.model_name)
+    elif rp.promote:
         decision = registry.decision_dict(
             registry.promote(rp.task, version, margin, name=rp.model_name, verdict=verdict, cfg=p.registry)
         )
@@ -280,9 +297,38 @@ def gate_and_promote(
         "model": name,
         "version": version,
         "decision": decision,
+        "approval": waiting,
         "verdict": verdict.reason,
         "evidence": verdict.evidence,
         "git_tag": tag,
+    }
+
+
+@task(name="await-approval", cache_policy=NONE, **TRANSIENT_RETRIES)
+def await_approval(rp: RetrainParams, version: str, poll_s: float) -> dict[str, Any]:
+    """Poll the version's approval tags until a person answers (web Models page, ``productgen registry approve``
+    / ``reject``) or the deadline passes (recorded as timed_out). An approval promotes through the gate."""
+    from productgen.registry import approval
+
+    return approval.wait(rp.task, version, poll_s, rp.model_name)
+
+
+def _approval_decision(answer: dict[str, Any]) -> dict[str, Any]:
+    """The promotion decision after an answer: the one approve() made, or the rejection / timeout record's."""
+    if answer.get("decision"):
+        return answer["decision"]
+    from productgen.registry import promotion as registry
+
+    tags = registry._client().get_model_version(answer["model"], answer["version"]).tags
+    record = json.loads(tags.get("promotion.record") or "{}")
+    return {
+        "model": answer["model"],
+        "version": answer["version"],
+        "promoted": False,
+        "reason": record.get("reason") or f"approval {answer.get('state')}",
+        "champion_before": record.get("champion_before"),
+        "champion_after": record.get("champion_after"),
+        "approval": {k: answer.get(k) for k in ("state", "by", "at", "reason", "requested_at", "deadline")},
     }
 
 
@@ -362,9 +408,15 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     lineage_tags = snapshot_data(params, data)
     champion = champion_lineage(params)
     name = _model(params)
-    if champion and champion.get("key") == lineage_tags["key"] and not params.force:
+    same: tuple[str, str] | None = None
+    if not params.force:
+        if champion and champion.get("key") == lineage_tags["key"]:
+            same = (champion["version"], "champion")
+        else:  # a version of this very key already judged against this champion: training again makes a copy
+            same = earlier_decision(params, lineage_tags["key"], champion["version"] if champion else None)
+    if same is not None:
         msg = (
-            f"skipped: nothing changed since v{champion['version']} (data {lineage_tags['data_md5']}, code "
+            f"skipped: nothing changed since v{same[0]} ({same[1]}; data {lineage_tags['data_md5']}, code "
             f"{lineage_tags['git_commit'][:12]}, params {lineage_tags['params_hash']}); force=true trains anyway"
         )
         print(f"{name}: {msg}")
@@ -372,7 +424,14 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         return {
             "data": data,
             "lineage": lineage_tags,
-            "registry": {"model": name, "skipped": True, "champion": champion["version"], "reason": msg},
+            "registry": {
+                "model": name,
+                "skipped": True,
+                "champion": champion["version"] if champion else None,
+                "same_as": same[0],
+                "same_decision": same[1],
+                "reason": msg,
+            },
         }
     eval_dir = base.evaluate.out.replace("{task}", params.task)
     overrides: dict[str, Any] = {
@@ -396,9 +455,41 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         if family == "generation"
         else f"{params.task}: before / after",
     )
-    result = gate_and_promote(params, overrides, trained, metrics, data, lineage_tags)
+    drift_summary = {k: drift[k] for k in ("new_categories", "removed_categories", "duplicate_share", "alerts")}
+    result = gate_and_promote(params, overrides, trained, metrics, data, lineage_tags, drift_summary)
+    if result.get("approval"):
+        asked = result["approval"]
+        link = notify.models_page(base.registry.review_url)
+        print(
+            f"{result['model']} v{result['version']}: passed the gate ({result['verdict']}); waiting for approval "
+            f"until {asked['deadline']}: {link}, or productgen registry approve|reject {params.task} "
+            f"--version {result['version']}"
+        )
+        notify.post(
+            notify.notify_url(base.retrain.notify_url),
+            "approval-requested",
+            {
+                "model": result["model"],
+                "version": result["version"],
+                "task": params.task,
+                "reason": result["verdict"],
+                "deadline": asked["deadline"],
+                "url": link,
+                "cli": f"productgen registry approve {params.task} --version {result['version']}",
+            },
+        )
+        poll = base.registry.approval_poll_seconds
+        answer = await_approval.with_options(
+            timeout_seconds=base.registry.approval_timeout_hours * 3600 + max(600.0, 10 * poll)
+        )(params, result["version"], poll)
+        result["approval"] = answer
+        result["decision"] = _approval_decision(answer)
     d = result["decision"]
     verdict = ("promoted to champion" if d["promoted"] else "kept the champion") if d else "not promoted"
+    answer = result.get("approval") or {}
+    if answer.get("state") in ("approved", "rejected", "timed_out"):
+        who = f" by {answer.get('by')}" if answer.get("by") else ""
+        verdict = f"approval {answer['state'].replace('_', ' ')}{who}; {verdict}"
     ev = result["evidence"]
     metric = ev.get("metric", get(params.task).metric)
     champ = ev.get("champion")
@@ -423,7 +514,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     return {
         "data": data,
         "lineage": lineage_tags,
-        "drift": {k: drift[k] for k in ("new_categories", "removed_categories", "duplicate_share", "alerts")},
+        "drift": drift_summary,
         "trained": trained,
         "metrics": {k: v for k, v in metrics.items() if k != "extractor"},
         "registry": result,

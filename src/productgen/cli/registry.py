@@ -231,3 +231,104 @@ def ship(
         assert d is not None
         state = "champion" if d.promoted else d.reason
         typer.echo(f"{d.model} v{d.version}: {state} ({found[task].get('figure', '?')})")
+
+
+Version = Annotated[str, typer.Option("--version", help="The version that waits (productgen registry waiting TASK).")]
+UsersFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--users-file",
+        help="Who may answer: the web page's users file (default web.users_file; none there: anyone, as the OS user).",
+    ),
+]
+
+
+def _users_file(params: Path | None, users_file: Path | None) -> str:
+    return str(users_file) if users_file is not None else _load(params, {}).web.users_file
+
+
+@registry_app.command("waiting")
+@user_errors
+def waiting(
+    task: Task,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the entries as JSON.")] = False,
+    name: Name = None,
+) -> None:
+    """List the challengers that wait for approval (registry.approval: required), with both scores on the same set.
+
+    Example: productgen registry waiting restore
+    """
+    from productgen.registry import approval
+
+    entries = approval.waiting(task, name)
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2, default=str))
+        return
+    if not entries:
+        typer.echo("nothing waits for approval")
+    for e in entries:
+        metric = e.get("metric") or "?"
+        mine = e["metrics"].get(metric)
+        theirs = (e.get("champion_metrics") or {}).get(metric)
+        vs = f" vs champion v{e['champion']} {theirs:.4g}" if e.get("champion") and theirs is not None else ""
+        typer.echo(
+            f"{e['model']} v{e['version']}: {metric} {mine:.4g}{vs}; requested {e['requested_at']}, "
+            f"deadline {e['deadline']}"
+            if isinstance(mine, (int, float))
+            else f"{e['model']} v{e['version']}: requested {e['requested_at']}, deadline {e['deadline']}"
+        )
+
+
+@registry_app.command("approve")
+@user_errors
+def approve(
+    task: Task,
+    version: Version,
+    user: Annotated[
+        Optional[str], typer.Option("--user", help="Who approves (default: the OS user); must be allowed to.")
+    ] = None,
+    reason: Annotated[Optional[str], typer.Option("--reason", help="Why (optional, recorded).")] = None,
+    params: Params = None,
+    users_file: UsersFile = None,
+    name: Name = None,
+) -> None:
+    """Approve a challenger that waits for approval: it is promoted through the gate (its verdict against the
+    current champion), and the answer (who, when, why) is recorded with the decision.
+
+    Example: productgen registry approve restore --version 4
+    """
+    from productgen.registry import approval
+
+    p = _load(params, {})
+    who = user or approval.current_user()
+    r = approval.approve(task, version, who, reason, name, cfg=p.registry, users_file=_users_file(params, users_file))
+    verdict = "PROMOTED" if r["promoted"] else "not promoted"
+    typer.echo(
+        f"{r['model']} v{r['version']}: approved by {who}; {verdict} ({r['promotion_reason']}); "
+        f"champion is now v{r['decision']['champion_after']}"
+    )
+
+
+@registry_app.command("reject")
+@user_errors
+def reject(
+    task: Task,
+    version: Version,
+    reason: Annotated[str, typer.Option("--reason", help="Why it is rejected (required, recorded in the history).")],
+    user: Annotated[
+        Optional[str], typer.Option("--user", help="Who rejects (default: the OS user); must be allowed to.")
+    ] = None,
+    params: Params = None,
+    users_file: UsersFile = None,
+    name: Name = None,
+) -> None:
+    """Reject a challenger that waits for approval: not promoted; who, when and why go to its promotion record and
+    the model's history (productgen registry history TASK).
+
+    Example: productgen registry reject restore --version 4 --reason "shoes look blurry"
+    """
+    from productgen.registry import approval
+
+    who = user or approval.current_user()
+    r = approval.reject(task, version, who, reason, name, users_file=_users_file(params, users_file))
+    typer.echo(f"{r['model']} v{r['version']}: rejected by {who} ({reason}); champion stays v{r['champion_before']}")

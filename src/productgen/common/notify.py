@@ -1,4 +1,6 @@
-"""Webhook notifications of the retrain loop (promotion, rejection, failure): a JSON POST, never fatal.
+"""Webhook notifications of the retrain loop: a JSON POST, never fatal. Events: ``promoted``, ``retrain-failed``,
+and ``approval-requested`` (a challenger waits for a person, with ``url``: the web page's Models page,
+:func:`models_page`, and ``cli``: the command that answers).
 
 Why a plain webhook: every chat and incident tool (Slack, Teams, Mattermost, PagerDuty, a shop's own endpoint)
 accepts one, and it works the same with Prefect's ephemeral mode and a Prefect server. ``PRODUCTGEN_NOTIFY_URL``
@@ -19,6 +21,11 @@ ENV = "PRODUCTGEN_NOTIFY_URL"
 
 def notify_url(configured: str | None) -> str | None:
     return os.environ.get(ENV) or configured
+
+
+def models_page(review_url: str) -> str:
+    """The web page's Models page, where a waiting challenger is approved or rejected (``registry.review_url``)."""
+    return review_url.rstrip("/") + "/models"
 
 
 def post(url: str | None, event: str, payload: dict[str, Any], timeout: float = 10.0) -> bool:

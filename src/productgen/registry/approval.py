@@ -240,7 +240,9 @@ def waiting(task: str, name: str | None = None) -> list[dict[str, Any]]:
     return [_describe(client, model, mv) for mv in sorted(versions, key=lambda mv: int(mv.version))]
 
 
-def _check_answer(client: Any, model: str, version: str, user: str, users_file: str | Path | None) -> dict[str, str]:
+def _check_answer(
+    client: Any, task: str, model: str, version: str, user: str, users_file: str | Path | None
+) -> dict[str, str]:
     if not can_answer(user, users_file):
         raise UserError(
             f"{user!r} may not answer for {model}: not in the users file "
@@ -328,7 +330,7 @@ def approve(
     if _expire(client, model, version) is not None:
         raise UserError(f"{model} v{version}: the approval deadline has passed (recorded as timed_out); not promoted")
     with registry.promotion_lock():
-        _check_answer(client, model, version, user, users_file)
+        _check_answer(client, task, model, version, user, users_file)
         answer = {STATE: APPROVED, BY: user, AT: _iso(_now()), REASON: (reason or "").strip()}
         for k, v in answer.items():
             client.set_model_version_tag(model, version, k, v[:4900])
@@ -363,7 +365,7 @@ def reject(
     if _expire(client, model, version) is not None:
         raise UserError(f"{model} v{version}: the approval deadline has passed (recorded as timed_out)")
     with registry.promotion_lock():
-        tags = _check_answer(client, model, version, user, users_file)
+        tags = _check_answer(client, task, model, version, user, users_file)
         return _record_refusal(client, model, version, tags, REJECTED, user, reason, _iso(_now()))
 
 

@@ -349,6 +349,39 @@ def _current(verdict: Any, champion: str | None, task: str, version: str) -> Any
     )
 
 
+def earlier_decision(task: str, key: str, champion: str | None, name: str | None = None) -> tuple[str, str] | None:
+    """``(version, its decision)`` of the newest version trained from the same run ``key`` (data, code, params)
+    that was already judged against ``champion`` (None: no champion): refused by the gate, rejected by a person, or
+    still waiting for approval. Training it again would register a copy of it; the retrain flow skips instead.
+    A version whose approval timed out was never judged by a person: it does not count (the next run asks again)."""
+    client = _client()
+    model = registered_name(task, name)
+    if not key or not _exists(client, model):
+        return None
+    versions = client.search_model_versions(f"name='{model}'")
+    for mv in sorted(versions, key=lambda m: -int(m.version)):
+        tags = mv.tags
+        if tags.get(f"{LINEAGE_PREFIX}key") != key:
+            continue
+        try:
+            verdict = json.loads(tags[GATE_TAG])
+        except (KeyError, ValueError, TypeError):
+            continue
+        against = ((verdict.get("evidence") or {}).get("champion") or {}).get("version")
+        if against != champion:
+            continue
+        state = tags.get("approval.state")
+        if state == "waiting":
+            return str(mv.version), f"waiting for approval until {tags.get('approval.deadline')}"
+        if state == "rejected":
+            return str(mv.version), (
+                f"rejected by {tags.get('approval.by')} at {tags.get('approval.at')}: {tags.get('approval.reason')}"
+            )
+        if not verdict.get("promote"):
+            return str(mv.version), f"rejected by the gate: {verdict.get('reason')}"
+    return None
+
+
 def resolve_version(task: str, version: str | None = None, name: str | None = None) -> str:
     """``version`` checked to exist, or the challenger's version."""
     client = _client()
