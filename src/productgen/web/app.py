@@ -33,7 +33,7 @@ from productgen.web.champions import Champions
 from productgen.web.forms import Busy, Gate, TooLarge
 from productgen.web.pages import account, enhance, generate, models, restyle, results, sketch
 from productgen.web.results import Results
-from productgen.web.shared import HERE, CsrfFailed, State, gate_settings, state_of
+from productgen.web.shared import HERE, CsrfFailed, Forbidden, State, gate_settings, state_of
 
 log = logging.getLogger("productgen.web")
 ROUTERS = (results, generate, enhance, restyle, sketch, models, account)
@@ -103,8 +103,9 @@ def install_error_pages(app: FastAPI) -> None:
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, err: UserError) -> Response:
-        status = 413 if isinstance(err, TooLarge) else 400
-        return state_of(request).error_page(request, status, str(err), "That did not work")
+        status = 413 if isinstance(err, TooLarge) else 403 if isinstance(err, Forbidden) else 400
+        title = "Not allowed" if isinstance(err, Forbidden) else "That did not work"
+        return state_of(request).error_page(request, status, str(err), title)
 
     @app.exception_handler(CsrfFailed)
     async def _csrf(request: Request, err: Exception) -> Response:

@@ -99,6 +99,7 @@ class Champions:
         self._lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
         self._loaded: dict[str, Champion] = {}
+        self._versions: dict[str, Champion] = {}  # "name/version" -> a version loaded for review
         self._index: dict[str, tuple[str, str]] = {}  # name -> (task, champion version)
         self._index_at = 0.0
 
@@ -156,6 +157,27 @@ class Champions:
             champ = self._load(name, task, version)
             with self._lock:
                 self._loaded[name] = champ
+            return champ
+
+    def version(self, name: str, task: str, version: str) -> Champion:
+        """Any version of ``name`` loaded (a waiting challenger under review); the last few are kept."""
+        key = f"{name}/{version}"
+        with self._lock:
+            current = self._loaded.get(name)
+            if current is not None and current.version == version:
+                return current
+            if key in self._versions:
+                return self._versions[key]
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                if key in self._versions:
+                    return self._versions[key]
+            champ = self._load(name, task, version)
+            with self._lock:
+                self._versions[key] = champ
+                while len(self._versions) > 4:
+                    self._versions.pop(next(iter(self._versions)))
             return champ
 
     def loaded(self) -> list[Champion]:

@@ -54,6 +54,10 @@ class CsrfFailed(Exception):
     """A POST without this session's CSRF token (HTTP 403)."""
 
 
+class Forbidden(UserError):
+    """A signed-in user who may not do this (HTTP 403); nothing was changed."""
+
+
 @dataclass
 class State:
     """The application's state, one per :func:`productgen.web.app.create_app`; shared by every page router."""
@@ -67,6 +71,7 @@ class State:
     templates: Jinja2Templates
     tmp_root: Path
     limiter: auth.SignInLimiter
+    reviews: dict[tuple[str, str, str], Any] = field(default_factory=dict)  # (name, champion, challenger) -> images
     samples: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
     thumbs: dict[str, bytes] = field(default_factory=dict)
 

@@ -89,8 +89,9 @@ def decode_uploads(
     return good, bad
 
 
-def generate_items(champion: Any, category: str, count: int, seed: int) -> list[Item]:
-    """``count`` new images of ``category`` from a generation champion (same inputs, same bytes)."""
+def generate_arrays(champion: Any, category: str, count: int, seed: int) -> tuple[str, np.ndarray]:
+    """The category's name and ``count`` new images ``[N, H, W, 3]`` uint8 of it from a generator (same inputs,
+    same pixels: the review compares two models on the very same seeds)."""
     import torch
 
     from productgen.apply.generation import resolve_categories, sample
@@ -104,8 +105,12 @@ def generate_items(champion: Any, category: str, count: int, seed: int) -> list[
     (label,) = resolve_categories([category], champion.classes)
     device = next(net.parameters()).device
     labels = torch.full((count,), label, dtype=torch.long, device=device)
-    images = to_nhwc(sample(net, int(cfg["gan"]["z_dim"]), labels, seed))
-    cat = champion.classes[label]
+    return champion.classes[label], to_nhwc(sample(net, int(cfg["gan"]["z_dim"]), labels, seed))
+
+
+def generate_items(champion: Any, category: str, count: int, seed: int) -> list[Item]:
+    """``count`` new images of ``category`` from a generation champion (same inputs, same bytes)."""
+    cat, images = generate_arrays(champion, category, count, seed)
     return [
         Item(f"{cat}/{cat}-seed{seed}-{i:02d}.png", png_bytes(img), width=img.shape[1], height=img.shape[0])
         for i, img in enumerate(images)
