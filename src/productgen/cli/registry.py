@@ -331,4 +331,4 @@ def reject(
 
     who = user or approval.current_user()
     r = approval.reject(task, version, who, reason, name, users_file=_users_file(params, users_file))
-    typer.echo(f"{r['model']} v{r['version']}: rejected by {who} ({reason}); champion stays v{r['champion_before']}")
+    typer.echo(f"{r['model']} v{r['version']}: rejected by {who} ({reason}); champion stays v{r['champion_after']}")

@@ -265,12 +265,12 @@ def _record_refusal(
     """Write ``state`` (rejected / timed_out) and the promotion record + history event that say who, when, why."""
     from productgen.registry import promotion as registry
 
-    answer = {STATE: state, AT: at, REASON: reason, **({BY: by} if by else {})}
+    answer = {AT: at, REASON: reason, **({BY: by} if by else {})}
     for k, v in answer.items():
         client.set_model_version_tag(model, version, k, v[:4900])
     verdict = _json_tag(tags, registry.GATE_TAG) or {}
     champion = registry.alias_version(client, model, registry.CHAMPION)
-    approval = {**state_of({**tags, **answer})}
+    approval = {**state_of({**tags, **answer, STATE: state})}
     what = f"rejected by {by}: {reason}" if state == REJECTED else reason
     record = {
         "time": at,
@@ -285,7 +285,17 @@ def _record_refusal(
     client.set_model_version_tag(model, version, "promotion.decision", state)
     client.set_model_version_tag(model, version, "promotion.record", json.dumps(record)[:4900])
     registry._append_history(client, model, {"action": state, "version": version, **record})
-    return {"model": model, "version": version, "promoted": False, **approval, "record": record}
+    # the state last: whoever polls it (the waiting flow) then finds who, when, why and the record already there
+    client.set_model_version_tag(model, version, STATE, state)
+    return {
+        "model": model,
+        "version": version,
+        "promoted": False,
+        **approval,
+        "champion_before": champion,
+        "champion_after": champion,
+        "record": record,
+    }
 
 
 def _timed_out_reason(tags: dict[str, str]) -> str:
@@ -331,7 +341,7 @@ def approve(
         raise UserError(f"{model} v{version}: the approval deadline has passed (recorded as timed_out); not promoted")
     with registry.promotion_lock():
         _check_answer(client, task, model, version, user, users_file)
-        answer = {STATE: APPROVED, BY: user, AT: _iso(_now()), REASON: (reason or "").strip()}
+        answer = {BY: user, AT: _iso(_now()), REASON: (reason or "").strip(), STATE: APPROVED}  # the state last
         for k, v in answer.items():
             client.set_model_version_tag(model, version, k, v[:4900])
     approval = state_of(_tags(client, model, version))
