@@ -45,16 +45,17 @@ $(RAW): | $(STAMP)
 
 data: $(RAW)  ## Put the built-in Fashion-MNIST dataset into data/ (DVC-tracked)
 
-run: data  ## Data stages (dvc repro validate + push), the retrain flow (validate -> train -> evaluate -> register -> promote), then the shipped champions
+run: data  ## Data stages (dvc repro validate + push), the shipped champions, then the retrain flow (validate -> train -> evaluate -> register -> promote)
 	@# Only the data stages here: the flow trains and evaluates itself (the DVC train/evaluate stages are `dvc repro`).
 	dvc repro --pull validate
 	dvc push -q --with-deps data.dvc validate
-	$(BIN)/python flows/retrain.py --profile quick-cpu
-	@# Every page of `productgen web` needs a champion: register the models in champions/ (idempotent: a model
-	@# shipped before is not registered again; a task that has a champion keeps it, the shipped one is challenger).
-	@echo
+	@# Every page of `productgen web` needs a champion: register the models in champions/ first (idempotent: a
+	@# model shipped before is not registered again; a task that has a champion keeps it, the shipped one is
+	@# challenger). The flow's quick GAN then has to beat the shipped GAN on the same test set to take its place.
 	@echo "Shipped champions (champions/, productgen registry ship), one line per task:"
 	@$(BIN)/productgen registry ship
+	@echo
+	$(BIN)/python flows/retrain.py --profile quick-cpu
 	@echo
 	@echo "Validation report:  artifacts/validation/report.md (HTML: artifacts/validation/report.html)"
 	@echo "Sample grid:        $$(ls -t artifacts/eval/gan-quick/*/samples.png | head -n 1)"
