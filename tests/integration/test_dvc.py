@@ -154,9 +154,9 @@ def test_train_evaluate_reproduce_and_experiments(repo: Path) -> None:
 
 
 def test_restoration_chain_in_the_pipeline(repo: Path) -> None:
-    """A second model family runs through its own train / evaluate stages (foreach) with committed metrics."""
-    out = sh("dvc", "repro", "evaluate-model@restore", cwd=repo).stdout
-    assert "Running stage 'train-model@restore'" in out and "Running stage 'train'" not in out
+    """A second model family runs through its own train / evaluate stages with committed metrics."""
+    out = sh("dvc", "repro", "evaluate-restore", cwd=repo).stdout
+    assert "Running stage 'train-restore'" in out and "Running stage 'train'" not in out
     metrics = json.loads((repo / "artifacts/dvc/restore/metrics.json").read_text())
     assert metrics["psnr"] > 0 and metrics["baseline_psnr"] > 0 and metrics["view"] == "noise25"
     assert (repo / "artifacts/dvc/restore/train/model/config.json").is_file()

@@ -25,6 +25,8 @@ def figure(task: str, metrics: dict[str, Any]) -> str:
     """The card's one-line figure, as the README's quality table shows it."""
     if "fid" in metrics and "psnr" not in metrics:
         return f"FID {metrics['fid']:.2f}"
+    if "psnr" in metrics and "fid" in metrics:  # pix2pix
+        return f"{metrics['psnr']:.2f} dB (+{metrics.get('gain_db', float('nan')):.1f} dB), FID {metrics['fid']:.1f}"
     if "psnr" in metrics:
         view = str(metrics.get("view", ""))
         what = "noisy" if view.startswith("noise") else "degraded"

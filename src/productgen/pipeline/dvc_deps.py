@@ -67,6 +67,10 @@ class Project:
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             self.modules[name] = f
         self._trees: dict[str, ast.Module] = {}
+        self.imports_cache: dict[tuple[str, int, bool], list[Import]] = {}
+        self.producers: set[tuple[str, str]] | None = None
+        self.src_files: list[str] | None = None
+        self.tails_cache: dict[str, set[str]] = {}
 
     def tree(self, module: str) -> ast.Module:
         if module not in self._trees:
@@ -119,7 +123,14 @@ class Import:
 
 
 def _imports(project: Project, module: str, node: ast.AST, into_functions: bool = True) -> list[Import]:
-    """The project modules ``node`` imports (``from pkg import mod`` names the submodule)."""
+    """The project modules ``node`` imports (``from pkg import mod`` names the submodule); memoised per node."""
+    key = (module, id(node), into_functions)
+    if key not in project.imports_cache:
+        project.imports_cache[key] = _find_imports(project, module, node, into_functions)
+    return project.imports_cache[key]
+
+
+def _find_imports(project: Project, module: str, node: ast.AST, into_functions: bool) -> list[Import]:
     out: list[Import] = []
     pkg = module if project.is_package(module) else module.rpartition(".")[0]
     for n in _walk(node, into_functions):
@@ -226,16 +237,20 @@ def command_closure(project: Project, module: str, func: str) -> set[str]:
 def data_files(project: Project, modules: Iterable[str]) -> set[str]:
     """Project files (not modules already in the closure) that the modules name by a path tail: string constants
     joined with ``/`` (``Path(__file__).parent / "serving" / "gan_pyfunc.py"``) that end a file path under src."""
-    files = [f.relative_to(project.root).as_posix() for f in project.src.rglob("*") if f.is_file()]
-    files = [f for f in files if "__pycache__" not in f and ".egg-info" not in f]
+    if project.src_files is None:
+        files = [f.relative_to(project.root).as_posix() for f in project.src.rglob("*") if f.is_file()]
+        project.src_files = [f for f in files if "__pycache__" not in f and ".egg-info" not in f]
     found: set[str] = set()
     for m in modules:
-        for n in _walk(project.tree(m)):
-            tail = _path_tail(n)
-            if tail and ("/" in tail or "." in tail.rpartition("/")[2]) and not tail.startswith("/"):
-                for f in files:
-                    if f.endswith("/" + tail) and (f.endswith(".py") is False or "/" in tail):
-                        found.add(f)
+        if m not in project.tails_cache:
+            tails = {t for n in _walk(project.tree(m)) if (t := _path_tail(n))}
+            project.tails_cache[m] = {
+                t for t in tails if ("/" in t or "." in t.rpartition("/")[2]) and not t.startswith("/")
+            }
+        for tail in project.tails_cache[m]:
+            for f in project.src_files:
+                if f.endswith("/" + tail) and (not f.endswith(".py") or "/" in tail):
+                    found.add(f)
     return found
 
 
@@ -305,7 +320,9 @@ class ParamsScanner:
         self.reads = ParamReads()
         self.unresolved: set[str] = set()
         self._seen: set[tuple[str, str, str]] = set()
-        self.producers = self._producers()
+        if project.producers is None:
+            project.producers = self._producers()
+        self.producers = project.producers
 
     def _producers(self) -> set[tuple[str, str]]:
         """Functions returning a Params object: annotated ``-> Params``, or returning a call to one (``_load``)."""
@@ -594,8 +611,12 @@ def _narrow(keys: set[str]) -> set[str]:
     return {k for k in keys if "." not in k or k.split(".")[0] not in keys}
 
 
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+
+
 def _load_yaml(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+    return (_yaml(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
 def _interpolate(value: str, params: dict[str, Any]) -> str:
@@ -623,7 +644,7 @@ def derive(root: Path, dvc_yaml: Path | None = None) -> dict[str, StageDeps]:
     from productgen import tasks as task_registry
     from productgen.config import profile_path
 
-    pipeline = yaml.safe_load((dvc_yaml or root / "dvc.yaml").read_text(encoding="utf-8"))
+    pipeline = _yaml((dvc_yaml or root / "dvc.yaml").read_text(encoding="utf-8"))
     params_yaml = _load_yaml(root / "params.yaml")
     stages: dict[str, dict[str, Any]] = pipeline.get("stages") or {}
     everyone_outs = [p for s in stages.values() if isinstance(s, dict) for p in _out_paths(s, params_yaml)]
@@ -728,7 +749,7 @@ def missing(root: Path, derived: dict[str, StageDeps] | None = None) -> list[str
     """One line per stage and file (or params key) that dvc.yaml does not declare."""
     root = root.resolve()
     derived = derive(root) if derived is None else derived
-    pipeline = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))
+    pipeline = _yaml((root / "dvc.yaml").read_text(encoding="utf-8"))
     params_yaml = _load_yaml(root / "params.yaml")
     problems: list[str] = []
     for name, d in derived.items():
@@ -747,7 +768,7 @@ def extra(root: Path, derived: dict[str, StageDeps] | None = None) -> list[str]:
     """Code and params dependencies dvc.yaml declares that the code does not use (spurious re-runs)."""
     root = root.resolve()
     derived = derive(root) if derived is None else derived
-    pipeline = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))
+    pipeline = _yaml((root / "dvc.yaml").read_text(encoding="utf-8"))
     params_yaml = _load_yaml(root / "params.yaml")
     problems: list[str] = []
     for name, d in derived.items():
@@ -832,6 +853,92 @@ def rewrite(text: str, derived: dict[str, StageDeps]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The shipped champions: one frozen stage each
+
+
+def champion_cards(root: Path) -> dict[str, dict[str, Any]]:
+    import json
+
+    folder = root / "champions"
+    return {
+        f.parent.name: json.loads(f.read_text(encoding="utf-8"))
+        for f in sorted(folder.glob("*/card.json"))
+        if (f.parent / "config.json").is_file()
+    }
+
+
+def champion_recipe(root: Path, card: dict[str, Any]) -> tuple[str, int | None]:
+    """The profile a card names and the ``--max-steps`` to add when the profile does not train that many steps."""
+    profile = str(card.get("profile", "")).split()[0] if card.get("profile") else "quick-cpu"
+    from productgen.config import profile_path
+
+    merged = _load_yaml(root / "params.yaml")
+    found, steps = _lookup(_load_yaml(root / profile_path(profile)), "train.max_steps")
+    if not found:
+        steps = _lookup(merged, "train.max_steps")[1]
+    want = card.get("steps")
+    return profile, (int(want) if want is not None and want != steps else None)
+
+
+def champion_stage(root: Path, task: str, card: dict[str, Any]) -> str:
+    """The dvc.yaml text of ``champion-<task>`` (deps and params filled in by :func:`rewrite`)."""
+    profile, steps = champion_recipe(root, card)
+    more = f" --max-steps {steps}" if steps else ""
+    run, ev = f"artifacts/train/champion-{task}", f"artifacts/eval/champion-{task}"
+    return "\n".join(
+        [
+            f"  champion-{task}:",
+            "    frozen: true",
+            "    cmd: >-",
+            f"      rm -rf {run} {ev}",
+            f"      && productgen train {task} --profile {profile}{more} --out {run} --no-track --quiet",
+            f"      && productgen evaluate --task {task} --profile {profile} --model {run}/model",
+            f"      --out {ev} --no-track --quiet",
+            f"      && python -m productgen.pipeline.champion {task} --profile {profile} --model {run}/model",
+            f"      --metrics {ev}/metrics.json",
+            "    deps:",
+            "      - ${data.out}",
+            "      - ${validation.out}/summary.json",
+            "    params:",
+            "    outs:",
+            f"      - champions/{task}:        # git-tracked, so not cached by DVC; kept until the new one is complete",
+            "          cache: false",
+            "          persist: true",
+            "",
+        ]
+    )
+
+
+def champion_problems(root: Path) -> list[str]:
+    """Shipped champions without their frozen stage, or whose stage trains another recipe than the card says."""
+    root = root.resolve()
+    stages = (_yaml((root / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages") or {}
+    problems = []
+    for task, card in champion_cards(root).items():
+        stage = stages.get(f"champion-{task}")
+        if stage is None:
+            problems.append(f"champions/{task}: no frozen stage champion-{task} (python -m {__name__} --write)")
+            continue
+        expected = _yaml(champion_stage(root, task, card))[f"champion-{task}"]
+        if " ".join(str(stage.get("cmd", "")).split()) != " ".join(expected["cmd"].split()):
+            problems.append(f"stage champion-{task}: its cmd is not the recipe of champions/{task}/card.json")
+        if not stage.get("frozen"):
+            problems.append(f"stage champion-{task}: not frozen (a plain `dvc repro` would retrain the champion)")
+    return problems
+
+
+def add_champion_stages(root: Path, text: str) -> str:
+    """``dvc.yaml`` with a frozen stage for each shipped champion that has none (before the top-level plots)."""
+    stages = (_yaml(text) or {}).get("stages") or {}
+    new = [champion_stage(root, t, c) for t, c in champion_cards(root).items() if f"champion-{t}" not in stages]
+    if not new:
+        return text
+    m = re.search(r"^(?:#.*\n)*[a-z]", text.split("stages:", 1)[1], re.M)
+    cut = len(text.split("stages:", 1)[0]) + len("stages:") + m.start() if m else len(text)
+    return text[:cut].rstrip("\n") + "\n\n" + "\n".join(new) + "\n" + text[cut:]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # dvc.lock: the code and params each stage was last run with (needs DVC)
 
 
@@ -860,7 +967,7 @@ def lock_drift(root: Path, frozen: bool | None = False) -> dict[str, list[str]]:
                 continue
             if frozen is not None and bool(stage.frozen) != frozen:
                 continue
-            name = stage.addressing
+            name = stage.name  # the key of dvc.lock (addressing is relative to the working directory)
             if name not in lock:
                 drift[name] = ["no dvc.lock entry"]
                 continue
@@ -873,7 +980,7 @@ def lock_drift(root: Path, frozen: bool | None = False) -> dict[str, list[str]]:
                 declared.add(rel)
                 if not params and is_data(dep.fs_path):
                     continue
-                if rel not in locked:
+                if rel not in (set(lock[name].get("params") or {}) if params else locked):
                     lines.append(f"{rel} not in dvc.lock")
                     continue
                 for _path, state in (dep.status() or {}).items():
@@ -923,9 +1030,13 @@ def main(argv: list[str] | None = None) -> int:
         if not drift:
             print("dvc.lock matches the code and params of every " + ("frozen " if args.frozen else "") + "stage")
         return 1 if drift else 0
-    derived = derive(root)
     if args.write:
         path = root / "dvc.yaml"
+        staged = add_champion_stages(root.resolve(), path.read_text(encoding="utf-8"))
+        if staged != path.read_text(encoding="utf-8"):
+            path.write_text(staged, encoding="utf-8")
+    derived = derive(root)
+    if args.write:
         new = rewrite(path.read_text(encoding="utf-8"), derived)
         if new != path.read_text(encoding="utf-8"):
             path.write_text(new, encoding="utf-8")
@@ -933,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{path}: up to date")
         return 0
-    problems = missing(root, derived)
+    problems = missing(root, derived) + champion_problems(root)
     if not args.check:
         for name, d in derived.items():
             tasks = f" (task {', '.join(d.tasks)})" if d.tasks else ""

@@ -1,0 +1,151 @@
+"""dvc.yaml declares every dependency its stages' commands have (issue 18): recomputed from the code by
+:mod:`productgen.pipeline.dvc_deps` (import closure of each command and its task's registry refs, the profiles
+and files it reads, the params keys it reads) and compared with what dvc.yaml lists. Offline, no DVC run."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from productgen.pipeline import dvc_deps
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def derived() -> dict[str, dvc_deps.StageDeps]:
+    return dvc_deps.derive(ROOT)
+
+
+def test_dvc_yaml_declares_every_derived_dependency(derived: dict[str, dvc_deps.StageDeps]) -> None:
+    problems = dvc_deps.missing(ROOT, derived) + dvc_deps.champion_problems(ROOT)
+    assert not problems, (
+        "dvc.yaml lacks dependencies its commands have; run `python -m productgen.pipeline.dvc_deps --write`:\n"
+        + "\n".join(problems)
+    )
+
+
+def test_every_stage_that_runs_project_code_is_derived(derived: dict[str, dvc_deps.StageDeps]) -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(derived) == {n for n, s in stages.items() if "productgen" in str(s.get("cmd", ""))}
+    assert {f"champion-{t}" for t in dvc_deps.champion_cards(ROOT)} <= set(derived)
+
+
+def test_per_task_closures(derived: dict[str, dvc_deps.StageDeps]) -> None:
+    vae, cyclegan = set(derived["train-vae"].code), set(derived["train-cyclegan"].code)
+    assert "src/productgen/training/vae_task.py" in vae and "src/productgen/models/vae.py" in vae
+    assert not {f for f in vae if "translate" in f and "/cli/" not in f}, "train-vae depends on translation code"
+    assert (
+        "src/productgen/training/translate_task.py" in cyclegan
+        and "src/productgen/training/vae_task.py" not in cyclegan
+    )
+    assert "flows/profiles/quick-cpu.yaml" in vae and "flows/profiles/quick-cpu-translate.yaml" in cyclegan
+    # evaluate stages: the evaluator and the task's model loader, not the training code of other tasks
+    ev = set(derived["evaluate-restore"].code)
+    assert {"src/productgen/evaluation/restoration.py", "src/productgen/models/restore.py"} <= ev
+    assert "src/productgen/training/style_task.py" not in ev
+
+
+def test_params_narrowed_to_what_each_stage_reads(derived: dict[str, dvc_deps.StageDeps]) -> None:
+    vae = derived["train-vae"].params
+    assert {"train", "vae", "data.out"} <= set(vae["params.yaml"])
+    assert not {"translate", "style", "gan", "restore"} & set(vae["params.yaml"])
+    assert vae["flows/profiles/quick-cpu.yaml"] and "gan" not in vae["flows/profiles/quick-cpu.yaml"]
+    assert {"gan", "train"} <= set(derived["train"].params["params.yaml"])  # gan.lr_g: dvc exp run -S works
+    assert "style.style_image" in derived["evaluate-style"].params["params.yaml"]
+
+
+def test_params_reach_every_read_through_resolved_calls() -> None:
+    """The params scanner follows the Params object into every function it is passed to; the only calls it
+    cannot resolve are the task registry's (spec.build / spec.evaluate), which the derivation adds by name."""
+    from productgen import tasks
+
+    project = dvc_deps.Project(ROOT)
+    for spec in tasks.TASKS.values():
+        scanner = dvc_deps.ParamsScanner(project)
+        for ref in ("productgen.cli.train:_train_command", "productgen.cli.evaluate:evaluate_cmd", spec.builder):
+            scanner.scan(*ref.split(":"))
+        left = {u.rsplit(" ", 1)[1] for u in scanner.unresolved}
+        assert left <= {"spec.build", "spec.evaluate"}, (spec.name, scanner.unresolved)
+
+
+def _tiny_project(tmp_path: Path, files: dict[str, str]) -> dvc_deps.Project:
+    for rel, text in files.items():
+        f = tmp_path / "src/productgen" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(textwrap.dedent(text))
+    return dvc_deps.Project(tmp_path)
+
+
+def test_closure_rules(tmp_path: Path) -> None:
+    project = _tiny_project(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": """
+                from typing import TYPE_CHECKING
+                from productgen import b
+                if TYPE_CHECKING:
+                    from productgen import typing_only
+                def run():
+                    from .pkg.c import thing
+                    return thing
+                """,
+            "b.py": "import os\n",
+            "typing_only.py": "",
+            "pkg/__init__.py": "",
+            "pkg/c.py": "from productgen.pkg import d\nthing = 1\n",
+            "pkg/d.py": "",
+            "unused.py": "",
+        },
+    )
+    names = dvc_deps.full_closure(project, ["productgen.a"])
+    assert names == {
+        "productgen",
+        "productgen.a",
+        "productgen.b",
+        "productgen.pkg",
+        "productgen.pkg.c",
+        "productgen.pkg.d",
+    }
+    # import time only: the function's import is not run
+    assert dvc_deps.module_level_closure(project, ["productgen.a"]) == {"productgen", "productgen.a", "productgen.b"}
+
+
+def test_a_style_image_given_as_a_path_becomes_a_dependency(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "flows/profiles", root / "flows/profiles")
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["style"]["style_image"] = "styles/house.png"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "styles").mkdir()
+    (root / "styles/house.png").write_bytes(b"\x89PNG")
+    derived = dvc_deps.derive(root)
+    assert "styles/house.png" in derived["evaluate-style"].code
+    assert "styles/house.png" not in derived["train-vae"].code
+    problems = dvc_deps.missing(root, derived)
+    assert "stage evaluate-style: missing code dependency styles/house.png" in problems
+    # --write adds it, and the check passes again
+    assert dvc_deps.main(["--root", str(root), "--write"]) == 0
+    assert dvc_deps.missing(root) == []
+
+
+def test_a_new_import_is_a_missing_dependency_until_written(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "flows/profiles", root / "flows/profiles")
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / f, root / f)
+    (root / "src/productgen/training/helper_new.py").write_text("X = 1\n")
+    vae_task = root / "src/productgen/training/vae_task.py"
+    vae_task.write_text(
+        vae_task.read_text() + "\n\ndef _uses_helper():\n    from productgen.training import helper_new\n"
+    )
+    problems = dvc_deps.missing(root)
+    assert "stage train-vae: missing code dependency src/productgen/training/helper_new.py" in problems
+    assert not any("train-cyclegan" in p and "helper_new" in p for p in problems)
