@@ -1,4 +1,8 @@
-"""The last step of a ``champion-<task>`` DVC stage: package a freshly trained and evaluated model as the shipped
+"""The last step of a ``champion-<task>`` DVC stage, and how to run such a frozen stage: ``--reproduce``.
+
+    python -m productgen.pipeline.champion gan --reproduce     # retrain, evaluate, package, record in dvc.lock
+
+The packaging step packages a freshly trained and evaluated model as the shipped
 champion ``champions/<task>`` with its card (:func:`productgen.registry.shipped.package`: fp16 weights, the fp16
 agreement check, the weights' digest).
 
@@ -47,14 +51,47 @@ def train_minutes(model_dir: Path) -> str | None:
     return f"{max(0.0, end.stat().st_mtime - start.stat().st_mtime) / 60:.0f} min"
 
 
+def reproduce(root: Path, stage: str) -> int:
+    """Run a frozen stage's command, then record its deps and outputs in dvc.lock (``dvc commit``): what ``dvc
+    repro`` does for a stage that is not frozen. (``dvc repro -f`` on a frozen stage only records the hashes, and
+    ``dvc unfreeze`` / ``freeze`` re-indent all of dvc.yaml.)"""
+    import subprocess
+    import sys
+
+    import yaml
+
+    stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    if stage not in stages:
+        print(f"dvc.yaml: no stage {stage!r}", file=sys.stderr)
+        return 1
+    cmd = stages[stage]["cmd"]
+    cmd = " && ".join(cmd) if isinstance(cmd, list) else cmd
+    print(f"Running frozen stage '{stage}':\n> {cmd}", flush=True)
+    if subprocess.run(["bash", "-c", cmd], cwd=root).returncode != 0:
+        print(f"{stage}: the command failed; dvc.lock and the shipped folder are unchanged", file=sys.stderr)
+        return 1
+    subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q", stage], cwd=root, check=True)
+    print(f"{stage}: reproduced; dvc.lock updated (commit it with the outputs)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("task")
-    ap.add_argument("--model", type=Path, required=True, help="the trained model folder")
-    ap.add_argument("--metrics", type=Path, required=True, help="its evaluation's metrics.json")
-    ap.add_argument("--profile", required=True, help="the profile it was trained and evaluated with")
+    ap.add_argument("--model", type=Path, help="the trained model folder")
+    ap.add_argument("--metrics", type=Path, help="its evaluation's metrics.json")
+    ap.add_argument("--profile", help="the profile it was trained and evaluated with")
+    ap.add_argument(
+        "--reproduce", action="store_true", help="run the frozen stage champion-TASK and record it in dvc.lock"
+    )
+    ap.add_argument("--stage", help="with --reproduce: the stage (default champion-TASK)")
+    ap.add_argument("--root", type=Path, default=Path("."))
     args = ap.parse_args(argv)
     task: str = args.task
+    if args.reproduce:
+        return reproduce(args.root, args.stage or f"champion-{task}")
+    if args.model is None or args.metrics is None or args.profile is None:
+        ap.error("--model, --metrics and --profile are required (or --reproduce)")
     old_folder = shipped.shipped(task)
     old = shipped.read_card(old_folder) if old_folder else {}
     keep = tuple(sorted(f.stem for f in old_folder.glob("*.safetensors"))) if old_folder else ()
@@ -67,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_time": train_minutes(args.model) or old.get("train_time", "?"),
         "profile": args.profile,
         "steps": int(config.get("step", 0)),
-        "command": f"dvc unfreeze champion-{task} && dvc repro champion-{task}; dvc freeze champion-{task}",
+        "command": f"python -m productgen.pipeline.champion {task} --reproduce  (DVC stage champion-{task})",
     }
     if metrics.get("content_hash") or config.get("dataset", {}).get("content_hash"):
         card["eval_set"] = {

@@ -411,6 +411,28 @@ class ParamsScanner:
                     return False  # put back into a Params object (for_task)
             return True
 
+        def rewritten_in_place(read: ast.Attribute, sec: str) -> bool:
+            """``replace(e, out=e.out.replace("{task}", task))``: the field is read only to be written back into the
+            same field of a copy (``for_task`` filling in folder names), which is not a use of its value."""
+            fields = {read.attr} | self.config.methods[sec].get(read.attr, set())
+            child: ast.AST = read
+            up = parents.get(read)
+            while up is not None:
+                if isinstance(up, ast.keyword):
+                    call = parents.get(up)
+                    return (
+                        up.arg in fields
+                        and isinstance(call, ast.Call)
+                        and is_replace(call)
+                        and bool(call.args)
+                        and section_of(call.args[0]) == sec
+                    )
+                if isinstance(up, (ast.stmt, ast.Lambda)):
+                    return False
+                child, up = up, parents.get(up)
+            del child
+            return False
+
         for n in _walk(node):
             sec = None
             if isinstance(n, ast.Attribute) and not (isinstance(n.ctx, ast.Store)):
@@ -419,6 +441,8 @@ class ParamsScanner:
                 sec = aliases[n.id]
             if sec is not None:
                 up = parents.get(n)
+                if isinstance(up, ast.Attribute) and up.value is n and rewritten_in_place(up, sec):
+                    continue
                 if isinstance(up, ast.Attribute) and up.value is n:
                     if up.attr in self.config.fields[sec]:
                         self.reads.add(f"{sec}.{up.attr}")
@@ -884,6 +908,9 @@ def champion_stage(root: Path, task: str, card: dict[str, Any]) -> str:
     """The dvc.yaml text of ``champion-<task>`` (deps and params filled in by :func:`rewrite`)."""
     profile, steps = champion_recipe(root, card)
     more = f" --max-steps {steps}" if steps else ""
+    params = _load_yaml(root / "params.yaml")  # literal paths: `dvc freeze / unfreeze` cannot rewrite ${...} stages
+    prepared = _interpolate("${data.out}", params)
+    summary = _interpolate("${validation.out}/summary.json", params)
     run, ev = f"artifacts/train/champion-{task}", f"artifacts/eval/champion-{task}"
     return "\n".join(
         [
@@ -897,8 +924,8 @@ def champion_stage(root: Path, task: str, card: dict[str, Any]) -> str:
             f"      && python -m productgen.pipeline.champion {task} --profile {profile} --model {run}/model",
             f"      --metrics {ev}/metrics.json",
             "    deps:",
-            "      - ${data.out}",
-            "      - ${validation.out}/summary.json",
+            f"      - {prepared}",
+            f"      - {summary}",
             "    params:",
             "    outs:",
             f"      - champions/{task}:        # git-tracked, so not cached by DVC; kept until the new one is complete",
@@ -922,6 +949,8 @@ def champion_problems(root: Path) -> list[str]:
         expected = _yaml(champion_stage(root, task, card))[f"champion-{task}"]
         if " ".join(str(stage.get("cmd", "")).split()) != " ".join(expected["cmd"].split()):
             problems.append(f"stage champion-{task}: its cmd is not the recipe of champions/{task}/card.json")
+        if "${" in yaml.safe_dump(stage):
+            problems.append(f"stage champion-{task}: uses ${{...}}, which `dvc unfreeze` cannot rewrite")
         if not stage.get("frozen"):
             problems.append(f"stage champion-{task}: not frozen (a plain `dvc repro` would retrain the champion)")
     return problems
@@ -1004,7 +1033,7 @@ def drift_lines(drift: dict[str, list[str]], frozen: bool = False, show: int = 3
         if frozen:
             out.append(
                 f"{stage}: code or params changed since the shipped champion was trained ({what}): retrain it "
-                f"(dvc unfreeze {stage} && dvc repro {stage}; dvc freeze {stage}) or keep it as shipped"
+                f"(python -m productgen.pipeline.champion {stage.removeprefix('champion-')} --reproduce) or keep it"
             )
         else:
             out.append(f"{stage}: differs from dvc.lock ({what}): run `dvc repro` and commit dvc.lock")
