@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,9 +114,12 @@ def test_frozen_stage_never_runs_in_repro(tiny: Path) -> None:
     (tiny / "src/code.py").write_text("print('v2')\n")
     sh("dvc", "repro", "-q", cwd=tiny)
     assert (tiny / "shipped/w.txt").read_text() == "weights\n"  # the shipped files stay as they are
-    # retraining a frozen stage: unfreeze, repro, freeze (repro -f alone only re-records the hashes)
-    sh("dvc", "unfreeze", "champion", cwd=tiny)
-    sh("dvc", "repro", "-q", "champion", cwd=tiny)
-    sh("dvc", "freeze", "champion", cwd=tiny)
-    assert (tiny / "shipped/w.txt").read_text() == "print('v2')\n"
-    assert dvc_deps.lock_drift(tiny, frozen=None) == {}
+    # `dvc repro -f` on a frozen stage does not run it (it only re-records the hashes); --reproduce runs it
+    sh("dvc", "repro", "-q", "-f", "champion", cwd=tiny)
+    assert (tiny / "shipped/w.txt").read_text() == "weights\n"
+    (tiny / "src/code.py").write_text("print('v3')\n")
+    out = sh(sys.executable, "-m", "productgen.pipeline.champion", "x", "--reproduce", "--stage", "champion", cwd=tiny)
+    assert "champion: reproduced" in out
+    assert (tiny / "shipped/w.txt").read_text() == "print('v3')\n"
+    assert "frozen: true" in (tiny / "dvc.yaml").read_text()
+    assert dvc_deps.lock_drift(tiny, frozen=True) == {}  # the champion is recorded as reproduced
