@@ -170,9 +170,10 @@ def server(store: Store) -> Iterator[str]:
         assert "Traceback" not in text or "error id" in text, text[-4000:]
 
 
-def _train_and_register(store: Store, task: str, metrics: dict[str, Any]) -> tuple[str, str]:
+def _train_and_register(store: Store, task: str, metrics: dict[str, Any], force: bool = False) -> tuple[str, str]:
     """Train ``task`` for 2 steps with MLflow tracking (lineage tags and all), register it with ``metrics`` as its
-    evaluation and promote it through the gate; returns (version, model URI)."""
+    evaluation and promote it through the gate (``force``: by hand, as ``registry promote --force``); returns
+    (version, model URI)."""
     from productgen.config import load_params
     from productgen.pipeline.train import train
     from productgen.registry import promotion as registry
@@ -190,7 +191,7 @@ def _train_and_register(store: Store, task: str, metrics: dict[str, Any]) -> tup
     version = registry.register_challenger(task, result.model_uri, {**EVAL, **metrics}, CONTENT_HASH, "test")
     from productgen.web.app import _gate_settings
 
-    decision = registry.promote(task, version, 0.0, **_gate_settings(registry.promote, p))
+    decision = registry.promote(task, version, 0.0, force=force, **_gate_settings(registry.promote, p))
     assert decision.promoted, decision.reason
     return version, str(result.model_uri)
 

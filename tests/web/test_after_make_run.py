@@ -34,7 +34,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import encode, product_image
-from tests.web.conftest import BIN, Store, free_port, get, using
+from tests.web.conftest import BIN, Store, _train_and_register, free_port, get, using
 
 REPO = Path(__file__).resolve().parents[2]
 CHAMPIONS = REPO / "champions"
@@ -108,27 +108,10 @@ def after_run(params: Path, tmp_path_factory: pytest.TempPathFactory) -> AfterRu
     first = _ship(root, uri)
     try:
         with using(store):
-            flow_gan = _train_and_force(store, default().name)
+            flow_gan, _ = _train_and_register(store, default().name, {"fid": 40.0}, force=True)
     finally:
         torch.set_num_threads(threads)
     return AfterRun(store, cards, flow_gan, first, _ship(root, uri))
-
-
-def _train_and_force(store: Store, task: str) -> str:
-    """A model trained after the ship step, promoted by a person (``promote --force``); returns its version."""
-    from productgen.config import load_params
-    from productgen.pipeline.train import train
-    from productgen.registry import promotion as registry
-    from tests.web.conftest import CONTENT_HASH, EVAL
-
-    p = load_params(
-        store.params,
-        {"train.out": str(store.root / "train" / task), "train.max_steps": 2, "train.checkpoint_every": 1000},
-    )
-    result = train(p, task, show_progress=False, track=True)
-    version = registry.register_challenger(task, result.model_uri, {**EVAL, "fid": 40.0}, CONTENT_HASH, "test")
-    assert registry.promote(task, version, 0.0, force=True).promoted
-    return version
 
 
 @contextlib.contextmanager

@@ -165,8 +165,7 @@ def _find_imports(project: Project, module: str, node: ast.AST, into_functions: 
     return out
 
 
-def module_level_closure(project: Project, start: Iterable[str]) -> set[str]:
-    """What importing ``start`` executes: module-level imports, transitively, with the packages' ``__init__``."""
+def _closure(project: Project, start: Iterable[str], into_functions: bool) -> set[str]:
     seen: set[str] = set()
     todo = list(start)
     while todo:
@@ -175,22 +174,18 @@ def module_level_closure(project: Project, start: Iterable[str]) -> set[str]:
             continue
         seen.add(m)
         todo.extend(project.parents(m))
-        todo.extend(i.module for i in _imports(project, m, project.tree(m), into_functions=False))
+        todo.extend(i.module for i in _imports(project, m, project.tree(m), into_functions=into_functions))
     return seen
+
+
+def module_level_closure(project: Project, start: Iterable[str]) -> set[str]:
+    """What importing ``start`` executes: module-level imports, transitively, with the packages' ``__init__``."""
+    return _closure(project, start, into_functions=False)
 
 
 def full_closure(project: Project, start: Iterable[str]) -> set[str]:
     """Every module ``start`` may import, at module level or inside any function, transitively."""
-    seen: set[str] = set()
-    todo = list(start)
-    while todo:
-        m = todo.pop()
-        if m in seen or m not in project.modules:
-            continue
-        seen.add(m)
-        todo.extend(project.parents(m))
-        todo.extend(i.module for i in _imports(project, m, project.tree(m)))
-    return seen
+    return _closure(project, start, into_functions=True)
 
 
 def _is_cli(module: str) -> bool:
