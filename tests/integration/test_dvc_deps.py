@@ -149,3 +149,39 @@ def test_a_new_import_is_a_missing_dependency_until_written(tmp_path: Path) -> N
     problems = dvc_deps.missing(root)
     assert "stage train-vae: missing code dependency src/productgen/training/helper_new.py" in problems
     assert not any("train-cyclegan" in p and "helper_new" in p for p in problems)
+
+
+def test_a_stage_depends_on_the_cli_module_it_runs_and_no_other(derived: dict[str, dvc_deps.StageDeps]) -> None:
+    """The CLI imports a command's module only when it runs, so an edit to `productgen web` or `registry`
+    re-runs no stage, and an edit to `productgen train` re-runs the training stages and not the evaluations."""
+    for name, deps in derived.items():
+        cli = {f for f in deps.code if "/cli/" in f}
+        assert not cli & {"src/productgen/cli/web.py", "src/productgen/cli/registry.py"}, name
+    assert "src/productgen/cli/train.py" in derived["train-vae"].code
+    assert "src/productgen/cli/train.py" not in derived["evaluate-vae"].code
+    assert "src/productgen/cli/data.py" not in derived["train-vae"].code
+
+
+def test_what_a_stage_command_imports_when_it_runs_is_declared(derived: dict[str, dvc_deps.StageDeps]) -> None:
+    """The static closure checked against a real run of the stage's command line (with --dry-run, which goes
+    through the same CLI and config code and stops before training): every project module it imports is a dep."""
+    import subprocess
+    import sys
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("train-vae", "evaluate-cyclegan"):
+        words = dvc_deps._split_cmd(stages[name]["cmd"])[0]
+        assert words[0] == "productgen", words
+        code = (
+            "import sys; from productgen.cli import app; "
+            f"app({words[1:] + ['--dry-run']!r}, standalone_mode=False); "
+            "print(' '.join(sorted(m.__file__ for n, m in list(sys.modules.items()) "
+            "if n.split('.')[0] == 'productgen' and getattr(m, '__file__', None))))"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        files = {Path(f).resolve().relative_to(ROOT).as_posix() for f in proc.stdout.strip().splitlines()[-1].split()}
+        assert "src/productgen/cli/__init__.py" in files
+        assert files <= set(derived[name].code), (
+            f"stage {name}: not declared: {sorted(files - set(derived[name].code))}"
+        )

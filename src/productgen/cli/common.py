@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -20,6 +20,29 @@ ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to rea
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Print the resolved configuration as JSON and exit without running.")
 ]
+
+
+Params = Annotated[
+    Optional[Path],
+    typer.Option("--params", help="params.yaml to read; default ./params.yaml if present. Options override it."),
+]
+
+
+Profile = Annotated[
+    Optional[str],
+    typer.Option(
+        "--profile", help="Partial params file merged over params.yaml (a name in flows/profiles/ or a path)."
+    ),
+]
+
+
+def load_cli_params(params: Path | None, overrides: dict[str, Any], profile: str | None = None) -> Any:
+    """params.yaml (./params.yaml when present and none is named) with a profile and the options merged over it."""
+    from productgen.config import load_params
+
+    if params is None:
+        params = Path("params.yaml") if Path("params.yaml").is_file() else None
+    return load_params(params, overrides, profile)
 
 
 OS_ERROR_EXIT = 1  # the machine refused (disk full, read-only, permissions), as opposed to a usage mistake (2)

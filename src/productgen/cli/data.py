@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from productgen.cli.common import DryRunOption, print_config, user_errors
+from productgen.cli.common import DryRunOption, Params, load_cli_params, print_config, user_errors
 
 data_app = typer.Typer(
     help="Product-image datasets: fetch the built-in one, prepare shards, validate, look at views.",
     no_args_is_help=True,
 )
-
-Params = Annotated[
-    Optional[Path],
-    typer.Option("--params", help="params.yaml to read; default ./params.yaml if present. Options override it."),
-]
-
-
-Profile = Annotated[
-    Optional[str],
-    typer.Option(
-        "--profile", help="Partial params file merged over params.yaml (a name in flows/profiles/ or a path)."
-    ),
-]
-
-
-def _load(params: Path | None, overrides: dict[str, Any], profile: str | None = None) -> Any:
-    from productgen.config import load_params
-
-    if params is None:
-        params = Path("params.yaml") if Path("params.yaml").is_file() else None
-    return load_params(params, overrides, profile)
 
 
 @data_app.command("fetch")
@@ -101,7 +80,7 @@ def prepare(
         "data.mode": mode,
         "data.seed": seed,
     }
-    cfg = _load(params, overrides).data
+    cfg = load_cli_params(params, overrides).data
     if dry_run:
         print_config(cfg)
         return
@@ -135,7 +114,7 @@ def validate(
     """
     from productgen.common.errors import ValidationFailed
 
-    p = _load(params, {"validation.out": out})
+    p = load_cli_params(params, {"validation.out": out})
     if dry_run:
         print_config(p.validation)
         return
@@ -166,7 +145,7 @@ def views(
     from productgen.data.dataset import PreparedDataset
     from productgen.data.views import make_view, view_kinds
 
-    p = _load(params, {})
+    p = load_cli_params(params, {})
     ds = PreparedDataset(prepared or Path(p.data.out))
     images, _ = ds.tensors(split)
     clean = images[:n]
@@ -199,7 +178,7 @@ def export(
     """
     from productgen.data.export import export_view
 
-    p = _load(params, {})
+    p = load_cli_params(params, {})
     files = export_view(prepared or Path(p.data.out), split, view, p.views, n, out, with_clean)
     typer.echo(f"{len(files)} {view} images ({split} split) -> {files[0].parent}")
 
@@ -225,7 +204,7 @@ def catalog(
     """
     from productgen.data.export import export_catalog
 
-    p = _load(params, {})
+    p = load_cli_params(params, {})
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     files = export_catalog(prepared or Path(p.data.out), split, cats, per_category, skip, out)
     typer.echo(f"{len(files)} images ({split} split) -> {out}/<category>/")

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from productgen.cli.common import DryRunOption, print_config, user_errors
-from productgen.cli.data import Params, Profile, _load
+from productgen.cli.common import DryRunOption, Params, Profile, load_cli_params, print_config, user_errors
 
 
 @user_errors
@@ -51,7 +50,7 @@ def evaluate_cmd(
 
       productgen evaluate --max-real 1000 --num-fake 1000 --device cpu    # a quick look on a CPU
     """
-    p = _load(
+    p = load_cli_params(
         params,
         {
             "evaluate.model": model,

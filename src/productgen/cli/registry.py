@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from productgen.cli.common import user_errors
-from productgen.cli.data import Params, _load
+from productgen.cli.common import Params, load_cli_params, user_errors
 from productgen.common.errors import UserError
 
 registry_app = typer.Typer(
@@ -57,7 +56,7 @@ def promote(
     """
     from productgen.registry import promotion as registry
 
-    p = _load(params, {})
+    p = load_cli_params(params, {})
     m = registry.margin_for(task, p.registry) if margin is None else margin
     verdict = None
     if rescore and not force:
@@ -222,7 +221,7 @@ def ship(
         return
     from productgen.registry.promotion import ship as do_ship
 
-    p = _load(params, {})
+    p = load_cli_params(params, {})
     found = shipped.cards()
     for task in tasks or list(found):
         if task not in found:
@@ -244,7 +243,7 @@ UsersFile = Annotated[
 
 
 def _users_file(params: Path | None, users_file: Path | None) -> str:
-    return str(users_file) if users_file is not None else _load(params, {}).web.users_file
+    return str(users_file) if users_file is not None else load_cli_params(params, {}).web.users_file
 
 
 @registry_app.command("waiting")
@@ -299,7 +298,7 @@ def approve(
     """
     from productgen.registry import approval
 
-    p = _load(params, {})
+    p = load_cli_params(params, {})
     who = user or approval.current_user()
     r = approval.approve(task, version, who, reason, name, cfg=p.registry, users_file=_users_file(params, users_file))
     verdict = "PROMOTED" if r["promoted"] else "not promoted"

@@ -1,14 +1,12 @@
-"""``productgen train`` and ``productgen generate``."""
+"""``productgen train <task>``: one command per task of the registry, over ``productgen.pipeline.train``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from productgen.cli.common import DryRunOption, print_config, user_errors
-from productgen.cli.data import Params, Profile, _load
+from productgen.cli.common import DryRunOption, Params, Profile, load_cli_params, print_config, user_errors
 
 train_app = typer.Typer(
     help="Train models on a prepared dataset (the same engine for every model).", no_args_is_help=True
@@ -41,7 +39,7 @@ def _train_command(task: str) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
         dry_run: DryRunOption = False,
     ) -> None:
-        p = _load(
+        p = load_cli_params(
             params,
             {
                 "train.out": out,
@@ -96,43 +94,3 @@ def _register_train_commands() -> None:
 
 
 _register_train_commands()
-
-
-def generate_command(
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model",
-            "-m",
-            help="Model folder written by training "
-            "(default: artifacts/train/gan/model, else the shipped champion champions/gan).",
-        ),
-    ] = None,
-    category: Annotated[
-        Optional[list[str]], typer.Option("--category", "-c", help="Category name (repeatable); default: all.")
-    ] = None,
-    n: Annotated[int, typer.Option("--n", help="Images per category.")] = 8,
-    seed: Annotated[int, typer.Option(help="Noise seed; same seed, same images.")] = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Grid PNG to write.")] = Path("artifacts/generated.png"),
-    folder: Annotated[Optional[Path], typer.Option("--folder", help="Also write one PNG per image here.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
-) -> None:
-    """Generate new product images of the given categories with a trained GAN.
-
-    Example: productgen generate --category sneaker --n 64 --seed 0 --out grid.png --folder generated/
-    """
-    from productgen.apply.generation import generate, save_images
-    from productgen.common.grids import make_grid, save_png
-    from productgen.registry.shipped import default_model
-
-    model = model or default_model("gan", Path("artifacts/train/gan/model"))
-
-    images, labels, classes = generate(model, category, n, seed, device)
-    ncol = 8 if n % 8 == 0 or n > 8 else n
-    save_png(make_grid(images, ncol=ncol, scale=max(1, 64 // images.shape[-1])), out)
-    typer.echo(f"{len(images)} images -> grid {out}")
-    if folder is not None:
-        typer.echo(f"{save_images(images, labels, classes, folder)} PNGs -> {folder}")
-
-
-generate_cmd = user_errors(generate_command)

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from productgen.cli.common import DryRunOption, user_errors
-from productgen.cli.data import Params, Profile, _load
+from productgen.cli.common import DryRunOption, Params, Profile, load_cli_params, user_errors
 
 tune_app = typer.Typer(
     help="Hyperparameter search with Optuna (one resumable study per task, on its primary metric).",
@@ -59,7 +58,7 @@ def _tune_command(task: str) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
         dry_run: DryRunOption = False,
     ) -> None:
-        p = _load(
+        p = load_cli_params(
             params,
             {
                 "tune.trials": trials,

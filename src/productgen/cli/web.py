@@ -14,8 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from productgen.cli.common import user_errors
-from productgen.cli.data import Params, _load
+from productgen.cli.common import Params, load_cli_params, user_errors
 from productgen.common.errors import UserError
 
 web_app = typer.Typer(
@@ -61,7 +60,7 @@ def serve(
     """
     if ctx.invoked_subcommand is not None:
         return
-    p = _load(
+    p = load_cli_params(
         params,
         {
             "web.host": host,
@@ -110,7 +109,7 @@ def add_user(
     """
     from productgen.web.auth import add_user as do_add
 
-    p = _load(params, {})
+    p = load_cli_params(params, {})
     path = users_file or Path(p.web.users_file)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")

@@ -687,7 +687,7 @@ def derive(root: Path, dvc_yaml: Path | None = None) -> dict[str, StageDeps]:
                 stage_tasks.append(spec.name)
             refs = _task_refs(spec, c.kind) if spec else []
             if c.entry is not None:
-                modules |= base | command_closure(project, *c.entry)
+                modules |= base | module_level_closure(project, [c.entry[0]]) | command_closure(project, *c.entry)
                 scanner.scan(*c.entry)
             if c.modules:
                 modules |= full_closure(project, c.modules)
