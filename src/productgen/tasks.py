@@ -259,10 +259,10 @@ register(
         f"{_E}:translation",
         ("fid_gain", "min"),
         predictor="productgen.models.translate:load_predictor",
-        quick_profile="flows/profiles/quick-cpu-translate.yaml",
+        quick_profile="flows/profiles/quick-cpu-cyclegan.yaml",
         paired=False,
         reversible=True,
-        flow_profile="quick-cpu-translate",
+        flow_profile="quick-cpu-cyclegan",
     )
 )
 register(

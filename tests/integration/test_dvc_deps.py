@@ -42,7 +42,7 @@ def test_per_task_closures(derived: dict[str, dvc_deps.StageDeps]) -> None:
         "src/productgen/training/translate_task.py" in cyclegan
         and "src/productgen/training/vae_task.py" not in cyclegan
     )
-    assert "flows/profiles/quick-cpu.yaml" in vae and "flows/profiles/quick-cpu-translate.yaml" in cyclegan
+    assert "flows/profiles/quick-cpu.yaml" in vae and "flows/profiles/quick-cpu-cyclegan.yaml" in cyclegan
     # evaluate stages: the evaluator and the task's model loader, not the training code of other tasks
     ev = set(derived["evaluate-restore"].code)
     assert {"src/productgen/evaluation/restoration.py", "src/productgen/models/restore.py"} <= ev
