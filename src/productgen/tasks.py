@@ -61,7 +61,7 @@ class TaskSpec:
     preserves_product: bool = False  # style transfer: can leave the product untouched (option preserve_product)
     paired: bool | None = None  # translation: trained on aligned pairs (True) or on two unpaired domains (False)
     reversible: bool = False  # applies both ways (a -> b and b -> a: CycleGAN)
-    page: str | None = None  # the web page that offers its champions: generate, enhance, restyle or sketch
+    page: str | None = None  # the web page that offers its champions: generate, enhance, restyle or sketch (translate)
     flow_profile: str = "quick-cpu"  # the retrain flow's quick profile that trains one (what a page without one says)
     default: bool = False  # the retrain flow's default task (`make run`, `python flows/retrain.py`)
 
@@ -262,6 +262,7 @@ register(
         quick_profile="flows/profiles/quick-cpu-cyclegan.yaml",
         paired=False,
         reversible=True,
+        page="sketch",
         flow_profile="quick-cpu-cyclegan",
     )
 )

@@ -209,6 +209,42 @@ def test_evaluate_cyclegan_with_fid(cyclegan_run: Path, params: Path, tmp_path: 
     assert "identity baseline" in (tmp_path / "e" / "report.md").read_text()
 
 
+def test_cyclegan_kid_has_a_spread_for_the_model_and_the_identity(
+    cyclegan_run: Path, params: Path, tmp_path: Path
+) -> None:
+    """Subsets of half the set, so the spread is not the zero of identical subsets; the identity's KID is the
+    one of the untranslated images' features, computed here again."""
+    from productgen.data.dataset import PreparedDataset
+    from productgen.evaluation.translation import evaluate_translation
+    from productgen.metrics import compute_statistics, get_extractor, kid_from_features
+    from productgen.models.io import read_config
+
+    prepared = load_params(params).data.out
+    m = evaluate_translation(
+        cyclegan_run / "model", prepared, split="train", out=tmp_path / "e", max_images=8, batch_size=8
+    )
+    assert m["kid_subset_size"] == m["kid_identity_subset_size"] == 4
+    assert m["kid_std"] > 0 and m["kid_identity_std"] > 0
+    assert m["kid_gain"] == pytest.approx(m["kid_identity_mean"] - m["kid_mean"])
+    noise = (m["kid_std"] ** 2 + m["kid_identity_std"] ** 2) ** 0.5
+    assert m["kid_gain_sigmas"] == pytest.approx(m["kid_gain"] / noise)
+    ds, domains = PreparedDataset(prepared), read_config(cyclegan_run / "model")["domains"]
+    images, labels = ds.tensors("train")
+
+    def subset(name: str, seed: int) -> torch.Tensor:
+        x = images[labels == ds.classes.index(name)]
+        return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:8].sort().values]
+
+    net = get_extractor("tf-inception", "cpu")
+    a, b = (compute_statistics(subset(domains[k], s), net, keep_features=True) for k, s in (("a", 0), ("b", 1)))
+    assert m["kid_identity_mean"] == pytest.approx(kid_from_features(a.features, b.features, subset_size=4).mean)
+    assert "KID x 1000" in (tmp_path / "e" / "report.md").read_text()
+    without = evaluate_translation(
+        cyclegan_run / "model", prepared, split="train", out=tmp_path / "n", max_images=8, kid_subset_size=None
+    )
+    assert "kid_mean" not in without and without["fid"] == pytest.approx(m["fid"])
+
+
 def test_translate_cli_folder_with_bad_file(pix2pix_run: Path, cyclegan_run: Path, tmp_path: Path) -> None:
     import typer
 

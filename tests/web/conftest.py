@@ -170,7 +170,9 @@ def server(store: Store) -> Iterator[str]:
         assert "Traceback" not in text or "error id" in text, text[-4000:]
 
 
-def _train_and_register(store: Store, task: str, metrics: dict[str, Any], force: bool = False) -> tuple[str, str]:
+def _train_and_register(
+    store: Store, task: str, metrics: dict[str, Any], force: bool = False, overrides: dict[str, Any] | None = None
+) -> tuple[str, str]:
     """Train ``task`` for 2 steps with MLflow tracking (lineage tags and all), register it with ``metrics`` as its
     evaluation and promote it through the gate (``force``: by hand, as ``registry promote --force``); returns
     (version, model URI)."""
@@ -185,6 +187,7 @@ def _train_and_register(store: Store, task: str, metrics: dict[str, Any], force:
             "train.max_steps": 2,
             "train.checkpoint_every": 1000,
             "train.sample_every": 2,
+            **(overrides or {}),
         },
     )
     result = train(p, task, show_progress=False, track=True)
@@ -198,7 +201,8 @@ def _train_and_register(store: Store, task: str, metrics: dict[str, Any], force:
 
 @pytest.fixture(scope="session")
 def champions(store: Store, server: str) -> dict[str, str]:
-    """Tiny champions of gan, restore (denoise), pix2pix and adain, plus a better GAN challenger (v2)."""
+    """Tiny champions of gan, restore (denoise), pix2pix, cyclegan (bags <-> shoes) and adain, plus a better GAN
+    challenger (v2)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -214,6 +218,12 @@ def champions(store: Store, server: str) -> dict[str, str]:
                 store, "restore", {"psnr": 30.0, "gain_db": 5.0, "view": "noise25", "images": 36}
             )[0]
             out["pix2pix"] = _train_and_register(store, "pix2pix", {"psnr": 20.0, "gain_db": 5.0, "images": 36})[0]
+            out["cyclegan"] = _train_and_register(
+                store,
+                "cyclegan",
+                {"fid": 90.0, "fid_identity": 120.0, "fid_gain": 30.0},
+                overrides={"translate.domain_a": "bags", "translate.domain_b": "shoes"},
+            )[0]
             out["adain"] = _train_and_register(store, "adain", {"style_score": 0.5, "content_ssim": 0.7})[0]
             # a better challenger of the GAN (same weights, a better evaluation): the Models page promotes it
             out["gan-challenger"] = registry.register_challenger(
@@ -226,7 +236,7 @@ def champions(store: Store, server: str) -> dict[str, str]:
 
     while time.monotonic() < deadline:
         body = json.loads(get(server + "/health")[1])
-        if len(body["champions"]) >= 4:
+        if len(body["champions"]) >= 5:
             break
         time.sleep(0.2)
     return out

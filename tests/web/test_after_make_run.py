@@ -1,5 +1,5 @@
 """What ``make run`` leaves in the registry, served by ``productgen web``: every page (Generate, Enhance, Restyle,
-Sketch to product) shows a model, none says "no champion yet" (issue 20).
+Translate) shows a model, none says "no champion yet" (issue 20).
 
 The store is prepared the way ``make run`` prepares ``./mlflow.db``, in a throw-away SQLite store of its own:
 
@@ -12,7 +12,8 @@ The store is prepared the way ``make run`` prepares ``./mlflow.db``, in a throw-
 3. the ship step again (the next ``make run``): it registers nothing and the trained GAN keeps its place.
 
 Then ``productgen web`` with the repository's params.yaml on a free loopback port: each page's HTML names its
-champions, and the Sketch page in Debian's chromium turns a sketch into a product with the shipped pix2pix.
+champions, and the Translate page in Debian's chromium runs the shipped pix2pix (sketch to product) and CycleGAN
+(sneaker to ankle boot).
 """
 
 from __future__ import annotations
@@ -229,30 +230,34 @@ def test_every_page_shows_a_model_after_make_run(after_run: AfterRun, web: str) 
         print(f"/{page}: {', '.join(labels)} ({time.monotonic() - t0:.1f} s)")
 
 
-def test_sketch_page_in_a_browser_draws_a_product_with_the_shipped_pix2pix(
+def test_translate_page_in_a_browser_runs_every_shipped_translation_model(
     after_run: AfterRun, web: str, browser: Any
 ) -> None:
+    """pix2pix draws a product from a sketch; CycleGAN turns a photo of its first category into its second."""
     from productgen.config import ViewsConfig
     from productgen.registry.promotion import registered_name
     from productgen.tasks import on_page
     from productgen.web.work import edges_of
 
-    (spec,) = [s for s in on_page("sketch") if s.name in after_run.shipped]
-    model = registered_name(spec.name)
+    specs = [s for s in on_page("sketch") if s.name in after_run.shipped]
+    assert {s.paired for s in specs} == {True, False}, "a sketch model and an unpaired translation model ship"
     photo = np.asarray(product_image(7, (28, 28)))
-    sketch = edges_of([photo], ViewsConfig().edge_threshold)[0]
+    inputs = {True: edges_of([photo], ViewsConfig().edge_threshold)[0], False: photo}
     page = browser.new_page()
     try:
-        page.goto(f"{web}/sketch")
-        assert page.locator("#missing").count() == 0
-        assert page.inner_text("#model-label") == f"{model} v{_champion(after_run.store.uri, model)}"
-        page.set_input_files(
-            "#photos",
-            [{"name": "sketch.png", "mimeType": "image/png", "buffer": encode(Image.fromarray(sketch), "PNG")}],
-        )
-        page.click("#go")
-        page.wait_for_selector("#result", timeout=120_000)
-        assert page.locator("tr.pair").count() == 1
-        assert model in page.inner_text("#result h2")
+        for spec in specs:
+            model = registered_name(spec.name)
+            page.goto(f"{web}/sketch")
+            assert page.locator("#missing").count() == 0
+            label = f"{model} v{_champion(after_run.store.uri, model)}"
+            options = page.locator("#model option").all_inner_texts()
+            assert any(o.startswith(label + " (") for o in options), (label, options)
+            page.select_option("#model", model)
+            image = encode(Image.fromarray(inputs[bool(spec.paired)]), "PNG")
+            page.set_input_files("#photos", [{"name": "in.png", "mimeType": "image/png", "buffer": image}])
+            page.click("#go")
+            page.wait_for_selector("#result", timeout=120_000)
+            assert page.locator("tr.pair").count() == 1
+            assert model in page.inner_text("#result h2")
     finally:
         page.close()

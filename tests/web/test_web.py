@@ -184,6 +184,7 @@ def test_sketch_to_product(page: Any, server: str) -> None:
     photo = np.asarray(product_image(7, (28, 28)))
     sketch = edges_of([photo], ViewsConfig().edge_threshold)[0]
     page.goto("/sketch")
+    page.select_option("#model", "productgen-pix2pix")  # the page also offers the CycleGAN champion
     page.set_input_files("#photos", files(("sketch.png", png(Image.fromarray(sketch)))))
     page.click("#go")
     page.wait_for_selector("#result")
@@ -194,6 +195,40 @@ def test_sketch_to_product(page: Any, server: str) -> None:
     page.click("#go")
     page.wait_for_selector("#result")
     assert "edges drawn from the photo" in page.inner_text("#result h2")
+
+
+def test_translate_page_offers_cyclegan_both_ways(page: Any, server: str) -> None:
+    """The pix2pix and CycleGAN champions share the Translate page: the CycleGAN one goes either way between its
+    two categories; a way a model cannot go, or edges for a model that takes photos, is a 400 with the reason."""
+    page.goto("/sketch")
+    options = page.locator("#model option").all_inner_texts()
+    assert any(o.startswith("productgen-pix2pix v") and "(edges -> product)" in o for o in options), options
+    assert any(o.startswith("productgen-cyclegan v") and "(bags -> shoes, and back)" in o for o in options), options
+    page.select_option("#model", "productgen-cyclegan")
+    page.select_option("#direction", "ba")
+    page.set_input_files("#photos", files(("shoe.png", png(product_image(4, (28, 28))))))
+    page.click("#go")
+    page.wait_for_selector("#result")
+    assert "shoes -> bags" in page.inner_text("#result h2") and page.locator("tr.pair").count() == 1
+    assert page.locator("#direction").input_value() == "ba" and page.locator("#model").input_value() == (
+        "productgen-cyclegan"
+    )
+    shot(page, "translate")
+    photo = ("photos", ("bag.png", png(product_image(5, (28, 28))), "image/png"))
+    with httpx.Client() as c:
+        token = form_token(c, server, "/sketch")
+        cases = {
+            ("productgen-pix2pix", "ba", False): "translates one way only (edges -> product); choose forward",
+            ("productgen-cyclegan", "zz", False): "direction: 'zz' is not a direction",
+            ("productgen-cyclegan", "ab", True): "takes photos as they are (bags -> shoes)",
+        }
+        for (model, direction, edges), message in cases.items():
+            data = {"csrf_token": token, "model": model, "direction": direction} | ({"edges": "on"} if edges else {})
+            r = c.post(server + "/sketch", data=data, files=[photo])
+            text = html.unescape(r.text)
+            assert r.status_code == 400 and message in text and "Traceback" not in text, (model, text[-800:])
+        r = c.post(server + "/sketch", data={"csrf_token": token, "model": "productgen-cyclegan"}, files=[photo])
+        assert r.status_code == 200 and "bags -> shoes" in html.unescape(r.text)
 
 
 def test_promote_and_rollback_need_sign_in_and_csrf_and_the_page_follows(page: Any, server: str, store: Store) -> None:

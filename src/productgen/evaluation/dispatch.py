@@ -76,6 +76,7 @@ def translation(
         seed=e.seed,
         show_progress=show_progress,
         categories=categories,
+        kid_subset_size=e.kid_subset_size if e.kid else None,
     )
 
 

@@ -7,6 +7,10 @@
 - CycleGAN has no pairs: FID of G_AB(A) against the real B images, and the FID of the untranslated A images
   against B (the identity baseline), so the gain is visible; plus how well G_BA undoes G_AB (cycle PSNR and
   SSIM). Primary metric: ``fid`` (lower is better).
+- KID with its spread next to each FID (``kid_mean`` / ``kid_std``, ``kid_identity_*`` for CycleGAN): a win is
+  worth shipping only when it is larger than the noise, and FID alone has no error bar. The subsets hold at most
+  half of the smaller set, so they differ and their spread measures something (subsets as large as the set are
+  all the same images: a spread of zero that means nothing).
 
 Views are computed with each image's index in its split, so pix2pix inputs are the pairs every evaluation
 (and the restoration models) use. Writes ``metrics.json``, ``report.md`` and ``before_after.png``.
@@ -92,6 +96,7 @@ def evaluate_translation(
     seed: int = 0,
     show_progress: bool = False,
     categories: list[str] | None = None,
+    kid_subset_size: int | None = 1000,
 ) -> dict[str, Any]:
     """Evaluate the pix2pix or CycleGAN model in ``model_dir`` on ``split`` of ``prepared``; write and return metrics.
 
@@ -99,6 +104,7 @@ def evaluate_translation(
     trained on edges with another threshold is judged on its own kind of sketch). ``max_images``: a subset
     seeded by ``seed`` (per domain for CycleGAN). ``fid=False`` skips the feature network (fast checks).
     ``categories``: pix2pix only, score on those categories of the split (CycleGAN's are its two domains).
+    ``kid_subset_size``: the largest KID subset (None: no KID).
     """
     from productgen.data.dataset import PreparedDataset
     from productgen.metrics.extractors import resolve_device
@@ -152,7 +158,13 @@ def evaluate_translation(
 
         def stats_of(x: torch.Tensor) -> Any:
             if id(x) not in stats:
-                stats[id(x)] = compute_statistics(x, net, batch_size=batch_size, show_progress=show_progress)
+                stats[id(x)] = compute_statistics(
+                    x,
+                    net,
+                    batch_size=batch_size,
+                    keep_features=kid_subset_size is not None,
+                    show_progress=show_progress,
+                )
             return stats[id(x)]
 
         for name, (a, b) in sets.items():
@@ -162,8 +174,15 @@ def evaluate_translation(
                     "raise max_images or pass fid=False"
                 )
             metrics[name] = compare(stats_of(a), stats_of(b), extractor=net).fid
+            if kid_subset_size is not None:
+                metrics |= _kid(name, stats_of(a).features, stats_of(b).features, kid_subset_size)
         if "fid_identity" in metrics:
             metrics["fid_gain"] = metrics["fid_identity"] - metrics["fid"]
+            if "kid_identity_mean" in metrics:
+                gain = metrics["kid_identity_mean"] - metrics["kid_mean"]
+                noise = float(np.hypot(metrics["kid_std"], metrics["kid_identity_std"]))
+                metrics["kid_gain"] = gain
+                metrics["kid_gain_sigmas"] = gain / noise if noise > 0 else None
         metrics["extractor"] = {"name": net.name, "sha": net.sha}
     name, direction = spec.metric, spec.direction
     metrics["primary_metric"] = {"name": name, "direction": direction}
@@ -278,6 +297,19 @@ def _eval_cyclegan(
     return [a, ab, aba], ["A", "A->B", "A->B->A"], {"fid": (ab, b), "fid_identity": (a, b)}
 
 
+def _kid(fid_name: str, a: Any, b: Any, max_subset: int) -> dict[str, Any]:
+    """KID of the FID ``fid_name``'s two feature sets: ``kid_mean`` / ``kid_std`` (``kid_identity_*`` for
+    ``fid_identity``), on subsets of at most half the smaller set."""
+    from productgen.metrics import kid_from_features
+
+    if max_subset < 2:
+        raise UserError(f"evaluate.kid_subset_size: {max_subset} must be at least 2")
+    size = max(2, min(max_subset, len(a) // 2, len(b) // 2))
+    kid = kid_from_features(a, b, subset_size=size)
+    prefix = fid_name.replace("fid", "kid", 1)
+    return {f"{prefix}_mean": kid.mean, f"{prefix}_std": kid.std, f"{prefix}_subset_size": size}
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -301,13 +333,26 @@ def _report(m: dict[str, Any], model_dir: Path, prepared: Path, content_hash: st
         ]
         if "fid" in m:
             lines += ["", f"FID of the outputs vs the real images: **{m['fid']:.2f}** (lower is better)"]
+        if "kid_mean" in m:
+            lines += [f"KID x 1000: {1000 * m['kid_mean']:.2f} +- {1000 * m['kid_std']:.2f}"]
     else:
         lines += [
             f"- {m['domains_from']}: A = `{m['domain_a']}` ({m['n_a']:,} images), "
             f"B = `{m['domain_b']}` ({m['n_b']:,} images)",
             "",
         ]
-        if "fid" in m:
+        if "fid" in m and "kid_identity_mean" in m:
+            lines += [
+                f"| vs real B | FID | KID x 1000 (+- std over {m['kid_subset_size']}-image subsets) |",
+                "|---|---|---|",
+                f"| G_AB(A) | **{m['fid']:.2f}** | {1000 * m['kid_mean']:.2f} +- {1000 * m['kid_std']:.2f} |",
+                f"| A untranslated (identity baseline) | {m['fid_identity']:.2f} | "
+                f"{1000 * m['kid_identity_mean']:.2f} +- {1000 * m['kid_identity_std']:.2f} |",
+                f"| gain | {m['fid_gain']:.2f} | {1000 * m['kid_gain']:.2f}"
+                + (f" ({m['kid_gain_sigmas']:.1f} sigma) |" if m.get("kid_gain_sigmas") is not None else " |"),
+                "",
+            ]
+        elif "fid" in m:
             lines += [
                 "| FID vs real B | value |",
                 "|---|---|",

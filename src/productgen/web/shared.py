@@ -44,7 +44,7 @@ PAGES = [
     ("generate", "Generate"),
     ("enhance", "Enhance"),
     ("restyle", "Restyle"),
-    ("sketch", "Sketch to product"),
+    ("sketch", "Translate"),
     ("models", "Models"),
 ]
 _CREDENTIALS_LOCK = threading.Lock()
