@@ -230,6 +230,32 @@ def test_every_page_shows_a_model_after_make_run(after_run: AfterRun, web: str) 
         print(f"/{page}: {', '.join(labels)} ({time.monotonic() - t0:.1f} s)")
 
 
+def _screenshot_cyclegan(page: Any, model: str, task: str) -> None:
+    """The README's screenshot: eight test photos of the shipped CycleGAN's first category, translated (needs the
+    prepared built-in dataset, ``artifacts/prepared``, from ``dvc repro`` or ``make run``)."""
+    from productgen.data.dataset import PreparedDataset
+
+    domain = json.loads((CHAMPIONS / task / "config.json").read_text())["domains"]["a"]
+    ds = PreparedDataset(REPO / "artifacts" / "prepared")
+    images, labels = ds.tensors("test")
+    photos = images[labels == ds.classes.index(domain)][:8]
+    page.select_option("#model", model)
+    page.set_input_files(
+        "#photos",
+        [
+            {
+                "name": f"{domain}-{i}.png",
+                "mimeType": "image/png",
+                "buffer": encode(Image.fromarray(x[0].numpy()), "PNG"),
+            }
+            for i, x in enumerate(photos)
+        ],
+    )
+    page.click("#go")
+    page.wait_for_selector("#result", timeout=120_000)
+    page.screenshot(path=str(REPO / "docs" / "images" / "web-translate.png"), full_page=True)
+
+
 def test_translate_page_in_a_browser_runs_every_shipped_translation_model(
     after_run: AfterRun, web: str, browser: Any
 ) -> None:
@@ -259,5 +285,7 @@ def test_translate_page_in_a_browser_runs_every_shipped_translation_model(
             page.wait_for_selector("#result", timeout=120_000)
             assert page.locator("tr.pair").count() == 1
             assert model in page.inner_text("#result h2")
+            if os.environ.get("PRODUCTGEN_WEB_SCREENSHOTS") and not spec.paired:
+                _screenshot_cyclegan(page, model, spec.name)
     finally:
         page.close()

@@ -213,7 +213,6 @@ def test_translate_page_offers_cyclegan_both_ways(page: Any, server: str) -> Non
     assert page.locator("#direction").input_value() == "ba" and page.locator("#model").input_value() == (
         "productgen-cyclegan"
     )
-    shot(page, "translate")
     photo = ("photos", ("bag.png", png(product_image(5, (28, 28))), "image/png"))
     with httpx.Client() as c:
         token = form_token(c, server, "/sketch")

@@ -27,6 +27,15 @@ from productgen.registry import shipped
 
 def figure(task: str, metrics: dict[str, Any]) -> str:
     """The card's one-line figure, as the README's quality table shows it."""
+    if "fid_identity" in metrics:  # CycleGAN: the win over not translating, with KID's spread when measured
+        text = f"FID {metrics['fid']:.1f} (not translating: {metrics['fid_identity']:.1f})"
+        if "kid_identity_mean" in metrics:
+            text += (
+                f"; KID x 1000 {1000 * metrics['kid_mean']:.1f} +- {1000 * metrics['kid_std']:.1f} "
+                f"(not translating: {1000 * metrics['kid_identity_mean']:.1f} +- "
+                f"{1000 * metrics['kid_identity_std']:.1f})"
+            )
+        return text
     if "fid" in metrics and "psnr" not in metrics:
         return f"FID {metrics['fid']:.2f}"
     if "psnr" in metrics and "fid" in metrics:  # pix2pix
