@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from productgen.pipeline.champion import figure
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cyclegan_figure_shows_the_identity_baseline_and_kid_spread() -> None:
@@ -24,3 +28,16 @@ def test_cyclegan_figure_shows_the_identity_baseline_and_kid_spread() -> None:
 def test_generator_and_pix2pix_figures_are_unchanged() -> None:
     assert figure("gan", {"fid": 60.781}) == "FID 60.78"
     assert figure("pix2pix", {"psnr": 18.024, "gain_db": 15.46, "fid": 100.81}) == "18.02 dB (+15.5 dB), FID 100.8"
+
+
+def test_the_readme_quality_table_is_the_cards_table() -> None:
+    """README.md and docs/quality.md show exactly what `productgen registry ship --table` prints from the cards
+    in champions/: a figure changes in one place (the card), never by hand in two documents."""
+    from productgen.registry import shipped
+
+    folder = ROOT / shipped.FOLDER
+    cards = {p.name: shipped.read_card(p) for p in sorted(folder.iterdir()) if (p / "config.json").is_file()}
+    assert "cyclegan" in cards and "pix2pix" in cards
+    table = shipped.table(cards)
+    for doc in ("README.md", "docs/quality.md"):
+        assert table in (ROOT / doc).read_text(encoding="utf-8"), f"{doc}: paste productgen registry ship --table"

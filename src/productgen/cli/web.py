@@ -18,7 +18,8 @@ from productgen.cli.common import Params, load_cli_params, user_errors
 from productgen.common.errors import UserError
 
 web_app = typer.Typer(
-    help="The shop's web page: generate, enhance, restyle, sketch to product, models.", invoke_without_command=True
+    help="The shop's web page: generate, enhance, restyle, translate (sketch to product, one category into another), models.",
+    invoke_without_command=True,
 )
 
 
