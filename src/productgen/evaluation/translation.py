@@ -173,9 +173,14 @@ def evaluate_translation(
                     f"{prepared}: FID needs at least 2 images per set ({name}: {len(a)} vs {len(b)}); "
                     "raise max_images or pass fid=False"
                 )
-            metrics[name] = compare(stats_of(a), stats_of(b), extractor=net).fid
-            if kid_subset_size is not None:
-                metrics |= _kid(name, stats_of(a).features, stats_of(b).features, kid_subset_size)
+            sa, sb = stats_of(a), stats_of(b)
+            kid = kid_subset_size is not None
+            size = _kid_subset_size(kid_subset_size, sa.n, sb.n) if kid_subset_size is not None else 0
+            c = compare(sa, sb, extractor=net, kid=kid, kid_subset_size=size)
+            metrics[name] = c.fid
+            if c.kid is not None:  # kid_mean / kid_std for fid, kid_identity_* for fid_identity
+                prefix = name.replace("fid", "kid", 1)
+                metrics |= {f"{prefix}_mean": c.kid.mean, f"{prefix}_std": c.kid.std, f"{prefix}_subset_size": size}
         if "fid_identity" in metrics:
             metrics["fid_gain"] = metrics["fid_identity"] - metrics["fid"]
             if "kid_identity_mean" in metrics:
@@ -297,17 +302,11 @@ def _eval_cyclegan(
     return [a, ab, aba], ["A", "A->B", "A->B->A"], {"fid": (ab, b), "fid_identity": (a, b)}
 
 
-def _kid(fid_name: str, a: Any, b: Any, max_subset: int) -> dict[str, Any]:
-    """KID of the FID ``fid_name``'s two feature sets: ``kid_mean`` / ``kid_std`` (``kid_identity_*`` for
-    ``fid_identity``), on subsets of at most half the smaller set."""
-    from productgen.metrics import kid_from_features
-
+def _kid_subset_size(max_subset: int, n_a: int, n_b: int) -> int:
+    """At most half the smaller set, so KID's subsets differ and their spread means something."""
     if max_subset < 2:
         raise UserError(f"evaluate.kid_subset_size: {max_subset} must be at least 2")
-    size = max(2, min(max_subset, len(a) // 2, len(b) // 2))
-    kid = kid_from_features(a, b, subset_size=size)
-    prefix = fid_name.replace("fid", "kid", 1)
-    return {f"{prefix}_mean": kid.mean, f"{prefix}_std": kid.std, f"{prefix}_subset_size": size}
+    return max(2, min(max_subset, n_a // 2, n_b // 2))
 
 
 def _fmt(v: Any) -> str:
