@@ -328,6 +328,9 @@ class VaeConfig:
     recon: Literal["bce", "l1", "l2"] = "bce"  # reconstruction loss in [0, 1], summed over pixels
     beta: float = 1.0  # weight of the KL term
     kl_warmup: int = 0  # steps over which beta ramps up linearly from 0 (0: no warm-up)
+    # vae: what samples draw latents from. normal: N(0, I); fitted: a full-covariance Gaussian per category fitted
+    # at export to the encoder's means on the training split (models/vae.py says why it samples better)
+    prior: Literal["normal", "fitted"] = "normal"
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.999

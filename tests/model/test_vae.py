@@ -111,3 +111,60 @@ def test_vae_restore_learns_resumes_and_evaluates(params: Path, tmp_path: Path) 
 def test_vae_levels_must_divide_the_resolution(params: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="vae.levels"):
         train(tiny(params, tmp_path / "x", 2, levels=3), "vae", show_progress=False)
+
+
+def test_fit_prior_matches_numpy_per_category_moments_whatever_the_batches() -> None:
+    """The fitted Gaussian is each category's mean and covariance (numpy's, plus the ridge) of the encoder means,
+    the same for any batching; a category with fewer than two images keeps N(0, I)."""
+    from productgen.models.vae import ConditionalVAE, fit_prior
+
+    torch.manual_seed(0)
+    x = torch.rand(90, 1, 28, 28) * 2 - 1
+    y = torch.tensor([0] * 40 + [1] * 49 + [2])  # category 2: one image
+
+    def fitted(batch: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        torch.manual_seed(1)
+        vae = ConditionalVAE(28, 1, 4, z_dim=3, width=8, max_channels=16, embed_dim=4, fitted_prior=True).eval()
+        info = fit_prior(vae, ((x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)), ridge=1e-4)
+        return vae.decoder.prior_mean.clone(), vae.decoder.prior_scale.clone(), info
+
+    mean, scale, info = fitted(7)
+    mean2, scale2, _ = fitted(90)
+    assert torch.allclose(mean, mean2, atol=1e-6) and torch.allclose(scale, scale2, atol=1e-5)
+    assert info["images"] == [40, 49, 1, 0]
+    torch.manual_seed(1)
+    ref = ConditionalVAE(28, 1, 4, z_dim=3, width=8, max_channels=16, embed_dim=4, fitted_prior=True).eval()
+    with torch.no_grad():
+        mu = ref.encode(x, y)[0].double().numpy()
+    for c in (0, 1):
+        codes = mu[y.numpy() == c]
+        cov = np.cov(codes, rowvar=False)
+        cov += 1e-4 * cov.diagonal().mean() * np.eye(3)
+        np.testing.assert_allclose(mean[c].numpy(), codes.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose((scale[c] @ scale[c].T).double().numpy(), cov, rtol=1e-4, atol=1e-8)
+    for c in (2, 3):
+        assert torch.equal(mean[c], torch.zeros(3)) and torch.equal(scale[c], torch.eye(3))
+
+
+def test_vae_with_a_fitted_prior_samples_where_its_encoder_puts_the_category(params: Path, tmp_path: Path) -> None:
+    """Trained through the real entry point with vae.prior: fitted, the exported generator maps N(0, I) noise to
+    latents with its category's fitted mean and covariance, and still loads and samples like any generator."""
+    run = tmp_path / "v"
+    train(tiny(params, run, 12, quick=True, prior="fitted"), "vae", show_progress=False)
+    net, cfg = load_generator(run / "model")
+    assert cfg["vae"]["prior"] == "fitted" and net.fitted_prior
+    assert not torch.equal(net.prior_scale[0], torch.eye(4)) and net.prior_mean.abs().sum() > 0
+    torch.manual_seed(0)
+    labels = torch.full((20_000,), 1)
+    z = net.latent(torch.randn(20_000, 4), labels)
+    cov = net.prior_scale[1] @ net.prior_scale[1].T
+    assert torch.allclose(z.mean(0), net.prior_mean[1], atol=0.05 * float(cov.diagonal().max().sqrt()))
+    assert torch.allclose(torch.cov(z.T), cov, rtol=0.1, atol=0.05 * float(cov.diagonal().max()))
+    a = sample(net, 4, torch.tensor([0, 1, 2]), seed=5)
+    assert a.shape == (3, 1, 28, 28) and np.array_equal(a, sample(net, 4, torch.tensor([0, 1, 2]), seed=5))
+    with torch.no_grad():  # forward is the decoder at the fitted latent, not at the raw noise
+        noise = torch.randn(3, 4)
+        y = torch.tensor([0, 1, 2])
+        expect = torch.tanh(0.5 * net.logits(net.prior_mean[y] + (net.prior_scale[y] @ noise[:, :, None])[..., 0], y))
+        assert torch.allclose(net(noise, y), expect, atol=1e-6)
+        assert not torch.allclose(net(noise, y), torch.tanh(0.5 * net.logits(noise, y)), atol=1e-3)

@@ -4,6 +4,13 @@ The conditional VAE's decoder is exported as a generator with the GAN generator'
 ``forward(z, labels) -> images in [-1, 1]``, so sampling, the generator pyfunc and the FID evaluation use it
 unchanged; it is there as the classic likelihood-based baseline next to the GAN (smooth, blurrier samples).
 
+Sampling from N(0, I) asks the decoder for latents the encoder never produced: the aggregated posterior of a
+trained VAE is not the prior ("holes" in latent space), and those samples are the blurry, off-manifold ones that
+dominate a VAE's FID. With ``vae.prior: fitted`` the export fits a full-covariance Gaussian per category to the
+encoder's means on the training split (ex-post density estimation, Ghosh et al. 2020, "From Variational to
+Deterministic Autoencoders"; the one-Gaussian cousin of Dai & Wipf's second-stage VAE) and bakes it into the
+decoder as an affine map of the noise, so ``forward(z ~ N(0, I), labels)`` is unchanged for every caller.
+
 The VAE restorer is a conditional VAE of the clean image given the degraded one: at training time the encoder
 sees both (posterior q(z | clean, degraded)), the decoder sees the latent and the degraded image's features
 through a bottleneck at 1/2**levels resolution; at test time it decodes the prior mean (z = 0). It has no
@@ -12,6 +19,7 @@ full-resolution skip connections, so its results are smoother than the U-Net's: 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +77,7 @@ class VaeDecoder(nn.Module):
         max_channels: int = 128,
         levels: int = 2,
         embed_dim: int = 16,
+        fitted_prior: bool = False,
     ) -> None:
         super().__init__()
         self.ch = widths(width, max_channels, levels)
@@ -76,13 +85,27 @@ class VaeDecoder(nn.Module):
         self.embed = nn.Embedding(num_classes, embed_dim)
         self.fc = nn.Linear(z_dim + embed_dim, self.ch[-1] * self.base * self.base)
         self.up = up_stack(self.ch, channels)
+        self.fitted_prior = fitted_prior
+        if fitted_prior:  # per category: latent = mean + scale @ noise; the identity until fit_prior fills them
+            self.register_buffer("prior_mean", torch.zeros(num_classes, z_dim))
+            self.register_buffer("prior_scale", torch.eye(z_dim).repeat(num_classes, 1, 1))
 
     def logits(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder logits for latents ``z`` as the encoder makes them (training feeds posterior samples here)."""
         h = F.silu(self.fc(torch.cat([z, self.embed(labels)], dim=1)))
         return self.up(h.view(len(z), self.ch[-1], self.base, self.base))
 
+    def latent(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The latent a sample decodes: ``noise`` itself under the N(0, I) prior, else the fitted Gaussian's."""
+        if not self.fitted_prior:
+            return noise
+        scale = self.prior_scale[labels].to(noise.dtype)
+        return self.prior_mean[labels].to(noise.dtype) + torch.bmm(scale, noise.unsqueeze(-1)).squeeze(-1)
+
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(0.5 * self.logits(z, labels))  # = 2 * sigmoid(logits) - 1: Bernoulli mean in [-1, 1]
+        """Samples in [-1, 1] for noise ``z ~ N(0, I)`` (the GAN generator's signature)."""
+        # tanh(logits / 2) = 2 * sigmoid(logits) - 1: the Bernoulli mean in [-1, 1]
+        return torch.tanh(0.5 * self.logits(self.latent(z, labels), labels))
 
 
 class ConditionalVAE(nn.Module):
@@ -98,6 +121,7 @@ class ConditionalVAE(nn.Module):
         max_channels: int = 128,
         levels: int = 2,
         embed_dim: int = 16,
+        fitted_prior: bool = False,
     ) -> None:
         super().__init__()
         ch = widths(width, max_channels, levels)
@@ -105,7 +129,9 @@ class ConditionalVAE(nn.Module):
         self.embed = nn.Embedding(num_classes, embed_dim)
         self.encoder = down_stack(channels + embed_dim, ch)
         self.to_stats = nn.Linear(ch[-1] * base * base, 2 * z_dim)
-        self.decoder = VaeDecoder(resolution, channels, num_classes, z_dim, width, max_channels, levels, embed_dim)
+        self.decoder = VaeDecoder(
+            resolution, channels, num_classes, z_dim, width, max_channels, levels, embed_dim, fitted_prior
+        )
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e = self.embed(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
@@ -117,6 +143,45 @@ class ConditionalVAE(nn.Module):
         mu, logvar = self.encode(x, labels)
         z = mu + eps * torch.exp(0.5 * logvar)
         return self.decoder.logits(z, labels), mu, logvar
+
+
+@torch.no_grad()
+def fit_prior(vae: ConditionalVAE, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], ridge: float = 1e-4) -> dict:
+    """Fit the decoder's per-category Gaussian to the encoder means of ``batches`` (``x`` in [-1, 1], labels).
+
+    Moments are accumulated in float64 over all batches, so the fit does not depend on the batch size. A category
+    with fewer than two images keeps N(0, I); ``ridge`` (times the mean variance) keeps a category with fewer
+    images than latent dimensions invertible. Returns per-category image counts and the mean log-determinant
+    (how much tighter than N(0, I) the fitted Gaussians are), for the training report.
+    """
+    dec = vae.decoder
+    if not dec.fitted_prior:
+        raise ValueError("fit_prior needs a decoder built with fitted_prior=True")
+    k, d = dec.prior_mean.shape
+    n = torch.zeros(k, dtype=torch.float64)
+    s1 = torch.zeros(k, d, dtype=torch.float64)
+    s2 = torch.zeros(k, d, d, dtype=torch.float64)
+    for x, y in batches:
+        mu = vae.encode(x, y.to(x.device))[0].double().cpu()
+        y = y.cpu()
+        n.index_add_(0, y, torch.ones(len(y), dtype=torch.float64))
+        s1.index_add_(0, y, mu)
+        s2.index_add_(0, y, mu[:, :, None] * mu[:, None, :])
+    logdets = []
+    for c in range(k):
+        if n[c] < 2:
+            continue
+        mean = s1[c] / n[c]
+        cov = (s2[c] - n[c] * torch.outer(mean, mean)) / (n[c] - 1)
+        cov = 0.5 * (cov + cov.T) + ridge * max(float(cov.diagonal().mean()), 1e-12) * torch.eye(d, dtype=cov.dtype)
+        chol = torch.linalg.cholesky(cov)
+        dec.prior_mean[c] = mean.to(dec.prior_mean)
+        dec.prior_scale[c] = chol.to(dec.prior_scale)
+        logdets.append(2.0 * float(torch.log(chol.diagonal()).sum()))
+    return {
+        "images": [int(v) for v in n.tolist()],
+        "mean_logdet": sum(logdets) / len(logdets) if logdets else 0.0,
+    }
 
 
 class VaeRestorer(nn.Module):
@@ -189,6 +254,7 @@ def load_generator(folder: Path, device: str | torch.device = "cpu") -> tuple[nn
             v["max_channels"],
             v["levels"],
             v["embed_dim"],
+            v.get("prior", "normal") == "fitted",  # written since the option exists; older models: N(0, I)
         )
     except (KeyError, TypeError) as err:
         raise UserError(f"{folder / 'config.json'}: incomplete vae config ({err}); re-export the model") from None

@@ -16,9 +16,16 @@ import torch
 from productgen.common.images import to_uint8
 from productgen.config import VaeConfig, ViewsConfig
 from productgen.models.restore import degrade, parse_view
-from productgen.models.vae import ConditionalVAE, VaeRestorer, check_resolution, kl_normal, recon_loss
+from productgen.models.vae import (
+    ConditionalVAE,
+    VaeRestorer,
+    check_resolution,
+    fit_prior,
+    kl_normal,
+    recon_loss,
+)
 from productgen.tasks import DatasetInfo
-from productgen.training.engine import Engine
+from productgen.training.engine import Engine, warn
 from productgen.training.restore_task import preview_images, random_flip
 
 
@@ -45,6 +52,7 @@ class VaeTask:
             cfg.max_channels,
             cfg.levels,
             cfg.embed_dim,
+            cfg.prior == "fitted",
         )
         self.modules = {"vae": engine.prepare_module(net)}
         self.optimizers = {"vae": engine.adam(self.modules["vae"].parameters(), cfg.lr, (cfg.beta1, cfg.beta2))}
@@ -62,9 +70,29 @@ class VaeTask:
         }
 
     def export(self, engine: Engine) -> dict[str, torch.nn.Module]:
-        """The EMA decoder as ``generator`` (GAN-compatible); the raw full VAE (with encoder) for analysis."""
+        """The EMA decoder as ``generator`` (GAN-compatible); the raw full VAE (with encoder) for analysis.
+
+        With ``vae.prior: fitted`` the EMA VAE's own encoder places the training split in latent space first and
+        the decoder's per-category Gaussian is fitted to it (the encoder the decoder was averaged with).
+        """
         assert engine.ema is not None
+        if self.cfg.prior == "fitted":
+            self._fit_prior(engine)
         return {"generator": engine.ema.shadow.decoder, "vae": self.modules["vae"]}
+
+    def _fit_prior(self, engine: Engine) -> None:
+        from productgen.data.dataset import PreparedDataset
+
+        images, labels = PreparedDataset(self.info.root).tensors(engine.cfg.split)
+        batch = 500
+        batches = (
+            (engine.to_input(images[i : i + batch]), labels[i : i + batch]) for i in range(0, len(images), batch)
+        )
+        fitted = fit_prior(engine.ema.shadow, batches)
+        warn(
+            f"fitted the sampling prior to {sum(fitted['images']):,} {engine.cfg.split} images' latents "
+            f"(mean log-det {fitted['mean_logdet']:.1f}; N(0, I): 0)"
+        )
 
     def train_step(self, engine: Engine, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         x = engine.to_input(images)
