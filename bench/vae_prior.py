@@ -9,8 +9,11 @@ the first).
 
     PYTHONPATH=src python bench/vae_prior.py artifacts/train/vae-cpu-2h/model
     PYTHONPATH=src python bench/vae_prior.py artifacts/train/vae-cpu-2h/model --num-fake 2000 --max-real 2000
+    # on 2 cores: one variant per process and core, each writing its evaluation (metrics.json) under --out
+    OMP_NUM_THREADS=1 python bench/vae_prior.py MODEL --variants normal --out OUT &
+    OMP_NUM_THREADS=1 python bench/vae_prior.py MODEL --variants fitted --out OUT
 
-Prints FID and KID of each and the ratio fitted / normal. Needs only the productgen core.
+Prints FID and KID of each and, with both, the ratio fitted / normal. Needs only the productgen core.
 """
 
 from __future__ import annotations
@@ -54,17 +57,23 @@ def main() -> None:
     ap.add_argument("--prepared", type=Path, default=ROOT / "artifacts" / "prepared")
     ap.add_argument("--num-fake", type=int, default=None, help="default: as many as real images")
     ap.add_argument("--max-real", type=int, default=None, help="default: the whole split")
-    ap.add_argument("--out", type=Path, default=None, help="keep both evaluations here (default: a temp folder)")
+    ap.add_argument("--out", type=Path, default=None, help="keep the evaluations here (default: a temp folder)")
+    ap.add_argument("--variants", nargs="+", choices=("normal", "fitted"), default=["normal", "fitted"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
-        variants = {"N(0, I)": normal_copy(args.model, Path(tmp) / "normal"), "fitted": args.model}
+        variants = {
+            "normal": normal_copy(args.model, Path(tmp) / "normal") if "normal" in args.variants else None,
+            "fitted": args.model,
+        }
         rows = {}
-        for name, folder in variants.items():
+        for name in args.variants:
+            folder = variants[name]
+            assert folder is not None
             cfg = dataclasses.replace(
                 EvaluateConfig(),
                 model=str(folder),
-                out=str(out / name.replace("(0, I)", "ormal").replace(" ", "")),
+                out=str(out / name),
                 num_fake=args.num_fake,
                 max_real=args.max_real,
                 device="cpu",
@@ -73,10 +82,12 @@ def main() -> None:
             m = evaluate(cfg, args.prepared, show_progress=False)
             rows[name] = (m["fid"], 1000 * m["kid_mean"], 1000 * m["kid_std"], time.perf_counter() - t0)
             print(f"{name}: FID {m['fid']:.2f} ({m['n_fake']} vs {m['n_real']})", flush=True)
-    base = rows["N(0, I)"][0]
-    print("\n| prior | FID | KID x 1000 | ratio to N(0, I) | seconds |\n|---|---|---|---|---|")
+    base = rows["normal"][0] if "normal" in rows else None
+    print("\n| prior | FID | KID x 1000 | FID ratio to N(0, I) | seconds |\n|---|---|---|---|---|")
     for name, (fid, kid, kid_std, secs) in rows.items():
-        print(f"| {name} | {fid:.2f} | {kid:.2f} +- {kid_std:.2f} | {fid / base:.3f} | {secs:.0f} |")
+        ratio = f"{fid / base:.3f}" if base else "-"
+        label = "N(0, I)" if name == "normal" else "fitted"
+        print(f"| {label} | {fid:.2f} | {kid:.2f} +- {kid_std:.2f} | {ratio} | {secs:.0f} |")
 
 
 if __name__ == "__main__":
