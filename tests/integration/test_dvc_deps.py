@@ -135,6 +135,34 @@ def test_a_style_image_given_as_a_path_becomes_a_dependency(tmp_path: Path) -> N
     assert dvc_deps.missing(root) == []
 
 
+def test_a_run_folder_a_profile_names_is_not_a_dependency_where_git_ignores_it(tmp_path: Path) -> None:
+    """A champion's profile names its run folder (train.out, evaluate.model); that folder exists only on the
+    machine that trained it, so it must not become a dependency there and be absent from every other clone."""
+    import subprocess
+
+    from productgen.config import profile_path
+
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "flows/profiles", root / "flows/profiles")
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / f, root / f)
+    card = yaml.safe_load((ROOT / "champions/vae/card.json").read_text())
+    run = yaml.safe_load((ROOT / profile_path(card["profile"])).read_text())["evaluate"]["model"]
+    (root / run).mkdir(parents=True)
+    (root / run / "config.json").write_text("{}")
+    (root / "champions/vae").mkdir(parents=True)
+    for f in ("card.json", "config.json"):
+        shutil.copy(ROOT / "champions/vae" / f, root / "champions/vae" / f)
+    # outside git (nothing known to be ignored) the existing folder is taken as a project file ...
+    assert run in dvc_deps.derive(root)["champion-vae"].code
+    # ... in a work tree that ignores it, it is a run output and not a dependency
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / ".gitignore").write_text("/" + run.split("/")[0] + "/\n")
+    assert run not in dvc_deps.derive(root)["champion-vae"].code
+    assert profile_path(card["profile"]).as_posix() in dvc_deps.derive(root)["champion-vae"].code
+
+
 def test_a_new_import_is_a_missing_dependency_until_written(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -711,6 +711,7 @@ def derive(root: Path, dvc_yaml: Path | None = None) -> dict[str, StageDeps]:
         files |= data_files(project, modules)
         # parameters naming project files (a style image path, encoder weights, image folders)
         merged = dict(params_yaml)
+        named: set[str] = set()
         for pfile, keys in reads.items():
             content = _load_yaml(root / pfile)
             for key in keys:
@@ -727,7 +728,10 @@ def derive(root: Path, dvc_yaml: Path | None = None) -> dict[str, StageDeps]:
                     owned = [o.rstrip("/") for o in everyone_outs + dvc_tracked]
                     if any(rel == o or rel.startswith(o + "/") or o.startswith(rel + "/") for o in owned):
                         continue  # data, an output, or a folder holding outputs
-                    files.add(rel)
+                    named.add(rel)
+        # A run folder a profile names (train.out, evaluate.model) exists only where that run happened: depending on
+        # it would make dvc.yaml differ between workspaces, so paths git ignores are outputs, not dependencies.
+        files |= named - git_ignored(root, named)
         del merged
         params: dict[str, list[str]] = {}
         for pfile, keys in sorted(reads.items(), key=lambda kv: (kv[0] != "params.yaml", kv[0])):
@@ -737,6 +741,27 @@ def derive(root: Path, dvc_yaml: Path | None = None) -> dict[str, StageDeps]:
                 params[pfile] = sorted(present)
         out[name] = StageDeps(name, sorted(files), params, stage_tasks)
     return out
+
+
+def git_ignored(root: Path, paths: set[str]) -> set[str]:
+    """The subset of ``paths`` (relative to ``root``) that git ignores; none outside a git work tree."""
+    import subprocess
+
+    if not paths:
+        return set()
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "check-ignore", "--stdin"],
+            input="\n".join(sorted(paths)),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:  # no git: nothing is known to be ignored
+        return set()
+    return (
+        {line.strip() for line in done.stdout.splitlines() if line.strip()} & paths if done.returncode == 0 else set()
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
