@@ -123,3 +123,32 @@ def test_approval_states_and_who_may_answer(store: Path) -> None:
     assert approval.can_answer(approval.current_user())  # no users file: the OS user may
     with pytest.raises(UserError, match="not waiting for approval"):
         approval.reject("restore", v2, "carol", "too late")
+
+
+def test_a_reviewer_never_sees_a_request_half_written(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI caught a reviewer (the web page, ``registry waiting``) listing a version as waiting before its deadline was
+    written. Here the real store is read between every tag write of ``request``: whenever the version is listed, its
+    request time, deadline and challenger alias are already there."""
+    from mlflow import MlflowClient
+
+    from productgen.registry import approval
+    from productgen.registry import promotion as registry
+
+    v1 = _version("restore", {"psnr": 28.0, "gain_db": 4.0}, ["bag"])
+    registry.promote("restore", v1, cfg=RegistryConfig())
+    v2 = _version("restore", {"psnr": 29.0, "gain_db": 5.0}, ["bag"])
+    seen: list[dict[str, Any]] = []
+    real = MlflowClient.set_model_version_tag
+
+    def observed(self: Any, name: str, version: str, key: str, value: Any) -> None:
+        for e in approval.waiting("restore"):
+            seen.append(e)
+            assert e["requested_at"] and e["deadline"] and e["requested_at"] < e["deadline"], e
+            assert registry.alias_version(registry._client(), name, registry.CHALLENGER) == e["version"], e
+        real(self, name, version, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", observed)
+    approval.request("restore", v2, 1.0)
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", real)
+    [entry] = approval.waiting("restore")
+    assert entry["version"] == v2 and entry["deadline"] and not seen  # listed only once the request is whole
