@@ -16,6 +16,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Prefect's ephemeral server needs more than its default 20 s to start on a loaded 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# One pytest-xdist worker per core (CI has 2); a test file stays in one worker, so module fixtures run once.
+# `make test PYTEST_WORKERS=0` runs in one process; PYTEST_ARGS adds pytest options.
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test setup data browser lint clean-artifacts help
 
@@ -73,7 +76,7 @@ test: setup  ## Lint, then run the test suite (offline, CPU); installs the built
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory data || echo "note: built-in dataset unavailable; tests that need it will be skipped"
 	@$(MAKE) --no-print-directory browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 browser:  ## Debian's chromium for the web page's browser tests (apt-get when root; never `playwright install`)
 	@if command -v chromium >/dev/null; then :; \

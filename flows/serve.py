@@ -28,21 +28,25 @@ def deployments() -> list:
 
     # One retrain per deployment (task) at a time: a second run waits for the first (as prefect.yaml).
     one = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    # _sync=True: this function is synchronous wherever it is called. Prefect otherwise hands back coroutines when
+    # the caller's thread has a running event loop (a notebook, or a test process that drove a browser before).
     return [
-        retrain.to_deployment(
+        retrain.to_deployment(  # type: ignore[call-arg]
             name="weekly-retrain",
             cron=WEEKLY,
             parameters={"params": RetrainParams().model_dump()},
             tags=["productgen", "scheduled"],
+            _sync=True,
             concurrency_limit=one,
         ),
-        retrain.to_deployment(
+        retrain.to_deployment(  # type: ignore[call-arg]
             name="quick-retrain",
             parameters={"params": RetrainParams(profile="quick-cpu").model_dump()},
             tags=["productgen", "on-demand"],
             concurrency_limit=one,
+            _sync=True,
         ),
-        promote_flow.to_deployment(name="promote", tags=["productgen", "on-demand"]),
+        promote_flow.to_deployment(name="promote", tags=["productgen", "on-demand"], _sync=True),  # type: ignore[call-arg]
     ]
 
 

@@ -6,6 +6,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+
+# Under pytest-xdist (make test runs one worker per core) each worker, and every process it starts, computes on one
+# thread: two workers of two threads each on a 2-core machine run far slower than either alone.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 import shutil
 import struct
 import subprocess
@@ -232,3 +238,19 @@ def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = root / "params.yaml"
     path.write_text(TINY.format(prepared=root / "prepared"))
     return path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadfile`` with one exception: tests/team is one unit. Its files share a session stack of real
+    servers (PostgreSQL, SeaweedFS, MLflow, Prefect); two workers would each start one on the same 2 cores, and
+    SeaweedFS then failed dvc push with InternalError."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class TeamTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "tests/team" if path.startswith("tests/team/") else path
+
+    return TeamTogether(config, log)  # type: ignore[arg-type]

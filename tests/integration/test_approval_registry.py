@@ -32,6 +32,7 @@ def _version(task: str, metrics: dict[str, Any], categories: list[str]) -> str:
             return model_input
 
     registry._client()  # points mlflow at this test's store (an earlier test's stays set otherwise)
+    mlflow.set_experiment("approval-registry")  # not the active experiment an earlier test left (another store's id)
     with mlflow.start_run() as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=Stand())
     return registry.register_challenger(
