@@ -363,7 +363,10 @@ def start_s3(root: Path, buckets: tuple[str, ...]) -> S3:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         f"-s3.config={data / 's3.json'}",
-        "-volume.max=8",
+        # The master grows 7 volumes per collection at a time (mlflow, dvc, the filer's own logs): 8 in all left dvc
+        # one volume and the filer none, and a dvc push that outgrew it failed with InternalError (seen under
+        # pytest-xdist, whose order filled them differently). Volumes grow on disk only as they are written.
+        "-volume.max=32",
         "-master.volumeSizeLimitMB=64",
     ]
     server = start("seaweedfs", cmd, base_env(), root / "logs" / "seaweedfs.log")
