@@ -242,8 +242,8 @@ def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``--dist loadfile`` with one exception: tests/team is one unit. Its files share a session stack of real
-    servers (PostgreSQL, SeaweedFS, MLflow, Prefect); two workers would each start one on the same 2 cores, and
-    SeaweedFS then failed dvc push with InternalError."""
+    servers (PostgreSQL, SeaweedFS, MLflow, Prefect, about a minute to start); split over two workers, each would
+    start its own on the same 2 cores."""
     if config.getoption("dist", None) != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling

@@ -147,18 +147,17 @@ def request(task: str, version: str, timeout_hours: float, name: str | None = No
         raise UserError(f"{model} v{version} already waits for approval (deadline {tags.get(DEADLINE)})")
     now = _now()
     champion = registry.alias_version(client, model, registry.CHAMPION)
+    # the state last: whoever lists what waits (web page, CLI, a reviewer's script) and answers it then finds the
+    # challenger alias, the request time and the deadline already there (they raced before: a deadline of None)
+    client.set_registered_model_alias(model, registry.CHALLENGER, version)
     new = {
         REQUESTED_AT: _iso(now),
         DEADLINE: _iso(now + timedelta(hours=timeout_hours)),
         CHAMPION_AT_REQUEST: champion or "",
+        STATE: WAITING,
     }
     for k, v in new.items():
         client.set_model_version_tag(model, version, k, v)
-    client.set_registered_model_alias(model, registry.CHALLENGER, version)
-    # the state last: whoever lists what waits (web page, CLI, a reviewer's script) and answers it then finds the
-    # request time, the deadline and the challenger alias already there (they raced before: a deadline of None)
-    client.set_model_version_tag(model, version, STATE, WAITING)
-    new[STATE] = WAITING
     return {"model": model, "version": version, **state_of(new)}
 
 
