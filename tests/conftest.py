@@ -240,17 +240,57 @@ def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# The slowest scheduling units, in seconds under two workers (fresh clone's .ci/run, 2026-12-04; every other file
+# takes under 40 s). Only the order uses them: xdist hands the units out in this order, longest first, so that a long
+# file is not the last one started while the other worker has nothing left (xdist's default, files with the most
+# tests first, started the 76-s single test of test_review_flow.py last). Stale figures cost time, never a result.
+SLOW_UNITS = {
+    "tests/team": 228,
+    "tests/integration/test_dvc.py": 200,
+    "tests/integration/test_approval_loop.py": 149,
+    "tests/integration/test_flow.py": 140,
+    "tests/integration/test_retrain_loop.py": 119,
+    "tests/integration/test_tune.py": 82,
+    "tests/model/test_gan.py": 80,
+    "tests/integration/test_registry.py": 80,
+    "tests/web/test_review_flow.py": 76,
+    "tests/data/test_builtin.py": 57,
+    "tests/model/test_evaluate.py": 57,
+    "tests/web/test_web.py": 45,
+    "tests/faults/test_io_faults.py": 44,
+    "tests/integration/test_serve.py": 44,
+    "tests/integration/test_serve_images.py": 40,
+}
+
+
+def _unit(nodeid: str) -> str:
+    """The scheduling unit of a test: its file, or tests/team for the team stack's files."""
+    path = nodeid.split("::", 1)[0]
+    return "tests/team" if path.startswith("tests/team/") else path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest units first (SLOW_UNITS), each unit's tests in their file order; the rest as collected. Every xdist
+    worker sorts the same way, so their collections stay identical (the controller schedules the workers' order). A
+    run without xdist keeps the file order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    items.sort(key=lambda item: -SLOW_UNITS.get(_unit(item.nodeid), 0))  # stable: file order kept within a unit
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``--dist loadfile`` with one exception: tests/team is one unit. Its files share a session stack of real
     servers (PostgreSQL, SeaweedFS, MLflow, Prefect, about a minute to start); split over two workers, each would
-    start its own on the same 2 cores."""
+    start its own on the same 2 cores. The units go out in collection order (longest first, above), not xdist's
+    most-tests-first."""
     if config.getoption("dist", None) != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
+    config.option.loadscopereorder = False
+
     class TeamTogether(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = super()._split_scope(nodeid)
-            return "tests/team" if path.startswith("tests/team/") else path
+            return _unit(super()._split_scope(nodeid))
 
     return TeamTogether(config, log)  # type: ignore[arg-type]
