@@ -28,10 +28,17 @@ retrain: {{snapshot: false, drift: {{enabled: false}}}}
 """
 
 
-def _run_flow(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Prefect home for this module's runs, as a user's ~/.prefect outlives each run: the first ephemeral start
+    creates and migrates its database (about 18 s on 2 cores), the later ones find it ready (about 10 s)."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+def _run_flow(root: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_HOME": str(home),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
@@ -47,10 +54,10 @@ def _run_flow(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_retrain_flow_validates_trains_evaluates_registers_and_promotes(tmp_path: Path) -> None:
+def test_retrain_flow_validates_trains_evaluates_registers_and_promotes(tmp_path: Path, prefect_home: Path) -> None:
     write_good_folder(tmp_path / "shop", {"bags": 12, "shoes": 12, "shirts": 12}, size=(28, 28))
     (tmp_path / "params.yaml").write_text(PARAMS.format(root=tmp_path))
-    p = _run_flow(tmp_path)
+    p = _run_flow(tmp_path, prefect_home)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "promoted to champion (no champion yet" in p.stdout + p.stderr
     assert "Finished in state Completed()" in p.stdout + p.stderr
@@ -65,11 +72,11 @@ def test_retrain_flow_validates_trains_evaluates_registers_and_promotes(tmp_path
     assert len(list((tmp_path / "eval").glob("*/samples.png"))) == 1
 
 
-def test_failed_validation_stops_the_flow_before_training(tmp_path: Path) -> None:
+def test_failed_validation_stops_the_flow_before_training(tmp_path: Path, prefect_home: Path) -> None:
     write_good_folder(tmp_path / "shop", {"bags": 12, "shoes": 12, "shirts": 12}, size=(28, 28))
     (tmp_path / "shop" / "bags" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (tmp_path / "params.yaml").write_text(PARAMS.format(root=tmp_path))
-    p = _run_flow(tmp_path)
+    p = _run_flow(tmp_path, prefect_home)
     out = p.stdout + p.stderr
     assert p.returncode == 1, out[-3000:]
     assert "validation FAILED" in out and "report:" in out
@@ -77,13 +84,13 @@ def test_failed_validation_stops_the_flow_before_training(tmp_path: Path) -> Non
     assert "broken.jpg" in (tmp_path / "validation" / "quarantine.csv").read_text()
 
 
-def test_retrain_flow_runs_an_image_to_image_task(tmp_path: Path) -> None:
+def test_retrain_flow_runs_an_image_to_image_task(tmp_path: Path, prefect_home: Path) -> None:
     """The same flow trains, evaluates (PSNR next to the degraded input) and promotes a restorer, here under a
     registered name of its own (a shop's second restore model)."""
     write_good_folder(tmp_path / "shop", {"bags": 12, "shoes": 12, "shirts": 12}, size=(28, 28))
     params = PARAMS.format(root=tmp_path) + "restore: {channels: 8, max_channels: 16, view: noise25}\n"
     (tmp_path / "params.yaml").write_text(params)
-    p = _run_flow(tmp_path, "--task", "restore", "--model-name", "productgen-restore-noise25")
+    p = _run_flow(tmp_path, prefect_home, "--task", "restore", "--model-name", "productgen-restore-noise25")
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
     assert "productgen-restore-noise25 v1: psnr" in out and "promoted to champion (no champion yet" in out
