@@ -10,6 +10,8 @@ ratio 1.81 (``--synthetic 2000 --resolution 28 --batch-size 64 --steps 30 --work
 
     PYTHONPATH=src python bench/bench_train.py --prepared artifacts/prepared --steps 200 --batch-size 128
     PYTHONPATH=src python bench/bench_train.py --resolution 64 --synthetic 60000 --batch-size 1024 --compile
+    PYTHONPATH=src python bench/bench_train.py --synthetic 2000 --resolution 28 --batch-size 64 --workers 0 \
+        --device cpu --width 32 --against eager        # the CPU recipe's step, eager vs torch.compile
 
 Runs with the core dependencies only (torch, numpy, pillow, safetensors), so it works on a bare GPU machine.
 """
@@ -45,23 +47,25 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, lis
 
 
 def run(recipe: str, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> float:
-    fast = recipe == "engine"
+    """images/s of one recipe: "baseline" (plain PyTorch), "engine" (eager) or "compiled" (the engine compiled)."""
+    fast = recipe != "baseline"
     cfg = TrainConfig(
         batch_size=args.batch_size,
         max_steps=args.steps,
         device=args.device,
-        precision="auto" if fast else "fp32",
+        precision=args.precision if fast else "fp32",
         channels_last=fast,
         fused_optimizer=fast,
-        compile=fast and args.compile,
+        compile=recipe == "compiled",
         data_on_device=fast,
     )
     rt0 = init_runtime(cfg.device, cfg.precision)
     rt = Runtime(device=rt0.device, dtype=rt0.dtype)
     engine = Engine(cfg, rt, Path("/tmp/bench-unused"))
-    task = GanTask(
-        dataclasses.replace(GanConfig(), diffaugment=args.diffaugment), engine, x.shape[-1], x.shape[1], classes
-    )
+    gan = dataclasses.replace(GanConfig(), diffaugment=args.diffaugment)
+    if args.width:
+        gan = dataclasses.replace(gan, g_channels=args.width, d_channels=args.width)
+    task = GanTask(gan, engine, x.shape[-1], x.shape[1], classes)
     if fast:
         xs, ys = x.to(rt.device), y.to(rt.device)
 
@@ -113,10 +117,22 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--diffaugment", default="translation,cutout")
+    ap.add_argument("--width", type=int, default=0, help="generator and discriminator width (0: GanConfig's, 64)")
+    ap.add_argument("--precision", default="auto", help="the engine's: auto | fp32 | bf16 | fp16")
+    ap.add_argument(
+        "--against",
+        choices=["baseline", "eager"],
+        default="baseline",
+        help="baseline: plain PyTorch vs the engine; eager: the engine vs the engine compiled (implies --compile)",
+    )
     args = ap.parse_args()
     x, y, classes = load_data(args)
-    base = run("baseline", args, x, y, classes)
-    ours = run("engine", args, x, y, classes)
+    if args.against == "eager":
+        base = run("engine", args, x, y, classes)
+        ours = run("compiled", args, x, y, classes)
+    else:
+        base = run("baseline", args, x, y, classes)
+        ours = run("compiled" if args.compile else "engine", args, x, y, classes)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
         json.dumps(
@@ -125,6 +141,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "resolution": x.shape[-1],
                 "batch_size": args.batch_size,
+                "against": args.against,
                 "baseline_img_s": round(base, 1),
                 "engine_img_s": round(ours, 1),
                 "ratio": round(ours / base, 2),
