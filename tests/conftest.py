@@ -240,8 +240,10 @@ def params(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# The slowest scheduling units, in seconds under two workers (fresh clone's .ci/run, 2026-12-04; every other file
-# takes under 40 s). Only the order uses them: xdist hands the units out in this order, longest first, so that a long
+# The slowest scheduling units, in seconds (2026-12-04: under two workers in a fresh clone's .ci/run, except
+# test_dvc.py, timed alone after the DVC experiments merged into it; every other file takes under 40 s). Later runs
+# moved some (test_dvc.py 234 s under two workers, test_flow.py 116 s) without changing which go first. Only the
+# order uses them: xdist hands the units out in this order, longest first, so that a long
 # file is not the last one started while the other worker has nothing left (xdist's default, files with the most
 # tests first, started the 76-s single test of test_review_flow.py last). Stale figures cost time, never a result.
 SLOW_UNITS = {
