@@ -132,7 +132,7 @@ B)
   else
     say "prepare the built-in dataset"
     [ -f artifacts/prepared/dataset.json ] || timeout "$(left 400)" $PY -m productgen data prepare || { say "data prepare failed"; exit 1; }
-    gg=(--budget "$GAN_BUDGET" --eval-timeout 120); f5=()
+    gg=(--budget "$GAN_BUDGET" --eval-timeout 120 --max-steps "${MAX_STEPS:-0}"); f5=()
   fi
   say "generators: $GAN_RUNS for ${GAN_BUDGET}s each, side by side, then FID (10k vs 10k; --tiny: 30 vs 30)"
   timeout "$(left 25)" $PY bench/gpu_gan.py "${gg[@]}" "${noeval[@]}" --device "$DEVICE" --eval-device "$DEVICE" \
@@ -140,7 +140,7 @@ B)
   best=$($PY -c "import json,sys; d=json.load(open(sys.argv[1])); r=d['runs']; b=d['summary']['best'].get('gan') or next((n for n,v in r.items() if v.get('task')=='gan' and 'error' not in v), ''); print(b)" "$W/gen/summary.json" 2>/dev/null)
   vae=$($PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(next((n for n,v in d['runs'].items() if v.get('task')=='vae' and 'error' not in v), ''))" "$W/gen/summary.json" 2>/dev/null)
   say "best GAN: ${best:-none}; VAE run: ${vae:-none}"
-  if [ ${#noeval[@]} -eq 0 ]; then
+  if [ ${#noeval[@]} -eq 0 ] && [ "${FID50K:-1}" = 1 ]; then
     if [ -n "$best" ] && [ -d "$W/gen/$best/train/model" ]; then m=(--model "$W/gen/$best/train/model"); else m=(--random-generator); fi
     say "FID of 50,000 generated images (strict fp32), generation included"
     timeout "$(left 15 "$([ -n "$TINY" ] && echo 3000 || echo 120)")" $PY bench/bench_fid50k.py "${m[@]}" --device "$DEVICE" "${f5[@]}" --json "$W/fid50k.json" || say "fid50k: exit $?"
@@ -166,6 +166,19 @@ for name, keep in ((best, {"generator": None, "discriminator": "half"}), (vae, {
 EOF
   tar -C "$W" -czf "$OUT/results-B.tar.gz" --exclude='*.safetensors' --exclude='checkpoints' --exclude='fid-stats' \
     --exclude='models' . 2>/dev/null
+  if [ "${EXPORT_STATS:-0}" = 1 ]; then  # the test split's mu and sigma (no features) for a CPU evaluation without KID
+    $PY - "$W/fid-stats" "$W/stats-export" <<'EOF'
+import dataclasses, json, sys
+from pathlib import Path
+from productgen.metrics.cache import StatsCache
+src, dst = StatsCache(sys.argv[1]), StatsCache(sys.argv[2])
+for meta in Path(sys.argv[1]).glob("*.json"):
+    stats = src.load(meta.stem)
+    if stats is not None:
+        print("exported", dst.save(meta.stem, dataclasses.replace(stats, features=None), {**{k: v for k, v in json.loads(meta.read_text()).items() if k in ("content_hash", "split", "extractor", "extractor_sha")}, "exported_from": "gpu-checks B (features dropped: FID only)"}))
+EOF
+    [ -d "$W/stats-export" ] && tar -C "$W" -cf - stats-export | split -b 15m - "$OUT/stats.tar.part-"
+  fi
   g=$(ls "$W/gen/$best/train/samples/"*.png 2>/dev/null | tail -n 1); [ -n "$g" ] && cp "$g" "$OUT/gan-samples.png"
   [ -d "$W/models" ] && tar -C "$W" -cf - models | split -b 15m - "$OUT/models.tar.part-"
   ls -la "$OUT"

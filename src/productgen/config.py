@@ -147,6 +147,10 @@ class GanConfig:
     # z and the class drive every generator BatchNorm's gain and bias (Chen et al. 2019), not only the first layer:
     # without it a briefly trained generator draws nearly one product per category (docs/quality.md)
     self_modulation: bool = True
+    # From this fraction of train.max_steps on, both learning rates fall linearly to 0 at the last step (1.0:
+    # constant). At a constant lr a GAN's weights keep orbiting and its FID swings from checkpoint to checkpoint;
+    # annealing lets a fixed-length run (the 2-hour CPU recipe) end settled instead of wherever the orbit is.
+    lr_decay_start: float = 1.0
 
 
 @dataclass(frozen=True)

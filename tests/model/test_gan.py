@@ -189,3 +189,45 @@ def test_checkpoint_round_trip_keeps_structure(tmp_path: Path) -> None:
     opt2 = torch.optim.Adam(model.parameters(), lr=1e-3)
     opt2.load_state_dict(loaded["opt"])
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_lr_scale_holds_then_falls_linearly_to_the_last_step() -> None:
+    from productgen.training.gan_task import lr_scale
+
+    assert [lr_scale(s, 10, 0.5) for s in range(10)] == [1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2]
+    assert {lr_scale(s, 10, 1.0) for s in range(10)} == {1.0}  # the default: constant
+    assert lr_scale(0, 4, 0.0) == 1.0 and lr_scale(3, 4, 0.0) == 0.25  # from the first step; never 0
+
+
+def test_lr_decay_through_train_sets_each_steps_lr_and_is_recorded(params: Path, tmp_path: Path) -> None:
+    """The checkpoint's optimizers hold the last step's lr (base x 1/3 for 6 steps decaying from step 3); the
+    model's config records the schedule; constant-lr configs keep their old form (so old checkpoints resume)."""
+    import json
+
+    from productgen.training.checkpoint import load_state
+
+    decay = tmp_path / "decay.yaml"
+    decay.write_text(params.read_text().rstrip("\n") + "\n  lr_decay_start: 0.5\n")
+    runs = {"decay": (decay, tmp_path / "d"), "const": (params, tmp_path / "c")}
+    for p, out in runs.values():
+        r = run_cli("train", "gan", "--params", str(p), "--max-steps", "6", "--out", str(out), "-q", "--no-track")
+        assert r.returncode == 0, r.stderr
+    state = load_state(tmp_path / "d" / "checkpoints" / "ckpt-00000006.safetensors")
+    for name in ("G", "D"):
+        assert state["optimizers"][name]["param_groups"][0]["lr"] == pytest.approx(2e-4 / 3)
+    const = load_state(tmp_path / "c" / "checkpoints" / "ckpt-00000006.safetensors")
+    assert const["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(2e-4)
+    assert json.loads((tmp_path / "d" / "model" / "config.json").read_text())["gan"]["lr_decay_start"] == 0.5
+    assert "lr_decay_start" not in json.loads((tmp_path / "c" / "model" / "config.json").read_text())["gan"]
+    wd, wc = _weights(tmp_path / "d"), _weights(tmp_path / "c")  # same seed and data: only the lr differs
+    assert any(not torch.equal(wd[k], wc[k]) for k in wd if k.startswith("generator_raw."))
+
+
+def test_lr_decay_start_outside_0_1_is_one_line_error(params: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(params.read_text().rstrip("\n") + "\n  lr_decay_start: 1.5\n")
+    r = run_cli(
+        "train", "gan", "--params", str(bad), "--max-steps", "2", "--out", str(tmp_path / "r"), "-q", "--no-track"
+    )
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "gan.lr_decay_start" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
