@@ -106,3 +106,49 @@ def test_a_champion_that_never_saw_a_category_is_scored_on_the_ones_it_knows(par
     assert m["n_real"] == m["n_fake"] == n_train and m["fid"] > 0
     with pytest.raises(Exception, match="trained on other categories"):
         evaluate(e, Path(p.data.out), show_progress=False, categories=["bags", "shirts"])
+
+
+def test_fid_alone_is_served_by_a_cache_entry_without_features(
+    params: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With KID and the per-category breakdown off, the evaluator asks the statistics cache for mu and sigma only,
+    so an entry without the real features (what `bash bench/gpu_checks.sh B` brings back from a GPU machine)
+    serves as it is: the entry is not recomputed, and FID agrees with the full evaluation's."""
+    import dataclasses
+
+    from productgen.metrics.cache import StatsCache
+
+    cache = tmp_path / "fid-stats"
+    monkeypatch.setenv("PRODUCTGEN_FID_STATS_DIR", str(cache))
+    run_dir = tmp_path / "run"
+    run_cli(
+        "train",
+        "gan",
+        "--params",
+        str(params),
+        "--max-steps",
+        "2",
+        "--out",
+        str(run_dir),
+        "-q",
+        "--no-track",
+        check=True,
+    )
+    common = ("--params", str(params), "--model", str(run_dir / "model"), "--device", "cpu", "-q", "--no-track")
+    run_cli("evaluate", *common, "--out", str(tmp_path / "full"), check=True)
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert "kid_mean" in full and full["per_category"]  # 4 test images: per category, KID (too few for FID)
+    (meta,) = cache.glob("*.json")
+    store = StatsCache(cache)
+    stats = store.load(meta.stem, need_features=True)
+    assert stats is not None and stats.features is not None
+    store.save(meta.stem, dataclasses.replace(stats, features=None), {"exported_from": "test"})
+
+    fid_only = tmp_path / "fid-only.yaml"
+    fid_only.write_text("evaluate:\n  per_category: false\n")
+    out = tmp_path / "fid"
+    run_cli("evaluate", *common, "--profile", str(fid_only), "--no-kid", "--out", str(out), check=True)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["fid"] == pytest.approx(full["fid"], rel=1e-6)
+    assert "kid_mean" not in m and "fid_per_category" not in m and m["per_category"] == {}
+    assert json.loads(meta.read_text())["has_features"] is False  # served as it was, not recomputed

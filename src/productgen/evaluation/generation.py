@@ -149,14 +149,17 @@ def evaluate(
         real_feats = compute_features(real, extractor, batch_size=cfg.batch_size, show_progress=show_progress)
         real_stats = FeatureStats.from_features(real_feats, keep_features=True)
     else:
+        # FID alone needs only mu and sigma: a cache entry without the features (32 MB instead of 112, say one
+        # computed on a GPU machine and brought back) then serves, instead of hours of real features on a CPU.
+        need = cfg.kid or cfg.per_category
         real_stats = dataset_statistics(
-            ds, cfg.split, extractor, batch_size=cfg.batch_size, keep_features=True, show_progress=show_progress
+            ds, cfg.split, extractor, batch_size=cfg.batch_size, keep_features=need, show_progress=show_progress
         )
         real_feats = real_stats.features
-    assert real_feats is not None
+    assert real_feats is not None or not (cfg.kid or cfg.per_category)
 
     metrics: dict[str, Any] = {"fid": fid_from_stats(real_stats, fake_stats), "n_real": len(real), "n_fake": n_fake}
-    if cfg.kid:
+    if cfg.kid and real_feats is not None:
         size = min(cfg.kid_subset_size, len(real_feats), len(fake_feats))
         kid = kid_from_features(real_feats, fake_feats, subset_size=size, seed=cfg.seed)
         metrics |= {"kid_mean": kid.mean, "kid_std": kid.std, "kid_subset_size": size}
@@ -171,7 +174,7 @@ def evaluate(
     spread = {k: v for k, v in spread.items() if v is not None}
     if spread:
         metrics["diversity"] = float(np.mean(list(spread.values())))
-    if cfg.per_category:
+    if cfg.per_category and real_feats is not None:
         for c, name in enumerate(known):
             a, b = real_feats[ry == c], fake_feats[fy == c]
             n = min(len(a), len(b))
